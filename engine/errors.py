@@ -1,0 +1,46 @@
+"""Typed engine errors: each names what was wrong and what to do about it."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+
+class InvalidTokensError(EngineError, ValueError):
+    """A token list is empty, too long, or holds ids outside the vocabulary."""
+
+
+class InvalidSamplingError(EngineError, ValueError):
+    """Sampling parameters are out of range."""
+
+
+class UnknownSequenceError(EngineError, KeyError):
+    """A sequence handle does not belong to this engine."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "unknown sequence"
+
+
+class SequenceClosedError(EngineError):
+    """The sequence was closed; open a new one."""
+
+
+class SequenceBusyError(EngineError):
+    """The sequence is generating; wait for the generation to finish or abort it first."""
+
+
+class CapacityError(EngineError):
+    """The KV cache budget cannot hold this sequence even after evicting every idle one."""
+
+
+class ModelLoadError(EngineError):
+    """A model could not be found or loaded."""
+
+
+class BackendError(EngineError):
+    """A remote backend failed (connection, HTTP status, broken stream, timeout)."""
+
+
+class EngineStoppedError(EngineError):
+    """The engine was shut down."""

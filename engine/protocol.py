@@ -1,0 +1,134 @@
+"""The engine contract every backend meets: sequences whose KV stays alive, appended in O(Δ)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from .errors import InvalidSamplingError
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """Handle to a token list whose KV the engine keeps; only its engine can use it."""
+
+    id: int
+    engine_id: int = field(repr=False, default=0)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens; validated on construction so bad values never reach the engine loop."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise InvalidSamplingError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        if not 0.0 <= self.temperature <= 100.0:
+            raise InvalidSamplingError(f"temperature must be in [0, 100], got {self.temperature!r}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise InvalidSamplingError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise InvalidSamplingError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise InvalidSamplingError(f"stop strings must be non-empty strings, got {self.stop!r}")
+        if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
+            raise InvalidSamplingError(f"stop_token_ids must be non-negative ints, got {self.stop_token_ids!r}")
+
+    @property
+    def greedy(self) -> bool:
+        """True when sampling reduces to argmax."""
+        return self.temperature == 0.0 or self.top_k == 1
+
+
+@dataclass(frozen=True)
+class TokenDelta:
+    """One step of a generation: the new token ids, their new text, and why it ended (last delta only)."""
+
+    token_ids: tuple[int, ...]
+    text: str
+    finish_reason: FinishReason | None = None
+
+
+@dataclass
+class SequenceStats:
+    """What one sequence cost: tokens computed by prefill, reused from cache, and decoded."""
+
+    prefill_computed: int = 0
+    prefill_reused: int = 0
+    decode_tokens: int = 0
+    recomputed_after_eviction: int = 0
+
+
+@dataclass
+class EngineStats:
+    """Engine-wide counters (the ones the tests assert) and gauges."""
+
+    prefill_computed: int = 0
+    prefill_reused: int = 0
+    decode_tokens: int = 0
+    sequences_resident: int = 0
+    sequences_open: int = 0
+    kv_bytes_resident: int = 0
+    kv_bytes_budget: int = 0
+    evictions: int = 0
+    forward_steps: int = 0
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """The part of a Hugging Face tokenizer the upper layers use."""
+
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+
+    def decode(self, ids: Seq[int], skip_special_tokens: bool = ...) -> str: ...
+
+    def apply_chat_template(self, conversation: Any, **kwargs: Any) -> Any: ...
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A stateful engine: sequences keep their KV, appends cost only their new tokens."""
+
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]: ...
+
+    @property
+    def max_model_len(self) -> int: ...
+
+    async def open(self, tokens: Seq[int], parent: Sequence | None = None) -> Sequence: ...
+
+    async def append(self, seq: Sequence, tokens: Seq[int]) -> None: ...
+
+    def generate(self, seq: Sequence, sampling: SamplingParams) -> AsyncIterator[TokenDelta]: ...
+
+    async def fork(self, seq: Sequence) -> Sequence: ...
+
+    async def close(self, seq: Sequence) -> None: ...
+
+    def tokens(self, seq: Sequence) -> list[int]: ...
+
+    def seq_stats(self, seq: Sequence) -> SequenceStats: ...
+
+    def stats(self) -> EngineStats: ...
+
+    async def shutdown(self) -> None: ...

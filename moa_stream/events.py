@@ -1,0 +1,114 @@
+"""Typed events a MoA run streams, and the metrics it ends with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Mode = Literal["classic", "staircase-reprefill", "staircase"]
+MODES: tuple[Mode, ...] = ("classic", "staircase-reprefill", "staircase")
+
+
+class AgentMetrics(BaseModel):
+    """What one agent did in one turn."""
+
+    role: Literal["proposer", "aggregator"]
+    layer: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prefill_computed: int = 0
+    prefill_reused: int = 0
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+class Metrics(BaseModel):
+    """A turn's timings and token accounting (the JSON that benches, the server and the eval report)."""
+
+    mode: Mode
+    ttft_s: float | None = None
+    total_s: float = 0.0
+    answer_tokens: int = 0
+    chunks_ingested: int = 0
+    aggregator_prefill_computed: int = 0
+    aggregator_prefill_reused: int = 0
+    prefill_computed: int = 0
+    prefill_reused: int = 0
+    decode_tokens: int = 0
+    agents: dict[str, AgentMetrics] = Field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Answer tokens per second after the first token."""
+        if self.ttft_s is None or self.total_s <= self.ttft_s or self.answer_tokens < 2:
+            return 0.0
+        return (self.answer_tokens - 1) / (self.total_s - self.ttft_s)
+
+
+@dataclass(frozen=True)
+class ProposerDelta:
+    """New text from a proposer (layer, agent name), at t seconds since the turn began."""
+
+    agent: str
+    layer: int
+    text: str
+    t: float
+
+
+@dataclass(frozen=True)
+class ChunkIngested:
+    """The aggregator (or the next layer) took in a chunk of a proposal."""
+
+    agent: str
+    layer: int
+    index: int
+    tokens: int
+    t: float
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class AggregatorDelta:
+    """New answer text."""
+
+    text: str
+    t: float
+
+
+@dataclass(frozen=True)
+class FirstToken:
+    """The first answer token is out: its time to first token."""
+
+    ttft_s: float
+
+
+@dataclass(frozen=True)
+class AgentError:
+    """An agent failed or stalled; the others go on."""
+
+    agent: str
+    layer: int
+    error: str
+    kind: Literal["exception", "timeout", "empty"] = "exception"
+
+
+@dataclass(frozen=True)
+class Done:
+    """The turn is over: the whole answer and its metrics."""
+
+    answer: str
+    metrics: Metrics
+
+
+Event = ProposerDelta | ChunkIngested | AggregatorDelta | FirstToken | AgentError | Done
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What `MoA.run` returns."""
+
+    answer: str
+    metrics: Metrics
+    errors: tuple[AgentError, ...] = ()
