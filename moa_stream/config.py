@@ -53,7 +53,7 @@ class AgentConfig(_Strict):
 class StaircaseConfig(_Strict):
     """When the aggregator starts and how it takes in the proposals."""
 
-    first_chunk_tokens: int = Field(16, ge=1, description="tokens of each proposal before the aggregator starts")
+    first_chunk_tokens: int = Field(8, ge=1, description="tokens of each proposal before the aggregator starts")
     chunk_tokens: int = Field(16, ge=1, description="tokens per later chunk")
     chunk_growth: float = Field(1.0, ge=1.0, description="each later chunk is this many times the previous")
     max_chunk_tokens: int = Field(256, ge=1)

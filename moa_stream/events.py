@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-Mode = Literal["classic", "staircase-reprefill", "staircase"]
-MODES: tuple[Mode, ...] = ("classic", "staircase-reprefill", "staircase")
+Mode = Literal["single", "classic", "staircase-reprefill", "staircase"]
+MODES: tuple[Mode, ...] = ("single", "classic", "staircase-reprefill", "staircase")
 
 
 class AgentMetrics(BaseModel):

@@ -1,0 +1,172 @@
+"""Agents on an engine: a slot that keeps one agent's sequence alive, and the proposer's chunked stream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from engine import Engine, SamplingParams, Sequence, SequenceStats
+
+from .config import AgentConfig, StaircaseConfig
+from .context import ChatFormat, Message
+from .events import AgentError, Event, ProposerDelta
+
+Emit = Callable[[Event], None]
+
+
+class MoAError(RuntimeError):
+    """The MoA run cannot produce an answer (e.g. every proposer failed)."""
+
+
+@dataclass
+class AgentSlot:
+    """One agent bound to its engine; `seq` survives between turns of a conversation."""
+
+    cfg: AgentConfig
+    engine: Engine
+    fmt: ChatFormat
+    layer: int = 0
+    seq: Sequence | None = None
+    after_eos: bool = False
+    layout: str | None = None  # which context layout `seq` holds (aggregator: the mode that built it)
+    # Per-turn accounting: counters at the turn's start for each sequence used, and those already closed.
+    opened: list[Sequence] = field(default_factory=list)
+    turn_base: dict[int, SequenceStats] = field(default_factory=dict)
+    closed_stats: list[SequenceStats] = field(default_factory=list)
+    prompt_tokens: int = 0  # context length when the turn's first sequence was ready
+
+    def sampling(self, max_tokens: int | None = None, stop: tuple[str, ...] = ()) -> SamplingParams:
+        """SamplingParams from the agent's config."""
+        return SamplingParams(max_tokens=max_tokens or self.cfg.max_tokens, temperature=self.cfg.temperature,
+                              top_p=self.cfg.top_p, seed=self.cfg.seed, stop=stop)
+
+    async def start(self, messages: list[Message], question: str, reuse: bool) -> None:
+        """Make `seq` end with the assistant prompt for `question`: append a turn if possible, else open."""
+        if reuse and self.seq is not None:
+            self._track(self.seq)
+            await self.engine.append(self.seq, self.fmt.next_turn(question, self.after_eos))
+        else:
+            await self.open_fresh(self.fmt.prompt(messages))
+        self.after_eos = False
+
+    async def open_fresh(self, tokens: list[int]) -> Sequence:
+        """Replace `seq` with a new sequence of these tokens (layouts that rewrite the prompt)."""
+        await self.reset()
+        self.seq = await self.engine.open(tokens)
+        self._track(self.seq, fresh=True)
+        return self.seq
+
+    def _track(self, seq: Sequence, fresh: bool = False) -> None:
+        if not self.opened:
+            self.prompt_tokens = len(self.engine.tokens(seq))
+        if seq not in self.opened:
+            self.opened.append(seq)
+            self.turn_base[seq.id] = SequenceStats() if fresh else self.engine.seq_stats(seq)
+
+    def _delta(self, seq: Sequence) -> SequenceStats:
+        now, base = self.engine.seq_stats(seq), self.turn_base.get(seq.id, SequenceStats())
+        return SequenceStats(now.prefill_computed - base.prefill_computed, now.prefill_reused - base.prefill_reused,
+                             now.decode_tokens - base.decode_tokens)
+
+    def turn_stats(self) -> SequenceStats:
+        """Prefill computed/reused and decode tokens of this agent during the current turn."""
+        total = SequenceStats()
+        parts = list(self.closed_stats)
+        if self.seq is not None:
+            parts.append(self._delta(self.seq))
+        for p in parts:
+            total.prefill_computed += p.prefill_computed
+            total.prefill_reused += p.prefill_reused
+            total.decode_tokens += p.decode_tokens
+        return total
+
+    def begin_turn(self) -> None:
+        """Forget the previous turn's accounting."""
+        self.opened.clear()
+        self.prompt_tokens = 0
+        self.turn_base.clear()
+        self.closed_stats.clear()
+
+    async def reset(self) -> None:
+        """Close the live sequence (its counters are kept for this turn's metrics)."""
+        if self.seq is not None:
+            if self.seq in self.opened:  # keep its counters: reprefill layouts close a sequence per step
+                self.closed_stats.append(self._delta(self.seq))
+            seq, self.seq, self.layout = self.seq, None, None
+            await self.engine.close(seq)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of one proposal: `final` marks the last piece (possibly empty)."""
+
+    proposer: int
+    index: int
+    text: str
+    tokens: int
+    final: bool
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A proposer stopped without finishing."""
+
+    proposer: int
+    error: str
+
+
+@dataclass
+class ProposalResult:
+    """What a proposer produced in this turn."""
+
+    text: str = ""
+    tokens: int = 0
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+async def run_proposer(slot: AgentSlot, idx: int, messages: list[Message], question: str, reuse: bool,
+                       knobs: StaircaseConfig, out: asyncio.Queue[Chunk | Failure], emit: Emit,
+                       t0: float, result: ProposalResult) -> None:
+    """Generate one proposal, emitting deltas and cutting it into chunks; never raises (failures are events)."""
+    name, layer = slot.cfg.name, slot.layer
+    gen = None
+    failed = False
+    try:
+        await asyncio.wait_for(slot.start(messages, question, reuse), knobs.agent_timeout_s)
+        assert slot.seq is not None
+        gen = slot.engine.generate(slot.seq, slot.sampling())
+        index, buf, buf_tokens = 0, "", 0
+        while True:
+            try:
+                delta = await asyncio.wait_for(anext(gen), knobs.agent_timeout_s)
+            except StopAsyncIteration:
+                break
+            result.tokens += len(delta.token_ids)
+            buf_tokens += len(delta.token_ids)
+            if delta.text:
+                buf += delta.text
+                result.text += delta.text
+                emit(ProposerDelta(name, layer, delta.text, time.perf_counter() - t0))
+            if delta.finish_reason is not None:
+                result.finish_reason = delta.finish_reason
+                slot.after_eos = bool(delta.token_ids) and delta.token_ids[-1] in slot.engine.eos_token_ids
+                break
+            if buf_tokens >= knobs.chunk_size(index):
+                out.put_nowait(Chunk(idx, index, buf, buf_tokens, final=False))
+                index, buf, buf_tokens = index + 1, "", 0
+        out.put_nowait(Chunk(idx, index, buf, buf_tokens, final=True))
+    except Exception as exc:  # TimeoutError included: the agent is dropped, the others go on
+        timed_out = isinstance(exc, TimeoutError)
+        why = f"no output for {knobs.agent_timeout_s:g} s" if timed_out else f"{type(exc).__name__}: {exc}"
+        result.error = why
+        emit(AgentError(name, layer, why, "timeout" if timed_out else "exception"))
+        out.put_nowait(Failure(idx, why))
+        failed = True
+    finally:
+        if gen is not None:
+            await gen.aclose()
+        if failed:
+            await slot.reset()  # its context holds a broken turn; the next turn starts it afresh

@@ -1,0 +1,176 @@
+"""The public async API: `MoA.from_config(...)`, `moa.stream(question)`, `moa.run(question)`, conversations."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from engine import Engine, EngineStats
+
+from .agents import AgentSlot
+from .backends import build_engines
+from .config import ConfigError, MoAConfig, StaircaseConfig
+from .context import ChatFormat, Message, as_messages
+from .events import MODES, AgentError, Done, Event, Mode, RunResult
+from .staircase import Turn, TurnInput
+
+_END = object()
+
+
+class MoA:
+    """A Mixture-of-Agents pipeline over shared stateful engines."""
+
+    def __init__(self, config: MoAConfig, engines: dict[str, Engine]) -> None:
+        missing = sorted({a.backend for a in config.agents()} - set(engines))
+        if missing:
+            raise ConfigError(f"no engine for backend(s) {missing}; pass engines= or define them in backends")
+        self.config = config
+        self.engines = engines
+        self._formats: dict[int, ChatFormat] = {}
+
+    @classmethod
+    def from_config(cls, source: str | Path | dict[str, Any] | MoAConfig | None = None, *,
+                    engines: dict[str, Engine] | None = None, model: str | None = None) -> MoA:
+        """Build the pipeline; engines are created from the config's backends unless given."""
+        config = MoAConfig.load(source)
+        if engines is None:
+            engines = build_engines(config.backends, model_override=model)
+        return cls(config, engines)
+
+    def _fmt(self, engine: Engine) -> ChatFormat:
+        key = id(engine)
+        if key not in self._formats:
+            self._formats[key] = ChatFormat(engine.tokenizer)
+        return self._formats[key]
+
+    def _slots(self) -> tuple[list[list[AgentSlot]], AgentSlot]:
+        def slot(cfg: Any, layer: int) -> AgentSlot:
+            eng = self.engines[cfg.backend]
+            return AgentSlot(cfg=cfg, engine=eng, fmt=self._fmt(eng), layer=layer)
+
+        layers = [[slot(a, i) for a in layer] for i, layer in enumerate(self.config.layers)]
+        return layers, slot(self.config.aggregator, len(layers))
+
+    def conversation(self, mode: Mode | None = None) -> Conversation:
+        """A multi-turn chat whose agents keep their sequences alive between turns."""
+        return Conversation(self, mode)
+
+    async def stream(self, question: str, history: Sequence[Message | dict[str, str]] | None = None, *,
+                     mode: Mode | None = None, staircase: StaircaseConfig | None = None,
+                     max_tokens: int | None = None) -> AsyncIterator[Event]:
+        """Answer one question, yielding typed events; leaving the loop cancels every agent."""
+        conv = Conversation(self, mode, history=as_messages(history))
+        try:
+            async for ev in conv.stream(question, mode=mode, staircase=staircase, max_tokens=max_tokens):
+                yield ev
+        finally:
+            await conv.close()
+
+    async def run(self, question: str, history: Sequence[Message | dict[str, str]] | None = None, *,
+                  mode: Mode | None = None, staircase: StaircaseConfig | None = None,
+                  max_tokens: int | None = None) -> RunResult:
+        """Answer one question; returns the answer, its metrics and any agent errors."""
+        return await _collect(self.stream(question, history, mode=mode, staircase=staircase,
+                                          max_tokens=max_tokens))
+
+    def engine_stats(self) -> dict[str, EngineStats]:
+        """Each backend's engine counters."""
+        return {name: eng.stats() for name, eng in self.engines.items()}
+
+    async def aclose(self) -> None:
+        """Shut every engine down."""
+        for eng in {id(e): e for e in self.engines.values()}.values():
+            await eng.shutdown()
+
+
+class Conversation:
+    """Turns of one chat; turn n+1 appends only its new tokens to each agent's live sequence."""
+
+    def __init__(self, moa: MoA, mode: Mode | None = None, history: list[Message] | None = None) -> None:
+        self.moa = moa
+        self.mode: Mode = _check_mode(mode or moa.config.mode)
+        self.history: list[Message] = list(history or [])
+        self._layers, self._agg = moa._slots()
+        self._lock = asyncio.Lock()
+        self._live = False  # agents hold sequences for `history`
+
+    async def stream(self, user_text: str, *, mode: Mode | None = None, staircase: StaircaseConfig | None = None,
+                     max_tokens: int | None = None) -> AsyncIterator[Event]:
+        """One turn: yields the turn's events and records the answer in the history."""
+        if not isinstance(user_text, str) or not user_text.strip():
+            raise ValueError("the question is empty: pass some text")
+        turn_mode = _check_mode(mode or self.mode)
+        inp = TurnInput(user_text, list(self.history), turn_mode, staircase or self.moa.config.staircase,
+                        max_tokens, reuse=self._live)
+        async with self._lock:
+            queue: asyncio.Queue[Any] = asyncio.Queue()
+            turn = Turn(self._layers, self._agg, inp, queue.put_nowait)
+            task = asyncio.create_task(_drive(turn, queue), name="moa-turn")
+            finished = False
+            try:
+                while True:
+                    item = await queue.get()
+                    if item is _END:
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    if isinstance(item, Done):
+                        finished = True
+                        self.history += [Message("user", user_text), Message("assistant", item.answer)]
+                        self._live = True
+                    yield item
+            finally:
+                if not task.done():
+                    task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                if not finished:  # a cancelled or failed turn leaves partial contexts: start afresh next turn
+                    await self._reset_agents()
+
+    async def send(self, user_text: str, **kwargs: Any) -> RunResult:
+        """One turn, collected."""
+        return await _collect(self.stream(user_text, **kwargs))
+
+    async def _reset_agents(self) -> None:
+        for slot in [*(s for layer in self._layers for s in layer), self._agg]:
+            await slot.reset()
+        self._live = False
+
+    async def reset(self) -> None:
+        """Forget the history and free every agent's sequence."""
+        async with self._lock:
+            await self._reset_agents()
+            self.history = []
+
+    async def close(self) -> None:
+        """Free every agent's sequence (the conversation can still be used; it restarts from its history)."""
+        await self._reset_agents()
+
+
+async def _drive(turn: Turn, queue: asyncio.Queue[Any]) -> None:
+    try:
+        await turn.run()
+    except Exception as exc:
+        queue.put_nowait(exc)
+    finally:
+        queue.put_nowait(_END)
+
+
+async def _collect(events: AsyncIterator[Event]) -> RunResult:
+    errors: list[AgentError] = []
+    done: Done | None = None
+    async for ev in events:  # to the end, so the turn's cleanup runs before we return
+        if isinstance(ev, AgentError):
+            errors.append(ev)
+        elif isinstance(ev, Done):
+            done = ev
+    if done is None:  # pragma: no cover - a turn either raises or ends with Done
+        raise RuntimeError("the turn ended without a Done event")
+    return RunResult(done.answer, done.metrics, tuple(errors))
+
+
+def _check_mode(mode: str) -> Mode:
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    return mode  # type: ignore[return-value]

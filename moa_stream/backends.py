@@ -1,0 +1,49 @@
+"""Build one engine per configured backend; agents on the same local model share one engine."""
+
+from __future__ import annotations
+
+import os
+
+from engine import Engine
+
+from .config import BackendConfig, ConfigError
+
+
+def build_engine(cfg: BackendConfig, model_override: str | None = None) -> Engine:
+    """An engine for one backend config (remote backends are imported only when used)."""
+    model = model_override or cfg.model
+    if cfg.kind == "transformers":
+        from engine.transformers_engine import TransformersEngine
+
+        kv = int(cfg.kv_cache_gb * (1 << 30)) if cfg.kv_cache_gb else None
+        return TransformersEngine.from_pretrained(model, kv_cache_bytes=kv, **cfg.options)
+    if cfg.kind == "http":
+        from engine.http_engine import HttpEngine
+
+        api_key = None
+        if cfg.api_key_env:
+            api_key = os.environ.get(cfg.api_key_env)
+            if not api_key:
+                raise ConfigError(f"backend needs an API key in ${cfg.api_key_env}, which is not set")
+        assert cfg.base_url is not None
+        return HttpEngine(cfg.base_url, cfg.model, api_key=api_key, timeout_s=cfg.timeout_s, **cfg.options)
+    if cfg.kind == "vllm":
+        from engine.vllm_engine import VllmEngine
+
+        if not model:
+            raise ConfigError("a vllm backend needs model: <HF id or folder>")
+        return VllmEngine(model, **cfg.options)
+    raise ConfigError(f"unknown backend kind {cfg.kind!r}; use transformers, http or vllm")
+
+
+def build_engines(backends: dict[str, BackendConfig], model_override: str | None = None) -> dict[str, Engine]:
+    """Engines by backend name; identical local configs share one engine (one copy of the weights)."""
+    built: dict[str, Engine] = {}
+    by_config: dict[str, Engine] = {}
+    for name, cfg in backends.items():
+        override = model_override if name == "default" else None
+        key = cfg.model_dump_json() + f"|{override}"
+        if key not in by_config:
+            by_config[key] = build_engine(cfg, override)
+        built[name] = by_config[key]
+    return built

@@ -1,0 +1,44 @@
+"""Shared fixtures: one real default-model engine and one tiny random-model engine per test session."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine import models
+from engine.transformers_engine import TransformersEngine
+
+
+def tiny_llama(seed: int = 0, vocab: int = 512) -> models.LoadedModel:
+    """A 2-layer random Llama built from a config (no download) with the default model's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      eos_token_id=vocab - 1, bos_token_id=0, pad_token_id=0)
+    model = LlamaForCausalLM(cfg).eval()
+    tokenizer = AutoTokenizer.from_pretrained(models.resolve(None))
+    return models.LoadedModel(model=model, tokenizer=tokenizer, name="tiny-llama", path="<random>")
+
+
+@pytest.fixture(scope="session")
+def default_model_path() -> str:
+    """Folder of the converted default model (converts the shipped GGUF once per machine)."""
+    return models.resolve(None)
+
+
+@pytest.fixture(scope="session")
+async def engine(default_model_path: str) -> TransformersEngine:
+    """The real default model (SmolLM2-135M-Instruct, fp32, CPU) on one shared engine."""
+    eng = TransformersEngine.from_pretrained(default_model_path)
+    yield eng
+    await eng.shutdown()
+
+
+@pytest.fixture
+async def tiny_engine() -> TransformersEngine:
+    """A fresh engine over a tiny random model, for fast KV mechanics tests."""
+    eng = TransformersEngine(tiny_llama(), block_size=4, kv_cache_bytes=4 << 20)
+    yield eng
+    await eng.shutdown()
