@@ -1,0 +1,103 @@
+"""`moa-stream bench`: measure the engine (append vs re-prefill, batching) or MoA time-to-first-token per mode."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+# ---------------------------------------------------------------------------------------------- bench engine
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"wants a positive integer, got {text!r}")
+    return n
+
+
+def _parse_streams(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        out = ()
+    if not out or any(n < 1 for n in out):
+        raise argparse.ArgumentTypeError(f"wants positive integers like 1,4,8, got {text!r}")
+    return out
+
+
+def _add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--model", default=None, help="HF model id or local folder (default: the offline SmolLM2)")
+    p.add_argument("--context", type=_positive, default=2048, metavar="N", help="tokens in the live sequence (2048)")
+    p.add_argument("--delta", type=_positive, default=16, metavar="N", help="tokens appended (16)")
+    p.add_argument("--decode", type=_positive, default=32, metavar="N", help="tokens decoded per stream (32)")
+    p.add_argument("--streams", type=_parse_streams, default=(1, 4, 8), metavar="LIST",
+                   help="concurrent stream counts to measure, comma-separated (1 and 4 always run)")
+
+
+def _engine_table(result: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"engine bench: {result['model']}", show_header=True)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_column("note")
+    ctx, delta = result["context_tokens"], result["delta_tokens"]
+    rows = [
+        ("reprefill_ms", f"{result['reprefill_ms']:.1f}", f"prefill {ctx}+{delta} tokens from scratch"),
+        ("append_ms", f"{result['append_ms']:.1f}",
+         f"append {delta} tokens to the live sequence ({result['append_tokens_computed']} computed)"),
+        ("append_speedup", f"{result['append_speedup']:.1f}x", "target >= 10x"),
+        ("prefix_open_ms", f"{result['prefix_open_ms']:.1f}",
+         f"new sequence sharing the cached {ctx}-token prefix ({result['prefix_open_tokens_computed']} computed)"),
+        ("fork_ms", f"{result['fork_ms']:.2f}", f"{result['fork_tokens_computed']} tokens computed"),
+    ]
+    for n, rate in sorted(result["tok_s"].items(), key=lambda kv: int(kv[0])):
+        rows.append((f"tok_s_{n}", f"{rate:.1f}", f"decode tokens/s, {n} concurrent stream(s)"))
+    rows.append(("batch_speedup", f"{result['batch_speedup']:.2f}x", "tok_s_4 / tok_s_1, target >= 1.8x"))
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _main_engine(args: argparse.Namespace) -> int:
+    from engine.bench import bench_engine
+
+    result = bench_engine(args.model, context_tokens=args.context, delta_tokens=args.delta,
+                          decode_tokens=args.decode, streams=args.streams).to_dict()
+    if args.json:
+        print(json.dumps(result))
+    else:
+        from rich.console import Console
+
+        Console().print(_engine_table(result))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- bench ttft
+# The lead adds the `ttft` subcommand here: `_add_ttft_arguments(p)` and `_main_ttft(args) -> int`, then one
+# entry in SUBCOMMANDS below.
+
+# ---------------------------------------------------------------------------------------------- wiring
+
+# name -> (add_arguments, main, one-line help)
+SUBCOMMANDS: dict[str, tuple[Any, Any, str]] = {
+    "engine": (_add_engine_arguments, _main_engine,
+               "append vs re-prefill of a long sequence, and decode tokens/s at 1/4/8 streams"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the bench subcommands on the `bench` parser."""
+    sub = parser.add_subparsers(dest="bench", required=True, metavar="WHAT")
+    for name, (add, _, help_text) in SUBCOMMANDS.items():
+        add(sub.add_parser(name, help=help_text, description=help_text))
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the chosen bench subcommand."""
+    return int(SUBCOMMANDS[args.bench][1](args))
