@@ -171,6 +171,11 @@ class TransformersEngine:
         return self._max_len
 
     @property
+    def vocab_size(self) -> int:
+        """Number of token ids the model accepts."""
+        return self._vocab
+
+    @property
     def model_name(self) -> str:
         """The name the model was loaded by."""
         return self._loaded.name
@@ -241,8 +246,9 @@ class TransformersEngine:
         self._fail_waiters(s, SequenceClosedError(f"sequence {s.id} was closed"))
         del self._seqs[s.id]
         self._stats.sequences_open -= 1
-        if s.id not in self._in_step:  # otherwise the step that holds it frees the blocks
-            self._free_blocks(s)
+        # A step in flight may still write into its blocks: free them once that step is over.
+        await self._wait_out_of_step(s)
+        self._free_blocks(s)
 
     def tokens(self, seq: Sequence) -> list[int]:
         """A copy of the sequence's tokens (prompt, appends and generated)."""

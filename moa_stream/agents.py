@@ -50,17 +50,17 @@ class AgentSlot:
         else:
             await self.open_fresh(self.fmt.prompt(messages))
         self.after_eos = False
+        self.prompt_tokens = len(self.engine.tokens(self.seq))
 
     async def open_fresh(self, tokens: list[int]) -> Sequence:
         """Replace `seq` with a new sequence of these tokens (layouts that rewrite the prompt)."""
         await self.reset()
         self.seq = await self.engine.open(tokens)
         self._track(self.seq, fresh=True)
+        self.prompt_tokens = self.prompt_tokens or len(tokens)
         return self.seq
 
     def _track(self, seq: Sequence, fresh: bool = False) -> None:
-        if not self.opened:
-            self.prompt_tokens = len(self.engine.tokens(seq))
         if seq not in self.opened:
             self.opened.append(seq)
             self.turn_base[seq.id] = SequenceStats() if fresh else self.engine.seq_stats(seq)
@@ -69,6 +69,10 @@ class AgentSlot:
         now, base = self.engine.seq_stats(seq), self.turn_base.get(seq.id, SequenceStats())
         return SequenceStats(now.prefill_computed - base.prefill_computed, now.prefill_reused - base.prefill_reused,
                              now.decode_tokens - base.decode_tokens)
+
+    def context_tokens(self) -> int:
+        """Length of the live sequence (0 if none)."""
+        return len(self.engine.tokens(self.seq)) if self.seq is not None else 0
 
     def turn_stats(self) -> SequenceStats:
         """Prefill computed/reused and decode tokens of this agent during the current turn."""

@@ -20,6 +20,8 @@ class AgentMetrics(BaseModel):
     completion_tokens: int = 0
     prefill_computed: int = 0
     prefill_reused: int = 0
+    decode_tokens: int = 0
+    context_tokens: int = 0  # length of the agent's context at the end of the turn (0 once freed)
     finish_reason: str | None = None
     error: str | None = None
 

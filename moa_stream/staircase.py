@@ -275,14 +275,15 @@ class Turn:
                 agents[slot.cfg.name] = AgentMetrics(
                     role="proposer", layer=layer_idx, prompt_tokens=slot.prompt_tokens, completion_tokens=res.tokens,
                     prefill_computed=st.prefill_computed, prefill_reused=st.prefill_reused,
+                    decode_tokens=st.decode_tokens, context_tokens=slot.context_tokens(),
                     finish_reason=res.finish_reason, error=res.error)
                 totals = [totals[0] + st.prefill_computed, totals[1] + st.prefill_reused,
                           totals[2] + st.decode_tokens]
         st = self.agg.turn_stats()
         agents[self.agg.cfg.name] = AgentMetrics(
             role="aggregator", layer=len(self.layers), prompt_tokens=self.agg.prompt_tokens,
-            completion_tokens=len(self.answer_ids),
-            prefill_computed=st.prefill_computed, prefill_reused=st.prefill_reused)
+            completion_tokens=len(self.answer_ids), prefill_computed=st.prefill_computed,
+            prefill_reused=st.prefill_reused, decode_tokens=st.decode_tokens, context_tokens=self.agg.context_tokens())
         return Metrics(
             mode=self.inp.mode, ttft_s=self.ttft, total_s=self._now(), answer_tokens=len(self.answer_ids),
             chunks_ingested=self.chunks_ingested, aggregator_prefill_computed=st.prefill_computed,
