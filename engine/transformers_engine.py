@@ -222,6 +222,10 @@ class TransformersEngine:
         """Decode from the sequence, appending each token to it; stop iterating to cancel."""
         s = self._get(seq)
         self._check_idle(s, "generate on")
+        if s.pending == 0 and s.last_logits is None and s.num_computed > 0:
+            # Nothing left to compute and no logits kept (an append failed and was rolled back): without this
+            # the generation would wait forever. Recomputing the last token yields them.
+            s.num_computed -= 1
         params = sampling or SamplingParams()
         gen = _Generation(params, make_generator(params, self.device), Detokenizer(self.tokenizer, params.stop))
         s.generation = gen
