@@ -97,6 +97,46 @@ class _StepResult:
     sampled: dict[int, int]  # seq id -> sampled token (generating sequences only)
 
 
+class _TokenStream:
+    """The deltas of one generation. Leaving it early cancels the generation at once: on break (CPython drops
+    the iterator immediately), aclose() or task cancellation, so the sequence is idle on the very next line
+    (an async generator would only be finalised on a later event-loop turn)."""
+
+    def __init__(self, engine: TransformersEngine, s: _Seq, gen: _Generation) -> None:
+        self._engine, self._seq, self._gen = engine, s, gen
+        self._done = False
+
+    def __aiter__(self) -> _TokenStream:
+        return self
+
+    async def __anext__(self) -> TokenDelta:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            item = await self._gen.queue.get()
+        except BaseException:  # the consumer was cancelled (or timed out) while waiting
+            self._close()
+            raise
+        if item is None or isinstance(item, BaseException) or item.finish_reason is not None:
+            self._done = True
+        if item is None:
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def aclose(self) -> None:
+        """Stop the generation if it is still running."""
+        self._close()
+
+    def _close(self) -> None:
+        self._done = True
+        self._engine._cancel(self._seq, self._gen)
+
+    def __del__(self) -> None:
+        self._close()
+
+
 class TransformersEngine:
     """Stateful engine over a transformers model: see engine.protocol.Engine for the contract."""
 
@@ -231,7 +271,7 @@ class TransformersEngine:
         s.generation = gen
         self._touch(s)
         self._kick()
-        return self._stream(s, gen)
+        return _TokenStream(self, s, gen)
 
     async def abort(self, seq: Sequence) -> None:
         """Stop a running generation of this sequence (no-op if idle)."""
@@ -444,21 +484,10 @@ class TransformersEngine:
                 w.future.set_exception(exc)
         s.waiters.clear()
 
-    async def _stream(self, s: _Seq, gen: _Generation) -> AsyncIterator[TokenDelta]:
-        try:
-            while True:
-                item = await gen.queue.get()
-                if item is None:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
-        finally:
-            if s.generation is gen:  # the consumer left early: cancel
-                s.generation = None
-                self._touch(s)
+    def _cancel(self, s: _Seq, gen: _Generation) -> None:
+        if s.generation is gen:  # the consumer left early: stop decoding for it now
+            s.generation = None
+            self._touch(s)
 
     def _finish(self, s: _Seq, gen: _Generation, reason: str, text: str = "", token: int | None = None,
                 flush: bool = True) -> None:

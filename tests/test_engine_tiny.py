@@ -470,11 +470,10 @@ async def test_breaking_out_cancels_generation(tiny_engine: TransformersEngine, 
     prompt = rand_tokens(10, seed=70)
     seq = await tiny_engine.open(prompt)
     got: list[int] = []
-    async with contextlib.aclosing(tiny_engine.generate(seq, greedy(10_000))) as stream:
-        async for delta in stream:
-            got.extend(delta.token_ids)
-            if len(got) >= 3:
-                break
+    async for delta in tiny_engine.generate(seq, greedy(10_000)):
+        got.extend(delta.token_ids)
+        if len(got) >= 3:
+            break  # a plain break, no aclose(): the engine must notice at once
     decoded = tiny_engine.stats().decode_tokens
     held = tiny_engine.tokens(seq)
     assert held[:len(prompt) + 3] == prompt + got
@@ -483,6 +482,15 @@ async def test_breaking_out_cancels_generation(tiny_engine: TransformersEngine, 
     assert tiny_engine.stats().decode_tokens - decoded <= 1, "decoding went on after the consumer left"
     ids, _, _ = await collect(tiny_engine, seq, greedy(5))
     assert ids == hf_generate(ref_model, held + more, 5)
+
+    # Explicit aclose() (what contextlib.aclosing does) cancels the same way.
+    stream = tiny_engine.generate(seq, greedy(10_000))
+    first = await anext(stream)
+    await stream.aclose()
+    assert first.finish_reason is None
+    with pytest.raises(StopAsyncIteration):
+        await anext(stream)
+    await tiny_engine.append(seq, more)
     await tiny_engine.close(seq)
 
 
