@@ -14,6 +14,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("moa_stream.bench", "measure the engine (append vs re-prefill, batching) or MoA TTFT per mode"),
+    "run": ("moa_stream.run_command", "answer one question, streamed to stdout (--json: answer and metrics)"),
 }
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2

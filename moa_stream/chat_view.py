@@ -1,0 +1,160 @@
+"""How a streaming turn looks: a live panel per proposer, the answer below, a status line; or plain text."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.panel import Panel
+from rich.segment import Segment
+from rich.table import Table
+from rich.text import Text
+
+from .events import AgentError, AggregatorDelta, ChunkIngested, Done, Event, FirstToken, Metrics, Mode, ProposerDelta
+
+
+def prefill_saved(metrics: Metrics) -> int:
+    """Prompt tokens served from KV the engine already held instead of being computed again.
+
+    Per agent: prefix-cache hits (`prefill_reused`) plus the part of its final context that this turn did
+    not compute at all (an earlier turn's live sequence, extended in place).
+    """
+    saved = 0
+    for a in metrics.agents.values():
+        carried = a.context_tokens - a.prefill_computed - a.prefill_reused - a.decode_tokens
+        saved += a.prefill_reused + max(0, carried)
+    return saved
+
+
+def status_text(metrics: Metrics) -> str:
+    """One line: mode, TTFT, total time, tokens/s, chunks ingested, prefill tokens saved."""
+    ttft = f"{metrics.ttft_s:.2f} s" if metrics.ttft_s is not None else "-"
+    return (f"{metrics.mode} | TTFT {ttft} | total {metrics.total_s:.2f} s | {metrics.tokens_per_s:.1f} tok/s | "
+            f"{metrics.answer_tokens} answer tokens | {metrics.chunks_ingested} chunks ingested | "
+            f"prefill saved {prefill_saved(metrics)} tok")
+
+
+class _Tail:
+    """The last `lines` wrapped lines of a text: a proposal panel shows where the proposer is writing now."""
+
+    def __init__(self, text: str, lines: int, style: str = "") -> None:
+        self.text, self.lines, self.style = text, lines, style
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        rendered = console.render_lines(Text(self.text, style=self.style), options, pad=False)
+        rendered = rendered[-self.lines:] if self.text else []
+        rendered += [[]] * (self.lines - len(rendered))  # fixed height: panels don't jump as they fill
+        for line in rendered:
+            yield from line
+            yield Segment.line()
+
+
+@dataclass
+class _Proposal:
+    text: str = ""
+    chunks: int = 0
+    done: bool = False
+    error: str | None = None
+
+
+@dataclass
+class TurnView:
+    """State of one streaming turn, fed with its events; renders itself with rich."""
+
+    mode: Mode
+    agents: list[tuple[str, int]]  # (proposer name, layer) in config order
+    show_proposers: bool = True
+    proposal_lines: int = 6
+    proposals: dict[str, _Proposal] = field(default_factory=dict)
+    answer: str = ""
+    ttft_s: float | None = None
+    chunks: int = 0
+    metrics: Metrics | None = None
+    cancelled: bool = False
+    failed: str | None = None
+    t0: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        self.proposals = {name: _Proposal() for name, _ in self.agents}
+
+    def apply(self, ev: Event) -> None:
+        """Take in one event."""
+        if isinstance(ev, ProposerDelta):
+            self.proposals.setdefault(ev.agent, _Proposal()).text += ev.text
+        elif isinstance(ev, ChunkIngested):
+            self.chunks += 1
+            p = self.proposals.setdefault(ev.agent, _Proposal())
+            p.chunks += 1
+            p.done = p.done or ev.final
+        elif isinstance(ev, AggregatorDelta):
+            self.answer += ev.text
+        elif isinstance(ev, FirstToken):
+            self.ttft_s = ev.ttft_s
+        elif isinstance(ev, AgentError):
+            self.proposals.setdefault(ev.agent, _Proposal()).error = f"{ev.kind}: {ev.error}"
+        elif isinstance(ev, Done):
+            self.metrics = ev.metrics
+            self.answer = ev.answer
+
+    def status(self) -> str:
+        """The status line: final metrics once done, live TTFT and elapsed time before."""
+        if self.metrics is not None:
+            return status_text(self.metrics)
+        ttft = f"{self.ttft_s:.2f} s" if self.ttft_s is not None else "waiting"
+        state = " | cancelled" if self.cancelled else f" | failed: {self.failed}" if self.failed else ""
+        return (f"{self.mode} | TTFT {ttft} | elapsed {time.perf_counter() - self.t0:.2f} s | "
+                f"{self.chunks} chunks ingested{state}")
+
+    def _proposal_panel(self, name: str, layer: int) -> Panel:
+        p = self.proposals[name]
+        if p.error:
+            border, note = "red", p.error[:60]
+        elif p.done:
+            border, note = "green", f"{p.chunks} chunks in, done"
+        else:
+            border, note = "yellow", f"{p.chunks} chunks in"
+        title = f"{name}" if len({lay for _, lay in self.agents}) < 2 else f"L{layer} {name}"
+        return Panel(_Tail(p.text, self.proposal_lines, "dim" if p.done else ""), title=title, subtitle=note,
+                     border_style=border, title_align="left", subtitle_align="right")
+
+    def __rich__(self) -> RenderableType:
+        parts: list[RenderableType] = []
+        if self.show_proposers and self.mode != "single" and self.agents:
+            grid = Table.grid(expand=True, padding=(0, 1))
+            for _ in self.agents:
+                grid.add_column(ratio=1)
+            grid.add_row(*(self._proposal_panel(n, lay) for n, lay in self.agents))
+            parts.append(grid)
+        answer_style = "bold" if self.metrics else ""
+        parts.append(Panel(Text(self.answer or "", style=answer_style), title="answer", title_align="left",
+                           border_style="cyan" if self.metrics else "blue"))
+        status_style = "red" if self.cancelled or self.failed else "green" if self.metrics else "yellow"
+        parts.append(Text(self.status(), style=status_style))
+        return Group(*parts)
+
+
+class PlainView:
+    """The pipe fallback: answer text to `out` as it streams, TTFT and the status line to `err`."""
+
+    def __init__(self, out: TextIO, err: TextIO) -> None:
+        self.out, self.err = out, err
+        self.metrics: Metrics | None = None
+
+    def apply(self, ev: Event) -> None:
+        """Take in one event."""
+        if isinstance(ev, AggregatorDelta):
+            self.out.write(ev.text)
+            self.out.flush()
+        elif isinstance(ev, FirstToken):
+            self.err.write(f"[TTFT {ev.ttft_s:.2f} s]\n")
+            self.err.flush()
+        elif isinstance(ev, AgentError):
+            self.err.write(f"[agent {ev.agent} {ev.kind}: {ev.error}]\n")
+        elif isinstance(ev, Done):
+            self.metrics = ev.metrics
+            self.out.write("\n")
+            self.out.flush()
+            self.err.write(f"[{status_text(ev.metrics)}]\n")
+            self.err.flush()

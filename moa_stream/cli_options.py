@@ -1,0 +1,65 @@
+"""Options shared by `run`, `chat` and `serve`: which config, mode, chunk size and model build the pipeline."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from .events import MODES
+
+if TYPE_CHECKING:
+    from .api import MoA
+    from .config import MoAConfig
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (bad values are usage errors, exit code 2)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"wants a positive integer, got {text!r}")
+    return n
+
+
+def add_moa_arguments(p: argparse.ArgumentParser) -> None:
+    """--config, --mode, --chunk, --model and --max-tokens."""
+    p.add_argument("--config", metavar="FILE", default=None,
+                   help="MoA config (YAML or TOML); default: three proposers and an aggregator on one model")
+    p.add_argument("--mode", choices=MODES, default=None, help="how the aggregator takes in the proposals "
+                   "(default: the config's mode, staircase unless set)")
+    p.add_argument("--chunk", type=positive_int, default=None, metavar="N",
+                   help="staircase chunk size in tokens, first chunk included (default: the config's)")
+    p.add_argument("--model", default=None, metavar="MODEL",
+                   help="HF model id or local folder for the default backend (default: the offline SmolLM2)")
+    p.add_argument("--max-tokens", type=positive_int, default=None, metavar="N",
+                   help="most tokens in the answer (default: the aggregator's max_tokens)")
+
+
+def load_config(args: argparse.Namespace) -> MoAConfig:
+    """The config file (or the default) with --mode and --chunk applied; raises ConfigError when invalid."""
+    from .config import MoAConfig
+
+    cfg = MoAConfig.load(args.config)
+    update: dict[str, object] = {}
+    if args.mode:
+        update["mode"] = args.mode
+    if args.chunk:
+        update["staircase"] = with_chunk(cfg, args.chunk).staircase
+    return cfg.model_copy(update=update) if update else cfg
+
+
+def with_chunk(cfg: MoAConfig, chunk: int) -> MoAConfig:
+    """The config with every staircase chunk (the first one too) `chunk` tokens long."""
+    knobs = cfg.staircase.model_copy(update={"first_chunk_tokens": chunk, "chunk_tokens": chunk,
+                                             "max_chunk_tokens": max(chunk, cfg.staircase.max_chunk_tokens)})
+    return cfg.model_copy(update={"staircase": knobs})
+
+
+def build_moa(args: argparse.Namespace) -> MoA:
+    """Validate the config first (fast usage errors), then load the engines."""
+    from .api import MoA
+
+    cfg = load_config(args)
+    return MoA.from_config(cfg, model=args.model)
