@@ -9,6 +9,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .errors import InvalidTokensError
 from .protocol import Engine, SamplingParams, Sequence
 
 
@@ -94,7 +95,8 @@ async def run_engine_bench(
 ) -> EngineBenchResult:
     """Measure re-prefill vs append, prefix reuse, fork, and decode tokens/s at each stream count."""
     if context_tokens + delta_tokens * (repeats + 1) > engine.max_model_len:
-        raise ValueError(f"context_tokens={context_tokens} does not fit the model's {engine.max_model_len} tokens")
+        raise InvalidTokensError(f"context_tokens={context_tokens} plus {repeats + 1} appends of {delta_tokens} "
+                                 f"do not fit the model's {engine.max_model_len} tokens: lower --context")
     # A fresh seed per run keeps the re-prefill cold even when the same engine is benched twice.
     rng = random.Random(time.time_ns() if seed is None else seed)
     vocab = _vocab_size(engine)

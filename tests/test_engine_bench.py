@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import cli
+from engine import InvalidTokensError
 from engine.bench import run_engine_bench
 from engine.transformers_engine import TransformersEngine
 
@@ -33,6 +34,8 @@ async def test_bench_on_tiny_model_reports_contract_fields(tiny_engine: Transfor
     assert out["append_speedup"] == pytest.approx(out["reprefill_ms"] / out["append_ms"], rel=0.02)
     assert out["batch_speedup"] == pytest.approx(out["tok_s_4"] / out["tok_s_1"], rel=0.02)
     assert set(out["tok_s"]) == {"1", "2", "4"} and out["tok_s_2"] == out["tok_s"]["2"]
+    with pytest.raises(InvalidTokensError, match="--context"):
+        await run_engine_bench(tiny_engine, context_tokens=tiny_engine.max_model_len)
     json.dumps(out)
     st = tiny_engine.stats()
     assert (st.sequences_open, st.kv_bytes_resident) == (0, 0), "the bench closes what it opens"
