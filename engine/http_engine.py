@@ -1,0 +1,539 @@
+"""A remote engine: any OpenAI-compatible server (vLLM, SGLang, llama.cpp, hosted APIs) over streaming HTTP.
+
+A sequence lives on the client as its token history; every request sends the whole history, which only ever
+grows at the end, so the server's prefix cache reuses the KV of everything it has seen before. `append`
+therefore computes nothing here; the server computes the new tokens on the next `generate`.
+
+Request formats, tried in this order and remembered once one works:
+1. `/v1/completions` with a token-id prompt (vLLM, SGLang, llama.cpp's own server): exact, no re-tokenising;
+2. `/v1/completions` with the history decoded to text (llama-cpp-python, most hosted APIs), when the server
+   rejects token ids with 400/422;
+3. `/v1/chat/completions`, when the server has no `/v1/completions` (404/405): the ChatML turns of the
+   history become messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import re
+from collections.abc import AsyncIterator
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import httpx
+
+from . import models
+from .client_sequences import ClientSeq, ClientSequences
+from .errors import BackendError, ModelLoadError
+from .protocol import FinishReason, SamplingParams, Sequence, TokenDelta
+
+log = logging.getLogger(__name__)
+
+Api = Literal["tokens", "text", "chat"]
+_RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+_CHATML = re.compile(r"<\|im_start\|>(\w+)\n(.*?)(?:<\|im_end\|>\s*|$)", re.DOTALL)
+
+
+@dataclass
+class HttpStats:
+    """What the HTTP layer did: requests, retries, format fallbacks, and whether the server reports its cache."""
+
+    requests: int = 0
+    retries: int = 0
+    fallbacks: int = 0
+    failures: int = 0
+    cache_reported: bool = False  # a response carried usage.prompt_tokens_details.cached_tokens
+    api: Api | None = None  # the request format in use once one worked
+
+
+class StopScanner:
+    """Finds stop strings in streamed text, holding back a tail that could still grow into one."""
+
+    def __init__(self, stop: Seq[str]) -> None:
+        self._stop = tuple(stop)
+        self._keep = max((len(s) for s in self._stop), default=1) - 1
+        self._held = ""
+
+    def push(self, text: str) -> tuple[str, bool]:
+        """Add text; return (text safe to emit now, whether a stop string was hit)."""
+        if not self._stop:
+            return text, False
+        pending = self._held + text
+        hits = [i for i in (pending.find(s) for s in self._stop) if i >= 0]
+        if hits:
+            self._held = ""
+            return pending[:min(hits)], True
+        cut = max(len(pending) - self._keep, 0)
+        out, self._held = pending[:cut], pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        """Release the held tail (the generation ended without a stop string)."""
+        out, self._held = self._held, ""
+        return out
+
+
+class TextToIds:
+    """Turns streamed text into token ids so that decoding the ids gives back exactly that text.
+
+    The last token of an encoding may still merge with text that has not arrived, so it is held back
+    until more text comes or the stream ends.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tok = tokenizer
+        self._pending = ""
+
+    def push(self, text: str, final: bool = False) -> list[int]:
+        """Add text; return the ids that are settled."""
+        self._pending += text
+        if not self._pending:
+            return []
+        ids = list(self._tok.encode(self._pending, add_special_tokens=False))
+        if final:
+            self._pending = ""
+            return ids
+        if len(ids) <= 1:
+            return []
+        keep = ids[:-1]
+        covered = self._tok.decode(keep, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if not self._pending.startswith(covered):  # a character split across tokens: wait for the rest
+            return []
+        self._pending = self._pending[len(covered):]
+        return keep
+
+
+def normalize_base_url(base_url: str) -> str:
+    """`http://host:port` -> `http://host:port/v1`; a URL with a path is kept as given (without a trailing /)."""
+    if not isinstance(base_url, str) or not base_url.strip():
+        raise BackendError("base_url is empty: give the server root, e.g. http://127.0.0.1:8080/v1")
+    url = base_url.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise BackendError(f"base_url {base_url!r} is not an http(s) URL: use e.g. http://127.0.0.1:8080/v1")
+    return url if parts.path not in ("", "/") else url + "/v1"
+
+
+def sampling_body(params: SamplingParams, eos_token_ids: frozenset[int]) -> dict[str, Any]:
+    """OpenAI request fields for SamplingParams; non-standard fields only when they are needed.
+
+    Stop strings are matched on the client (see HttpEngine.generate), so they are not sent.
+    """
+    body: dict[str, Any] = {"max_tokens": params.max_tokens, "temperature": params.temperature}
+    if params.top_p < 1.0:
+        body["top_p"] = params.top_p
+    if params.seed is not None:
+        body["seed"] = params.seed
+    if params.top_k > 0:
+        body["top_k"] = params.top_k  # vLLM, SGLang and llama.cpp accept it; OpenAI does not
+    if params.stop_token_ids:
+        body["stop_token_ids"] = list(params.stop_token_ids)
+    if params.ignore_eos:
+        body["ignore_eos"] = True  # vLLM/SGLang; the logit bias below does it on the others
+        body["logit_bias"] = {str(t): -100 for t in sorted(eos_token_ids)}
+    return body
+
+
+def chat_messages(text: str) -> tuple[list[dict[str, str]], bool]:
+    """Split a ChatML history into messages; returns (messages, whether the last one is a partial answer)."""
+    turns = [(m.group(1), m.group(2), m.group(0).rstrip().endswith("<|im_end|>")) for m in _CHATML.finditer(text)]
+    if not turns:
+        return [{"role": "user", "content": text}], False
+    messages = [{"role": role, "content": content} for role, content, _ in turns]
+    last_role, last_content, last_closed = turns[-1]
+    if last_role == "assistant" and not last_closed:
+        if not last_content:
+            messages.pop()  # the bare generation prompt: the server adds its own
+            return messages, False
+        return messages, True
+    return messages, False
+
+
+def finish_reason(raw: Any) -> FinishReason:
+    """Map a server's finish_reason onto the engine's three."""
+    if raw == "length":
+        return "length"
+    if raw in ("abort", "cancelled"):
+        return "abort"
+    return "stop"
+
+
+class HttpEngine(ClientSequences):
+    """Stateful engine over an OpenAI-compatible server: see engine.protocol.Engine for the contract."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 60.0,
+        tokenizer: Any | None = None,
+        max_retries: int = 3,
+        **options: Any,
+    ) -> None:
+        self.base_url = normalize_base_url(base_url)
+        self.model = model
+        if timeout_s <= 0:
+            raise BackendError(f"timeout_s must be > 0, got {timeout_s!r}")
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise BackendError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+        self.timeout_s = float(timeout_s)
+        self.max_retries = max_retries
+        self.backoff_s = float(options.pop("backoff_s", 0.25))
+        api = options.pop("api", None)
+        if api not in (None, "tokens", "text", "chat"):
+            raise BackendError(f"option api={api!r}: use tokens, text or chat (or leave it out to detect)")
+        self._api: Api | None = api
+        self._api_fixed = api is not None
+        self.extra_body: dict[str, Any] = dict(options.pop("extra_body", None) or {})
+        self.include_usage = bool(options.pop("include_usage", True))
+        self.return_token_ids = bool(options.pop("return_token_ids", True))
+        max_len = options.pop("max_model_len", None)
+        max_connections = int(options.pop("max_connections", 64))
+        tokenizer = options.pop("tokenizer_name", None) or tokenizer
+        eos_extra = options.pop("eos_token_ids", ())
+        if options:
+            raise BackendError(f"unknown http backend options {sorted(options)}; known: api, extra_body, "
+                               "include_usage, return_token_ids, max_model_len, max_connections, backoff_s, "
+                               "tokenizer_name, eos_token_ids")
+        self._tok = tokenizer if tokenizer is not None and not isinstance(tokenizer, str) else (
+            _load_tokenizer(tokenizer if isinstance(tokenizer, str) else model))
+        eos = {int(t) for t in eos_extra}
+        if self._tok.eos_token_id is not None:
+            eos.add(int(self._tok.eos_token_id))
+        self._eos = frozenset(eos)
+        tok_max = int(getattr(self._tok, "model_max_length", 0) or 0)
+        super().__init__(len(self._tok), int(max_len) if max_len else (tok_max if 0 < tok_max < 10**7 else 8192))
+        headers = {"Accept": "text/event-stream"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._client = httpx.AsyncClient(
+            headers=headers,
+            timeout=httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 10.0)),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+        self.http = HttpStats(api=self._api if self._api_fixed else None)
+        self._served_model: str | None = model
+        self._model_probed = model is not None
+
+    # ---------------------------------------------------------------- properties
+
+    @property
+    def tokenizer(self) -> Any:
+        """The Hugging Face tokenizer of the served model (the client tokenizes; the server computes)."""
+        return self._tok
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        """Token ids that end a generation."""
+        return self._eos
+
+    # ---------------------------------------------------------------- public API
+
+    def generate(self, seq: Sequence, sampling: SamplingParams | None = None) -> AsyncIterator[TokenDelta]:
+        """Stream a completion of the sequence, appending each token to it; stop iterating to cancel."""
+        return self._stream(self._start(seq), sampling or SamplingParams())
+
+    async def shutdown(self) -> None:
+        """Cut running requests, forget every sequence and close the connection pool."""
+        await self._close_all()
+        await self._client.aclose()
+
+    # ---------------------------------------------------------------- requests
+
+    def _body(self, s: ClientSeq, params: SamplingParams, api: Api) -> tuple[str, dict[str, Any]]:
+        body = sampling_body(params, self._eos)
+        if self._served_model is not None:
+            body["model"] = self._served_model
+        body["stream"] = True
+        if self.include_usage:
+            body["stream_options"] = {"include_usage": True}
+        if api == "tokens":
+            body["prompt"] = list(s.tokens)
+            if self.return_token_ids:
+                body["return_token_ids"] = True  # vLLM >= 0.10.2 streams the generated ids with each delta
+            path = "/completions"
+        else:
+            # Special tokens must survive as text: the server's tokenizer turns them back into the same ids.
+            text = self._tok.decode(s.tokens, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            if api == "text":
+                body["prompt"] = text
+                path = "/completions"
+            else:
+                messages, partial = chat_messages(text)
+                body["messages"] = messages
+                if partial:  # vLLM/SGLang continue the assistant's partial answer instead of starting anew
+                    body["add_generation_prompt"] = False
+                    body["continue_final_message"] = True
+                path = "/chat/completions"
+        body.update(self.extra_body)
+        return path, body
+
+    async def _probe_model(self) -> None:
+        """With model=None, ask the server which model it serves (first id of /models)."""
+        if self._model_probed:
+            return
+        self._model_probed = True
+        try:
+            r = await self._client.get(self.base_url + "/models")
+            if r.status_code == 200:
+                data = r.json().get("data") or []
+                if data and isinstance(data[0], dict) and data[0].get("id"):
+                    self._served_model = str(data[0]["id"])
+                    if data[0].get("max_model_len"):  # vLLM reports the context size
+                        self._max_len = min(self._max_len, int(data[0]["max_model_len"]))
+        except (httpx.HTTPError, ValueError) as exc:
+            log.info("%s/models did not answer (%s); sending requests without a model name", self.base_url, exc)
+
+    async def _connect(self, s: ClientSeq, params: SamplingParams) -> tuple[httpx.Response, Api]:
+        """Send the request until a 200 starts streaming: retries 429/5xx/refused connections, falls back."""
+        await self._probe_model()
+        api: Api = self._api or "tokens"
+        attempt = 0
+        while True:
+            path, body = self._body(s, params, api)
+            url = self.base_url + path
+            self.http.requests += 1
+            try:
+                resp = await self._client.send(self._client.build_request("POST", url, json=body), stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
+                # Nothing reached the model yet (refused, reset, or closed before a status line): safe to retry.
+                if attempt < self.max_retries:
+                    await self._backoff(attempt, None)
+                    attempt += 1
+                    continue
+                raise BackendError(f"{url}: cannot connect ({_describe(exc)}) after {attempt + 1} attempts; "
+                                   "is the server running?") from exc
+            except httpx.TimeoutException as exc:
+                # Not retried: a server that stalls one request most likely stalls the next one too.
+                raise BackendError(f"{url}: no response within {self.timeout_s:g} s ({_describe(exc)})") from exc
+            except httpx.HTTPError as exc:
+                raise BackendError(f"{url}: request failed ({_describe(exc)})") from exc
+            if resp.status_code == 200:
+                if self._api != api:
+                    self._api = api
+                    self.http.api = api
+                return resp, api
+            detail = await _error_detail(resp)
+            status = resp.status_code
+            if api == "tokens" and self._api is None and status not in (404, 405, 429, 503):
+                # Servers reject token-id prompts in different ways (vLLM would not; llama-cpp-python answers
+                # 500 with a validation error): before tokens are known to work, any refusal means "try text".
+                log.info("%s refused a token-id prompt (HTTP %d: %s); trying a text prompt", url, status, detail)
+                api = "text"
+                self.http.fallbacks += 1
+                continue
+            if status in (404, 405) and api != "chat" and not self._api_fixed:
+                log.info("%s has no completions endpoint (HTTP %d); using chat completions", url, status)
+                api = "chat"
+                self.http.fallbacks += 1
+                continue
+            if status in _RETRY_STATUS and attempt < self.max_retries:
+                await self._backoff(attempt, resp.headers.get("retry-after"))
+                attempt += 1
+                continue
+            tries = f" after {attempt + 1} attempts" if attempt else ""
+            raise BackendError(f"{url}: HTTP {status}{tries}: {detail}")
+
+    async def _backoff(self, attempt: int, retry_after: str | None) -> None:
+        self.http.retries += 1
+        delay = min(self.backoff_s * 2**attempt, 8.0) * (1 + 0.25 * random.random())
+        if retry_after:
+            try:
+                delay = min(max(float(retry_after), delay), 30.0)
+            except ValueError:
+                pass  # an HTTP date: our own backoff is good enough
+        await asyncio.sleep(delay)
+
+    async def _stream(self, s: ClientSeq, params: SamplingParams) -> AsyncIterator[TokenDelta]:
+        resp: httpx.Response | None = None
+        prompt_len = len(s.tokens)
+        produced = 0
+        usage: dict[str, Any] | None = None
+        try:
+            resp, api = await self._connect(s, params)
+            s.cancel = resp.aclose
+            url = str(resp.request.url)
+            stops = StopScanner(params.stop)
+            to_ids = TextToIds(self._tok)
+            server_ids = False  # the server streams the generated ids (vLLM return_token_ids)
+            final: TokenDelta | None = None
+            events = _sse_events(resp, url, self.timeout_s)
+            try:
+                async for event in events:
+                    if event.get("usage"):
+                        usage = event["usage"]
+                    if event.get("error"):
+                        raise BackendError(f"{url}: the server reported an error mid-stream: {_message(event)}")
+                    choices = event.get("choices") or []
+                    if not choices or final is not None:
+                        continue  # after the finish chunk only usage is of interest
+                    choice = choices[0]
+                    text = _choice_text(choice, api)
+                    ids: list[int] = []
+                    if isinstance(choice.get("token_ids"), list):
+                        server_ids = True
+                        ids = [int(t) for t in choice["token_ids"]]
+                    out, hit = stops.push(text)
+                    reason: FinishReason | None = None
+                    if hit:
+                        # Keep only the tokens of the text before the stop string; the request is cut below.
+                        ids = self._ids_for(ids, text, out) if server_ids else to_ids.push(out, final=True)
+                        reason = "stop"
+                    elif choice.get("finish_reason") is not None:
+                        reason = finish_reason(choice["finish_reason"])
+                        out += stops.flush()
+                        if not server_ids:
+                            ids = to_ids.push(out, final=True)
+                            if reason == "stop" and self._eos:
+                                ids.append(min(self._eos))  # the server stopped on end-of-text
+                    elif not server_ids:
+                        ids = to_ids.push(out)
+                    s.tokens.extend(ids)
+                    produced += len(ids)
+                    if reason is not None:
+                        final = TokenDelta(tuple(ids), out, reason)
+                        if hit:
+                            break  # our own stop: cut the request, no usage will follow
+                    elif ids or out:
+                        yield TokenDelta(tuple(ids), out)
+            except BackendError:
+                if s.closed:
+                    final = TokenDelta((), "", "abort")
+                elif final is None:
+                    raise
+                # else: the answer is complete; only the trailing usage chunk was lost
+            finally:
+                await events.aclose()
+            if final is None:
+                if not s.closed:
+                    raise BackendError(f"{url}: the stream ended before the server finished the completion "
+                                       f"({produced} tokens received); the server may have crashed")
+                final = TokenDelta((), "", "abort")
+            yield final
+        except BackendError:
+            self.http.failures += 1
+            raise
+        finally:
+            if resp is not None:
+                self._account_usage(s, prompt_len, produced, usage)
+                await resp.aclose()
+            s.cancel = None
+            s.busy = False
+
+    def _ids_for(self, ids: list[int], text: str, kept: str) -> list[int]:
+        """Server ids of a delta whose text was cut at a stop string: keep those covering `kept`."""
+        if kept == text:
+            return ids
+        out: list[int] = []
+        for t in ids:
+            if len(self._tok.decode([*out, t], skip_special_tokens=True)) > len(kept):
+                break
+            out.append(t)
+        return out
+
+    def _account_usage(self, s: ClientSeq, prompt_len: int, produced: int, usage: dict[str, Any] | None) -> None:
+        """Count one request: the server's usage when it sent one, else our own token counts."""
+        prompt, decoded, cached = prompt_len, produced, 0
+        if usage:
+            prompt = int(usage.get("prompt_tokens") or prompt_len)
+            decoded = int(usage.get("completion_tokens") or produced)
+            details = usage.get("prompt_tokens_details") or {}
+            if isinstance(details, dict) and details.get("cached_tokens") is not None:
+                cached = min(int(details["cached_tokens"]), prompt)
+                self.http.cache_reported = True
+        self._account(s, prompt - cached, cached, decoded)
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _message(event: dict[str, Any]) -> str:
+    err = event.get("error")
+    if isinstance(err, dict):
+        return str(err.get("message") or err)
+    return str(err)
+
+
+async def _error_detail(resp: httpx.Response) -> str:
+    """The server's error message from a non-200 response (first 300 characters), closing the response."""
+    try:
+        raw = await resp.aread()
+    except httpx.HTTPError as exc:
+        return f"(could not read the error body: {_describe(exc)})"
+    finally:
+        await resp.aclose()
+    text = raw.decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text[:300] or resp.reason_phrase
+    if isinstance(data, dict):
+        if "error" in data:
+            return _message(data)[:300]
+        if "detail" in data:  # FastAPI validation errors
+            return str(data["detail"])[:300]
+    return text[:300]
+
+
+def _choice_text(choice: dict[str, Any], api: Api) -> str:
+    if api == "chat":
+        delta = choice.get("delta") or {}
+        return str(delta.get("content") or "")
+    return str(choice.get("text") or "")
+
+
+async def _sse_events(resp: httpx.Response, url: str, timeout_s: float) -> AsyncIterator[dict[str, Any]]:
+    """JSON payloads of a server-sent-events stream, until [DONE]; transport failures become BackendError."""
+    data: list[str] = []
+    try:
+        async for line in resp.aiter_lines():
+            if line.startswith(":"):
+                continue  # a comment / keep-alive ping
+            if line.startswith("data:"):
+                data.append(line[5:].lstrip())
+                continue
+            if line.strip() or not data:
+                continue  # other fields (event:, id:, retry:) carry nothing we use
+            payload, data = "\n".join(data), []
+            if payload == "[DONE]":
+                return
+            yield _parse_event(payload, url)
+        if data and (payload := "\n".join(data)) != "[DONE]":
+            yield _parse_event(payload, url)
+    except httpx.TimeoutException as exc:
+        raise BackendError(f"{url}: the stream stalled: no data for {timeout_s:g} s") from exc
+    except (httpx.StreamClosed, httpx.StreamConsumed) as exc:
+        raise BackendError(f"{url}: the stream was closed") from exc
+    except httpx.TransportError as exc:
+        raise BackendError(f"{url}: the stream was cut mid-way ({_describe(exc)})") from exc
+
+
+def _parse_event(payload: str, url: str) -> dict[str, Any]:
+    try:
+        event = json.loads(payload)
+    except ValueError as exc:
+        raise BackendError(f"{url}: the server sent an event that is not JSON: {payload[:200]!r}") from exc
+    if not isinstance(event, dict):
+        raise BackendError(f"{url}: the server sent an event that is not a JSON object: {payload[:200]!r}")
+    return event
+
+
+def _load_tokenizer(name: str | None) -> Any:
+    """The Hugging Face tokenizer for a model name or folder (None: the default model's)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(models.resolve(name))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"no tokenizer for the served model {name!r}: pass the backend option tokenizer_name=<HF id or "
+            f"local folder of the same model> ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        ) from exc

@@ -1,0 +1,312 @@
+"""vLLM in-process (`AsyncLLM`) behind the engine contract: GPUs, tensor parallel, prefix caching.
+
+vLLM keeps KV per request, not per sequence, so sequences are client-side token lists (ClientSequences) and
+every generate sends the whole history: automatic prefix caching finds the blocks of everything computed
+before, so an append costs about its new tokens plus the partial last block.
+
+Where the installed vLLM has resumable streaming-input sessions (`StreamingInput`), the option
+`streaming_input=True` keeps one session per sequence instead: each generate feeds only the tokens appended
+since the last one into the live session, whose KV stays put. vLLM refuses stop strings in sessions, so a
+generate with stop strings ends the sequence's session and runs as a plain request.
+
+`import vllm` happens only when a VllmEngine is built; the translation helpers below are pure and tested
+without vllm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import models
+from .client_sequences import ClientSeq, ClientSequences
+from .errors import BackendError, ModelLoadError
+from .protocol import FinishReason, SamplingParams, Sequence, TokenDelta
+
+log = logging.getLogger(__name__)
+
+# Options that are ours; every other option goes to vllm.AsyncEngineArgs.
+_OWN_OPTIONS = ("streaming_input", "tokenizer_name")
+
+
+def engine_args(model_path: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for vllm.AsyncEngineArgs: prefix caching on unless the options say otherwise."""
+    args = {k: v for k, v in options.items() if k not in _OWN_OPTIONS}
+    args.setdefault("enable_prefix_caching", True)
+    args["model"] = model_path
+    return args
+
+
+def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
+    """Keyword arguments for vllm.SamplingParams (output_kind is set by the caller: it needs vllm's enum)."""
+    kw: dict[str, Any] = {
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "ignore_eos": params.ignore_eos,
+        "skip_special_tokens": True,
+    }
+    if params.top_k > 0:  # vLLM's own default means "off"; 0 vs -1 differs between releases
+        kw["top_k"] = params.top_k
+    if params.seed is not None:
+        kw["seed"] = params.seed
+    if params.stop:
+        kw["stop"] = list(params.stop)
+    if params.stop_token_ids:
+        kw["stop_token_ids"] = list(params.stop_token_ids)
+    return kw
+
+
+def tokens_prompt(tokens: Seq[int]) -> dict[str, list[int]]:
+    """A vLLM TokensPrompt (a TypedDict, so a plain dict is one)."""
+    return {"prompt_token_ids": [int(t) for t in tokens]}
+
+
+def session_blocker(params: SamplingParams) -> str | None:
+    """Why these params cannot run in a streaming-input session (None: they can)."""
+    if params.stop:
+        return "vLLM sessions do not take stop strings"
+    return None
+
+
+def session_input(tokens: Seq[int], sent: int) -> list[int]:
+    """Tokens to feed a session that holds the first `sent` tokens of the sequence."""
+    return [int(t) for t in tokens[sent:]]
+
+
+def map_finish(raw: Any) -> FinishReason | None:
+    """vLLM's finish_reason ("stop", "length", "abort", None) onto the engine's."""
+    if raw is None:
+        return None
+    if raw == "length":
+        return "length"
+    if raw == "abort":
+        return "abort"
+    return "stop"
+
+
+@dataclass(frozen=True)
+class OutputDelta:
+    """What one vLLM RequestOutput (DELTA kind) means for us."""
+
+    delta: TokenDelta
+    cached_tokens: int | None  # prompt tokens served from the prefix cache, when vLLM reports it
+    request_finished: bool  # the whole request (or session) is over
+
+
+def read_output(out: Any) -> OutputDelta:
+    """Translate a vLLM RequestOutput with output_kind=DELTA (duck-typed: .outputs[0], .finished)."""
+    if not getattr(out, "outputs", None):
+        raise BackendError("vLLM returned an output without completions")
+    comp = out.outputs[0]
+    reason = map_finish(getattr(comp, "finish_reason", None))
+    finished = bool(getattr(out, "finished", False))
+    if finished and reason is None:
+        reason = "stop"
+    cached = getattr(out, "num_cached_tokens", None)
+    delta = TokenDelta(tuple(int(t) for t in (comp.token_ids or ())), comp.text or "", reason)
+    return OutputDelta(delta, int(cached) if cached is not None else None, finished)
+
+
+def streaming_input_class() -> Any | None:
+    """vLLM's StreamingInput class where the installed vLLM has sessions, else None."""
+    for where in ("vllm.engine.protocol", "vllm.inputs.data", "vllm.inputs"):
+        try:
+            module = __import__(where, fromlist=["StreamingInput"])
+        except ImportError:
+            continue
+        cls = getattr(module, "StreamingInput", None)
+        if cls is not None:
+            return cls
+    return None
+
+
+@dataclass
+class _Session:
+    """One live streaming-input request for a sequence: its input queue, output stream and what it holds."""
+
+    inputs: asyncio.Queue[Any | None]
+    outputs: AsyncIterator[Any]
+    request_id: str
+    sent: int = 0  # tokens of the sequence whose KV the session holds
+    chunks: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class VllmEngine(ClientSequences):
+    """Stateful engine over vLLM's AsyncLLM: see engine.protocol.Engine for the contract."""
+
+    def __init__(self, model: str, **options: Any) -> None:
+        try:
+            import vllm
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.sampling_params import RequestOutputKind
+            from vllm.v1.engine.async_llm import AsyncLLM
+        except ImportError as exc:
+            raise ModelLoadError(
+                f"the vllm backend needs vLLM and a CUDA GPU: pip install 'moa-stream[vllm]' ({exc})") from exc
+        self._vllm = vllm
+        self._delta_kind = RequestOutputKind.DELTA
+        path = models.resolve(model)
+        self.streaming_input = bool(options.get("streaming_input", False))
+        self._input_cls = streaming_input_class() if self.streaming_input else None
+        if self.streaming_input and self._input_cls is None:
+            log.warning("vLLM %s has no streaming-input sessions; using prefix-cached requests",
+                        getattr(vllm, "__version__", "?"))
+        try:
+            self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(path, options)))
+        except TypeError as exc:  # an unknown engine option
+            raise ModelLoadError(f"bad vllm backend option: {exc}") from exc
+        from transformers import AutoTokenizer
+
+        self._tok = AutoTokenizer.from_pretrained(options.get("tokenizer_name") or path)
+        eos = set()
+        if self._tok.eos_token_id is not None:
+            eos.add(int(self._tok.eos_token_id))
+        gen_eos = getattr(getattr(self._llm, "model_config", None), "hf_config", None)
+        gen_eos = getattr(gen_eos, "eos_token_id", None)
+        eos.update([gen_eos] if isinstance(gen_eos, int) else (gen_eos or []))
+        self._eos = frozenset(eos)
+        max_len = int(self._llm.model_config.max_model_len)
+        super().__init__(max(len(self._tok), int(self._llm.model_config.get_vocab_size())), max_len)
+        self._requests = itertools.count(1)
+        self._sessions: dict[int, _Session] = {}
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's Hugging Face tokenizer."""
+        return self._tok
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        """Token ids that end a generation."""
+        return self._eos
+
+    def generate(self, seq: Sequence, sampling: SamplingParams | None = None) -> AsyncIterator[TokenDelta]:
+        """Stream a completion of the sequence, appending each token to it; stop iterating to cancel."""
+        s = self._start(seq)
+        params = sampling or SamplingParams()
+        if self._input_cls is not None and session_blocker(params) is None:
+            return self._session_stream(s, params)
+        return self._request_stream(s, params)
+
+    async def close(self, seq: Sequence) -> None:
+        """Forget the sequence, ending its session or request; idempotent."""
+        await super().close(seq)
+        await self._end_session(seq.id)
+
+    async def shutdown(self) -> None:
+        """End every request and session and stop vLLM."""
+        await self._close_all()
+        for sid in list(self._sessions):
+            await self._end_session(sid)
+        self._llm.shutdown()
+
+    # ---------------------------------------------------------------- plain requests (prefix cache)
+
+    def _sampling(self, params: SamplingParams) -> Any:
+        return self._vllm.SamplingParams(**sampling_kwargs(params), output_kind=self._delta_kind)
+
+    async def _request_stream(self, s: ClientSeq, params: SamplingParams) -> AsyncIterator[TokenDelta]:
+        await self._end_session(s.id)  # a plain request would leave a session's KV out of step
+        rid = f"moa-{self.id}-{s.id}-{next(self._requests)}"
+        prompt_len = len(s.tokens)
+        produced, cached = 0, 0
+
+        async def cancel() -> None:
+            await self._llm.abort(rid)
+
+        s.cancel = cancel
+        outputs = self._llm.generate(tokens_prompt(s.tokens), self._sampling(params), rid)
+        try:
+            async for out in outputs:
+                od = read_output(out)
+                if od.cached_tokens is not None:
+                    cached = od.cached_tokens
+                s.tokens.extend(od.delta.token_ids)
+                produced += len(od.delta.token_ids)
+                yield od.delta
+                if od.delta.finish_reason is not None:
+                    return
+            if s.closed:
+                yield TokenDelta((), "", "abort")
+        except Exception as exc:
+            if isinstance(exc, BackendError):
+                raise
+            raise BackendError(f"vLLM request {rid} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            await outputs.aclose()  # aborts the request in vLLM if it is still running
+            self._account(s, prompt_len - min(cached, prompt_len), min(cached, prompt_len), produced)
+            s.cancel = None
+            s.busy = False
+
+    # ---------------------------------------------------------------- streaming-input sessions
+
+    async def _session_stream(self, s: ClientSeq, params: SamplingParams) -> AsyncIterator[TokenDelta]:
+        session = self._sessions.get(s.id)
+        if session is None:
+            session = self._open_session(s, params)
+        new = session_input(s.tokens, session.sent)
+        session.inputs.put_nowait(self._input_cls(prompt=tokens_prompt(new), sampling_params=self._sampling(params)))
+        session.chunks += 1
+        produced, cached, done = 0, None, False
+
+        async def cancel() -> None:
+            await self._end_session(s.id)
+
+        s.cancel = cancel
+        try:
+            async for out in session.outputs:
+                od = read_output(out)
+                if od.cached_tokens is not None and cached is None:
+                    cached = od.cached_tokens
+                s.tokens.extend(od.delta.token_ids)
+                produced += len(od.delta.token_ids)
+                yield od.delta
+                if od.delta.finish_reason is not None or od.request_finished:
+                    done = True
+                    break
+            if not done:
+                yield TokenDelta((), "", "abort")
+        except Exception as exc:
+            await self._end_session(s.id)
+            if isinstance(exc, BackendError):
+                raise
+            raise BackendError(f"vLLM session {session.request_id} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if not done:
+                await self._end_session(s.id)  # cancelled mid-chunk: the session's state is unknown now
+            else:
+                # vLLM keeps every generated token but the last (it has no KV yet): the next input re-sends it.
+                session.sent = len(s.tokens) - 1 if produced else len(s.tokens)
+            # Only the new tokens were sent; count the rest as reused even where vLLM does not report it.
+            self._account(s, len(new), len(s.tokens) - produced - len(new), produced)
+            s.cancel = None
+            s.busy = False
+
+    def _open_session(self, s: ClientSeq, params: SamplingParams) -> _Session:
+        rid = f"moa-session-{self.id}-{s.id}-{next(self._requests)}"
+        inputs: asyncio.Queue[Any | None] = asyncio.Queue()
+
+        async def feed() -> AsyncIterator[Any]:
+            while (item := await inputs.get()) is not None:
+                yield item
+
+        outputs = self._llm.generate(feed(), self._sampling(params), rid)
+        session = _Session(inputs, outputs, rid)
+        self._sessions[s.id] = session
+        return session
+
+    async def _end_session(self, seq_id: int) -> None:
+        session = self._sessions.pop(seq_id, None)
+        if session is None:
+            return
+        session.inputs.put_nowait(None)
+        aclose = getattr(session.outputs, "aclose", None)
+        if aclose is not None:
+            await aclose()  # aborts the session's request in vLLM
