@@ -1,0 +1,245 @@
+"""`moa-stream chat`: a multi-turn chat that shows the staircase happen, with slash commands.
+
+In a terminal every turn is a live view (a panel per proposer, the answer, a status line with TTFT). Piped,
+answers go to stdout as plain text and TTFT/status lines to stderr. Ctrl-C during an answer cancels it and
+returns to the prompt; Ctrl-C at the prompt right after another Ctrl-C exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TextIO
+
+from .cli_options import add_moa_arguments, build_moa
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from .api import Conversation, MoA
+    from .config import StaircaseConfig
+    from .events import Metrics, Mode
+
+HELP = """commands:
+  /mode classic|staircase|staircase-reprefill|single   how the aggregator takes in the proposals
+  /chunk N                                             staircase chunk size in tokens (first chunk too)
+  /proposers [on|off]                                  show or hide the proposer panels
+  /reset                                               forget the conversation
+  /stats                                               last turn's metrics and the engine's counters
+  /help                                                this list
+  /quit                                                leave (also Ctrl-D, or Ctrl-C twice)"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Register `chat`'s options."""
+    add_moa_arguments(p)
+    p.add_argument("--plain", action="store_true", help="plain text even in a terminal (no live panels)")
+    p.add_argument("--hide-proposers", action="store_true", help="start with the proposer panels hidden")
+
+
+@dataclass
+class ChatState:
+    """What slash commands change."""
+
+    mode: Mode
+    staircase: StaircaseConfig
+    show_proposers: bool = True
+    max_tokens: int | None = None
+    last: Metrics | None = None
+
+
+class ChatSession:
+    """The prompt loop; one asyncio runner (one event loop) lives across turns, so agents stay warm."""
+
+    def __init__(self, moa: MoA, state: ChatState, console: Console | None, out: TextIO, err: TextIO) -> None:
+        self.moa = moa
+        self.state = state
+        self.console = console  # None: plain pipe mode
+        self.out, self.err = out, err
+        self.conv: Conversation = moa.conversation(mode=state.mode)
+        self.interactive = sys.stdin.isatty()
+
+    # ------------------------------------------------------------------ output
+
+    def info(self, text: str, style: str = "dim") -> None:
+        """A notice: styled in the terminal; on stderr in a pipe so stdout carries only answers."""
+        if self.console is not None:
+            self.console.print(text, style=style, markup=False, highlight=False)
+        else:
+            self.err.write(text + "\n")
+            self.err.flush()
+
+    def _read(self) -> str:
+        if self.console is not None:
+            return self.console.input("[bold green]you>[/] ")
+        if self.interactive:
+            self.err.write("you> ")
+            self.err.flush()
+        line = sys.stdin.readline()
+        if not line:
+            raise EOFError
+        return line.rstrip("\n")
+
+    # ------------------------------------------------------------------ loop
+
+    def loop(self) -> int:
+        """Read, answer, repeat until /quit, end of input or a second Ctrl-C."""
+        if self.console is not None:
+            self.info(f"moa-stream chat | mode {self.state.mode} | {self._agents_line()} | /help for commands")
+        last_was_interrupt = False
+        with asyncio.Runner() as runner:
+            try:
+                while True:
+                    try:
+                        line = self._read()
+                    except EOFError:
+                        break
+                    except KeyboardInterrupt:
+                        if last_was_interrupt:
+                            break
+                        last_was_interrupt = True
+                        self.info("\n(Ctrl-C again or /quit to leave)")
+                        continue
+                    last_was_interrupt = False
+                    text = line.strip()
+                    if not text:
+                        continue
+                    if text.startswith("/"):
+                        if not self.command(text, runner):
+                            break
+                        continue
+                    try:
+                        runner.run(self.turn(text))
+                    except KeyboardInterrupt:
+                        last_was_interrupt = True
+                        self.info("answer cancelled (Ctrl-C); ask again, or Ctrl-C once more to leave", "yellow")
+            finally:
+                # A Ctrl-C here would leave sequences open; the engine shutdown below frees them anyway.
+                with contextlib.suppress(KeyboardInterrupt):
+                    runner.run(self.conv.close())
+                    runner.run(self.moa.aclose())
+        if self.console is not None:
+            self.info("bye")
+        return 0
+
+    async def turn(self, text: str) -> None:
+        """One answer, streamed into the live view (or as plain text)."""
+        from engine import EngineError
+
+        from .agents import MoAError
+        from .chat_view import PlainView, TurnView
+
+        st = self.state
+        events = self.conv.stream(text, mode=st.mode, staircase=st.staircase, max_tokens=st.max_tokens)
+        if self.console is None:
+            plain = PlainView(self.out, self.err)
+            try:
+                async with contextlib.aclosing(events):
+                    async for ev in events:
+                        plain.apply(ev)
+                st.last = plain.metrics
+            except (MoAError, EngineError) as exc:
+                self.info(f"error: {exc}")
+            return
+
+        from rich.live import Live
+
+        agents = [(a.name, i) for i, layer in enumerate(self.moa.config.layers) for a in layer]
+        view = TurnView(mode=st.mode, agents=agents, show_proposers=st.show_proposers)
+        with Live(view, console=self.console, refresh_per_second=12, transient=False):
+            try:
+                async with contextlib.aclosing(events):
+                    async for ev in events:
+                        view.apply(ev)
+                st.last = view.metrics
+            except asyncio.CancelledError:
+                view.cancelled = True
+                raise
+            except (MoAError, EngineError) as exc:
+                view.failed = str(exc)
+
+    # ------------------------------------------------------------------ slash commands
+
+    def command(self, text: str, runner: asyncio.Runner) -> bool:
+        """Run a slash command; False means leave."""
+        from .events import MODES
+
+        name, _, arg = text[1:].partition(" ")
+        name, arg = name.lower(), arg.strip()
+        st = self.state
+        if name in ("quit", "exit", "q"):
+            return False
+        if name == "help":
+            self.info(HELP, "")
+        elif name == "mode":
+            if arg not in MODES:
+                self.info(f"usage: /mode {'|'.join(MODES)} (now {st.mode})", "red")
+            else:
+                st.mode = arg  # type: ignore[assignment]
+                self.info(f"mode: {st.mode}")
+        elif name == "chunk":
+            if not arg.isdigit() or int(arg) < 1:
+                self.info(f"usage: /chunk N with N >= 1 (now first {st.staircase.first_chunk_tokens}, "
+                          f"then {st.staircase.chunk_tokens})", "red")
+            else:
+                n = int(arg)
+                st.staircase = st.staircase.model_copy(update={
+                    "first_chunk_tokens": n, "chunk_tokens": n,
+                    "max_chunk_tokens": max(n, st.staircase.max_chunk_tokens)})
+                self.info(f"chunk: {n} tokens")
+        elif name in ("proposers", "show", "hide"):
+            if name != "proposers":
+                arg = "on" if name == "show" else "off"
+            if arg not in ("", "on", "off"):
+                self.info("usage: /proposers [on|off]", "red")
+            else:
+                st.show_proposers = not st.show_proposers if not arg else arg == "on"
+                self.info(f"proposers: {'shown' if st.show_proposers else 'hidden'}")
+        elif name == "reset":
+            runner.run(self.conv.reset())
+            st.last = None
+            self.info("conversation reset")
+        elif name == "stats":
+            self.stats()
+        else:
+            self.info(f"unknown command /{name}; /help lists them", "red")
+        return True
+
+    def stats(self) -> None:
+        """Print the last turn's metrics and each engine's counters."""
+        from .chat_view import status_text
+
+        st = self.state
+        lines = [f"turns: {len(self.conv.history) // 2} | mode {st.mode} | chunk {st.staircase.first_chunk_tokens}/"
+                 f"{st.staircase.chunk_tokens} tokens | proposers {'shown' if st.show_proposers else 'hidden'}"]
+        if st.last is not None:
+            lines.append("last turn: " + status_text(st.last))
+            for name, a in st.last.agents.items():
+                lines.append(f"  {name:<12} {a.role:<10} prompt {a.prompt_tokens:>5}  out {a.completion_tokens:>4}  "
+                             f"prefill computed {a.prefill_computed:>5} reused {a.prefill_reused:>5}  "
+                             f"context {a.context_tokens:>5}" + (f"  error: {a.error}" if a.error else ""))
+        for backend, es in self.moa.engine_stats().items():
+            lines.append(f"engine {backend}: sequences open {es.sequences_open}, resident {es.sequences_resident}, "
+                         f"KV {es.kv_bytes_resident / 2**20:.1f} MiB, prefill computed {es.prefill_computed} "
+                         f"reused {es.prefill_reused}, decoded {es.decode_tokens}, evictions {es.evictions}")
+        self.info("\n".join(lines), "")
+
+    def _agents_line(self) -> str:
+        names = [a.name for layer in self.moa.config.layers for a in layer]
+        return f"proposers {', '.join(names)} -> {self.moa.config.aggregator.name}"
+
+
+def main(args: argparse.Namespace) -> int:
+    """Chat until /quit; 0 on a normal exit, 2 for a bad config."""
+    moa = build_moa(args)
+    console = None
+    if sys.stdout.isatty() and not args.plain:
+        from rich.console import Console
+
+        console = Console(highlight=False)
+    state = ChatState(mode=moa.config.mode, staircase=moa.config.staircase,
+                      show_proposers=not args.hide_proposers, max_tokens=args.max_tokens)
+    return ChatSession(moa, state, console, sys.stdout, sys.stderr).loop()
