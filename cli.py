@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("moa_stream.bench", "measure the engine (append vs re-prefill, batching) or MoA TTFT per mode"),
     "run": ("moa_stream.run_command", "answer one question, streamed to stdout (--json: answer and metrics)"),
     "chat": ("moa_stream.chat_command", "multi-turn chat that shows proposers, answer and TTFT live"),
+    "serve": ("moa_stream.serve_command", "OpenAI-compatible HTTP server with the MoA pipeline as a model"),
 }
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
