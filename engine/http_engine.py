@@ -52,7 +52,7 @@ class HttpStats:
 
 
 class StopScanner:
-    """Finds stop strings in streamed text, holding back a tail that could still grow into one."""
+    """Finds stop strings in streamed text, holding back only a tail that could still grow into one."""
 
     def __init__(self, stop: Seq[str]) -> None:
         self._stop = tuple(stop)
@@ -68,8 +68,10 @@ class StopScanner:
         if hits:
             self._held = ""
             return pending[:min(hits)], True
-        cut = max(len(pending) - self._keep, 0)
-        out, self._held = pending[:cut], pending[cut:]
+        # Hold back only the longest tail that is the start of some stop string.
+        keep = next((n for n in range(min(self._keep, len(pending)), 0, -1)
+                     if any(s.startswith(pending[-n:]) for s in self._stop)), 0)
+        out, self._held = pending[:len(pending) - keep], pending[len(pending) - keep:]
         return out, False
 
     def flush(self) -> str:
@@ -322,7 +324,7 @@ class HttpEngine(ClientSequences):
                 return resp, api
             detail = await _error_detail(resp)
             status = resp.status_code
-            if api == "tokens" and self._api is None and status not in (404, 405, 429, 503):
+            if api == "tokens" and self._api != "tokens" and not self._api_fixed and status not in (404, 405, 429, 503):
                 # Servers reject token-id prompts in different ways (vLLM would not; llama-cpp-python answers
                 # 500 with a validation error): before tokens are known to work, any refusal means "try text".
                 log.info("%s refused a token-id prompt (HTTP %d: %s); trying a text prompt", url, status, detail)
@@ -363,6 +365,8 @@ class HttpEngine(ClientSequences):
             stops = StopScanner(params.stop)
             to_ids = TextToIds(self._tok)
             server_ids = False  # the server streams the generated ids (vLLM return_token_ids)
+            start = len(s.tokens)
+            emitted = ""  # text handed out so far
             final: TokenDelta | None = None
             events = _sse_events(resp, url, self.timeout_s)
             try:
@@ -384,7 +388,17 @@ class HttpEngine(ClientSequences):
                     reason: FinishReason | None = None
                     if hit:
                         # Keep only the tokens of the text before the stop string; the request is cut below.
-                        ids = self._ids_for(ids, text, out) if server_ids else to_ids.push(out, final=True)
+                        if server_ids:
+                            # Server ids of held-back text are in the sequence already: rebuild its generated
+                            # part so that it decodes to exactly the emitted text.
+                            old = s.tokens[start:]
+                            new = self._ids_for(old + ids, emitted + out)
+                            same = next((i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b),
+                                        min(len(old), len(new)))
+                            del s.tokens[start + same:]
+                            produced, ids = same, new[same:]
+                        else:
+                            ids = to_ids.push(out, final=True)
                         reason = "stop"
                     elif choice.get("finish_reason") is not None:
                         reason = finish_reason(choice["finish_reason"])
@@ -397,6 +411,7 @@ class HttpEngine(ClientSequences):
                         ids = to_ids.push(out)
                     s.tokens.extend(ids)
                     produced += len(ids)
+                    emitted += out
                     if reason is not None:
                         final = TokenDelta(tuple(ids), out, reason)
                         if hit:
@@ -427,16 +442,16 @@ class HttpEngine(ClientSequences):
             s.cancel = None
             s.busy = False
 
-    def _ids_for(self, ids: list[int], text: str, kept: str) -> list[int]:
-        """Server ids of a delta whose text was cut at a stop string: keep those covering `kept`."""
-        if kept == text:
-            return ids
+    def _ids_for(self, ids: list[int], kept: str) -> list[int]:
+        """Ids for generated text cut at a stop string: the server's tokens that lie wholly inside `kept`, then
+        the rest of `kept` re-tokenized, so the sequence never holds part of a stop string."""
         out: list[int] = []
         for t in ids:
-            if len(self._tok.decode([*out, t], skip_special_tokens=True)) > len(kept):
+            if not kept.startswith(self._tok.decode([*out, t], clean_up_tokenization_spaces=False)):
                 break
             out.append(t)
-        return out
+        rest = kept[len(self._tok.decode(out, clean_up_tokenization_spaces=False)):]
+        return out + (list(self._tok.encode(rest, add_special_tokens=False)) if rest else [])
 
     def _account_usage(self, s: ClientSeq, prompt_len: int, produced: int, usage: dict[str, Any] | None) -> None:
         """Count one request: the server's usage when it sent one, else our own token counts."""
