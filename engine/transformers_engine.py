@@ -240,7 +240,11 @@ class TransformersEngine:
         self._stats.sequences_open += 1
         handle = Sequence(seq.id, self.id)
         if new:
-            await self._compute(seq, rollback_to=0 if parent is None else len(seq.tokens) - len(new))
+            try:
+                await self._compute(seq, rollback_to=0 if parent is None else len(seq.tokens) - len(new))
+            except BaseException:  # cancelled or failed: the caller never gets the handle, so nobody could close it
+                await self.close(handle)
+                raise
         return handle
 
     async def append(self, seq: Sequence, tokens: Seq[int]) -> None:

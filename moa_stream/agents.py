@@ -40,17 +40,25 @@ class AgentSlot:
     def sampling(self, max_tokens: int | None = None, stop: tuple[str, ...] = ()) -> SamplingParams:
         """SamplingParams from the agent's config."""
         return SamplingParams(max_tokens=max_tokens or self.cfg.max_tokens, temperature=self.cfg.temperature,
-                              top_p=self.cfg.top_p, seed=self.cfg.seed, stop=stop)
+                              top_p=self.cfg.top_p, seed=self.cfg.seed, stop=stop, ignore_eos=self.cfg.ignore_eos)
 
-    async def start(self, messages: list[Message], question: str, reuse: bool) -> None:
-        """Make `seq` end with the assistant prompt for `question`: append a turn if possible, else open."""
+    async def start(self, messages: list[Message], question: str, reuse: bool, marker: str | None = None) -> list[int]:
+        """Make `seq` end with the assistant prompt for `question`: append a turn if possible, else open.
+
+        With a marker (text inside the last message), stop there and return the tokens after it: the caller
+        appends them later, so the head is computed while the rest is still being written.
+        """
         if reuse and self.seq is not None:
             self._track(self.seq)
-            await self.engine.append(self.seq, self.fmt.next_turn(question, self.after_eos))
+            head, tail = self.fmt.next_turn_split(question, self.after_eos, marker)
+            await self.engine.append(self.seq, head)
         else:
-            await self.open_fresh(self.fmt.prompt(messages))
+            head, tail = self.fmt.prompt_split(messages, marker)
+            await self.open_fresh(head)
         self.after_eos = False
-        self.prompt_tokens = len(self.engine.tokens(self.seq))
+        assert self.seq is not None
+        self.prompt_tokens = len(self.engine.tokens(self.seq)) + len(tail)
+        return tail
 
     async def open_fresh(self, tokens: list[int]) -> Sequence:
         """Replace `seq` with a new sequence of these tokens (layouts that rewrite the prompt)."""
@@ -139,28 +147,28 @@ async def run_proposer(slot: AgentSlot, idx: int, messages: list[Message], quest
     gen = None
     failed = False
     try:
-        await asyncio.wait_for(slot.start(messages, question, reuse), knobs.agent_timeout_s)
-        assert slot.seq is not None
-        gen = slot.engine.generate(slot.seq, slot.sampling())
-        index, buf, buf_tokens = 0, "", 0
-        while True:
-            try:
-                delta = await asyncio.wait_for(anext(gen), knobs.agent_timeout_s)
-            except StopAsyncIteration:
-                break
-            result.tokens += len(delta.token_ids)
-            buf_tokens += len(delta.token_ids)
-            if delta.text:
-                buf += delta.text
-                result.text += delta.text
-                emit(ProposerDelta(name, layer, delta.text, time.perf_counter() - t0))
-            if delta.finish_reason is not None:
-                result.finish_reason = delta.finish_reason
-                slot.after_eos = bool(delta.token_ids) and delta.token_ids[-1] in slot.engine.eos_token_ids
-                break
-            if buf_tokens >= knobs.chunk_size(index):
-                out.put_nowait(Chunk(idx, index, buf, buf_tokens, final=False))
-                index, buf, buf_tokens = index + 1, "", 0
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that races a ready result.
+        async with asyncio.timeout(knobs.agent_timeout_s) as deadline:
+            await slot.start(messages, question, reuse)
+            assert slot.seq is not None
+            gen = slot.engine.generate(slot.seq, slot.sampling())
+            index, buf, buf_tokens = 0, "", 0
+            loop = asyncio.get_running_loop()
+            async for delta in gen:
+                deadline.reschedule(loop.time() + knobs.agent_timeout_s)  # the timeout is on silence
+                result.tokens += len(delta.token_ids)
+                buf_tokens += len(delta.token_ids)
+                if delta.text:
+                    buf += delta.text
+                    result.text += delta.text
+                    emit(ProposerDelta(name, layer, delta.text, time.perf_counter() - t0))
+                if delta.finish_reason is not None:
+                    result.finish_reason = delta.finish_reason
+                    slot.after_eos = bool(delta.token_ids) and delta.token_ids[-1] in slot.engine.eos_token_ids
+                    break
+                if buf_tokens >= knobs.chunk_size(index):
+                    out.put_nowait(Chunk(idx, index, buf, buf_tokens, final=False))
+                    index, buf, buf_tokens = index + 1, "", 0
         out.put_nowait(Chunk(idx, index, buf, buf_tokens, final=True))
     except Exception as exc:  # TimeoutError included: the agent is dropped, the others go on
         timed_out = isinstance(exc, TimeoutError)

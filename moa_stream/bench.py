@@ -79,8 +79,66 @@ def _main_engine(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- bench ttft
-# The lead adds the `ttft` subcommand here: `_add_ttft_arguments(p)` and `_main_ttft(args) -> int`, then one
-# entry in SUBCOMMANDS below.
+
+
+def _add_ttft_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--config", default=None, help="MoA config file (YAML/TOML); default: 3 proposers, one model")
+    p.add_argument("--model", default=None, help="model of the default backend (default: the offline SmolLM2)")
+    p.add_argument("--proposer-tokens", type=_positive, default=256, metavar="N",
+                   help="tokens every proposer writes (256)")
+    p.add_argument("--answer-tokens", type=_positive, default=64, metavar="N", help="answer tokens at most (64)")
+    p.add_argument("--first-chunk", type=_positive, default=None, metavar="N", help="first chunk size in tokens")
+    p.add_argument("--chunk", type=_positive, default=None, metavar="N", help="later chunk size in tokens")
+    p.add_argument("--repeats", type=_positive, default=1, metavar="N", help="runs per mode; the median counts")
+    p.add_argument("--question", default=None, help="the question to answer")
+
+
+def _ttft_table(result: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="TTFT per mode (seconds)")
+    for col in ("mode", "ttft_s", "total_s", "aggregator prefill computed", "chunks"):
+        table.add_column(col, justify="left" if col == "mode" else "right")
+    for mode, row in result.items():
+        if mode == "setup":
+            continue
+        table.add_row(mode, f"{row['ttft_s']:.2f}" if row["ttft_s"] is not None else "-", f"{row['total_s']:.2f}",
+                      str(row["aggregator_prefill_computed"]), str(row["chunks_ingested"]))
+    return table
+
+
+def _main_ttft(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .api import MoA
+    from .config import MoAConfig
+    from .ttft_bench import DEFAULT_QUESTION, bench_config, run_ttft_bench
+
+    cfg = bench_config(MoAConfig.load(args.config), args.proposer_tokens, args.answer_tokens)
+    knobs = {k: v for k, v in (("first_chunk_tokens", args.first_chunk), ("chunk_tokens", args.chunk)) if v}
+    cfg = cfg.model_copy(update={"staircase": cfg.staircase.model_copy(update=knobs)})
+
+    async def go() -> dict[str, Any]:
+        moa = MoA.from_config(cfg, model=args.model)
+        try:
+            return await run_ttft_bench(moa, args.question or DEFAULT_QUESTION, repeats=args.repeats)
+        finally:
+            await moa.aclose()
+
+    result = asyncio.run(go())
+    if args.json:
+        print(json.dumps(result))
+    else:
+        from rich.console import Console
+
+        console = Console()
+        console.print(_ttft_table(result))
+        stair = result["staircase"]
+        if "ttft_ratio_vs_classic" in stair:
+            console.print(f"staircase TTFT = {stair['ttft_ratio_vs_classic']:.3f} x classic (target <= 0.07), "
+                          f"{stair['ttft_ratio_vs_single']:.2f} x single (target <= 3)")
+    return 0
 
 # ---------------------------------------------------------------------------------------------- wiring
 
@@ -88,6 +146,7 @@ def _main_engine(args: argparse.Namespace) -> int:
 SUBCOMMANDS: dict[str, tuple[Any, Any, str]] = {
     "engine": (_add_engine_arguments, _main_engine,
                "append vs re-prefill of a long sequence, and decode tokens/s at 1/4/8 streams"),
+    "ttft": (_add_ttft_arguments, _main_ttft, "time to first token and total time of every MoA mode"),
 }
 
 

@@ -48,18 +48,20 @@ class AgentConfig(_Strict):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(256, ge=1)
     seed: int | None = None
+    ignore_eos: bool = Field(False, description="write max_tokens even past end-of-text (benchmarks)")
 
 
 class StaircaseConfig(_Strict):
     """When the aggregator starts and how it takes in the proposals."""
 
     first_chunk_tokens: int = Field(8, ge=1, description="tokens of each proposal before the aggregator starts")
-    chunk_tokens: int = Field(16, ge=1, description="tokens per later chunk")
+    chunk_tokens: int = Field(32, ge=1, description="tokens per later chunk")
     chunk_growth: float = Field(1.0, ge=1.0, description="each later chunk is this many times the previous")
     max_chunk_tokens: int = Field(256, ge=1)
     start_policy: Literal["all", "quorum", "first"] = "all"
     quorum: int | None = Field(None, ge=1, description="with start_policy=quorum: proposers needed to start")
-    aggregator_tokens_per_intake: int = Field(8, ge=1, description="answer tokens between two intakes")
+    aggregator_tokens_per_intake: int = Field(16, ge=1, description="answer tokens between two intakes")
+    pace: bool = Field(False, description="after each step, wait for a new chunk while proposals still stream")
     agent_timeout_s: float = Field(120.0, gt=0, description="a proposer silent this long is dropped")
 
     @model_validator(mode="after")

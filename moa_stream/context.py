@@ -65,9 +65,22 @@ class ChatFormat:
 
     def prompt(self, messages: Sequence[Message]) -> list[int]:
         """Token ids of a whole chat ending with the assistant's generation prompt."""
+        head, tail = self.prompt_split(messages)
+        return head + tail
+
+    def prompt_split(self, messages: Sequence[Message], marker: str | None = None) -> tuple[list[int], list[int]]:
+        """The prompt cut where `marker` stands in the last message: what can be computed now, and the rest."""
         safe = [Message(m.role, self.neutralize(m.content)) for m in messages]
+        if marker:
+            last = safe[-1]
+            safe[-1] = Message(last.role, last.content.replace(self.neutralize(marker), _SENT_Q, 1))
         text = self._render(safe, generation_prompt=True)
-        return list(self.tok.encode(text, add_special_tokens=False))
+        head, _, tail = text.partition(_SENT_Q) if marker else (text, "", "")
+        return self._encode_markup(head), self._encode_markup(tail)
+
+    def _encode_markup(self, text: str) -> list[int]:
+        # Template text: its special-token strings are real special tokens (contents were neutralized before).
+        return list(self.tok.encode(text, add_special_tokens=False)) if text else []
 
     @cached_property
     def _glue(self) -> tuple[str, str]:
@@ -80,13 +93,20 @@ class ChatFormat:
 
     def next_turn(self, user_content: str, after_eos: bool) -> list[int]:
         """Tokens that close the assistant's answer, add a user turn and open the next answer."""
+        head, tail = self.next_turn_split(user_content, after_eos)
+        return head + tail
+
+    def next_turn_split(self, user_content: str, after_eos: bool,
+                        marker: str | None = None) -> tuple[list[int], list[int]]:
+        """next_turn cut where `marker` stands in user_content (see prompt_split)."""
         close_open, open_answer = self._glue
         eos = self.tok.eos_token or ""
         if after_eos and eos and close_open.startswith(eos):
             close_open = close_open[len(eos):]
-        return (list(self.tok.encode(close_open, add_special_tokens=False))
-                + self.encode_text(self.neutralize(user_content))
-                + list(self.tok.encode(open_answer, add_special_tokens=False)))
+        before, _, after = user_content.partition(marker) if marker else (user_content, "", "")
+        head = self._encode_markup(close_open) + self.encode_text(self.neutralize(before))
+        tail = (self.encode_text(self.neutralize(after)) if after else []) + self._encode_markup(open_answer)
+        return head, tail
 
 
 _DELIMITERS = ("[more from", "[end of more]", "[model ")
@@ -113,10 +133,14 @@ def aggregate_system(texts: Sequence[str | None], extra: str | None = None) -> s
     return (f"{extra}\n\n" if extra else "") + f"{head}\n{body}"
 
 
-def staircase_user(question: str, first_chunks: Sequence[str | None]) -> str:
-    """The staircase user turn: the question and the first chunk of each proposal that has one."""
-    refs = references_block(first_chunks, "staircase_reference") or "(none yet)"
-    return prompts.render("staircase_user", question=question, references=refs)
+def staircase_user(question: str, references: str) -> str:
+    """The staircase user turn: the question, then `references` (text, or a marker to cut the prompt at)."""
+    return prompts.render("staircase_user", question=question, references=references)
+
+
+def staircase_references(first_chunks: Sequence[str | None]) -> str:
+    """The first chunk of each proposal that has one, labelled by proposer."""
+    return references_block(first_chunks, "staircase_reference") or "(none yet)"
 
 
 def staircase_more(index: int, text: str) -> str:
@@ -125,5 +149,18 @@ def staircase_more(index: int, text: str) -> str:
 
 
 def more_marker() -> str:
-    """The opening of a staircase block: the aggregator must never write one itself."""
-    return prompts.template("more_marker")
+    """The opening of a staircase block."""
+    return block_markers()[0]
+
+
+def block_markers() -> tuple[str, ...]:
+    """Strings that open or close a staircase block: the aggregator must never write them itself."""
+    return tuple(line for line in prompts.template("more_marker").splitlines() if line)
+
+
+def resume_cue(answer: str, max_chars: int = 48) -> str:
+    """The end of the partial answer, from a word boundary: repeated after a block so the answer resumes."""
+    tail = answer[-max_chars:]
+    if len(answer) > max_chars and " " in tail:
+        tail = tail[tail.index(" ") + 1:]
+    return escape_delimiters(tail)

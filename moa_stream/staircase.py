@@ -190,37 +190,62 @@ class Turn:
         await self._answer(self._budget())
 
     async def _staircase(self, props: _Proposals, append_only: bool) -> None:
+        slot = self.agg
+        head: asyncio.Task[list[int]] | None = None
+        if append_only:
+            # Prefill everything before the references while the proposers write their first chunks.
+            marker = "\u2063REFS\u2063"
+            user = context.staircase_user(self.inp.question, marker)
+            system = slot.cfg.system_prompt or context.prompts.template("staircase_system")
+            msgs = [Message("system", system), *self.inp.history, Message("user", user)]
+            head = asyncio.create_task(slot.start(msgs, user, self.inp.reuse and slot.layout == "staircase", marker))
+            self._tasks.append(head)  # type: ignore[arg-type]
         first = await self._wait_start(props)
         for chunk in first:
             self._ingest(props, chunk)
-        slot = self.agg
-        if append_only:
-            user = context.staircase_user(self.inp.question, props.texts)
-            system = slot.cfg.system_prompt or context.prompts.template("staircase_system")
-            msgs = [Message("system", system), *self.inp.history, Message("user", user)]
-            await slot.start(msgs, user, self.inp.reuse and slot.layout == "staircase")
+        if head is not None:
+            tail = await head
+            assert slot.seq is not None
+            await slot.engine.append(slot.seq, slot.fmt.encode_text(context.staircase_references(props.texts)) + tail)
             slot.layout = "staircase"
         else:
             await slot.open_fresh(self._aggregate_prompt(props.texts))
         budget = self._budget()
-        stop = (context.more_marker(),)
+        stop = context.block_markers()
         while budget > 0:
             step = budget if props.all_done else min(budget, self.inp.knobs.aggregator_tokens_per_intake)
             produced, reason = await self._answer(step, stop)
             budget -= produced
-            pending = self._drain(props)
+            asked = reason == "stop" and not slot.after_eos  # it wrote a block marker: it wants more to read
+            # Pacing: while proposals stream, write at most one step ahead of what has been read.
+            wait = asked or (self.inp.knobs.pace and reason == "length")
+            waited = await self._next_chunk(props) if wait and props.queue.empty() else []
+            pending = waited + self._drain(props)
             # EOS ends the answer even with chunks left: text after it would sit outside the answer turn.
-            # A stop on the block marker means it tried to write a block: go on only if there is more to read.
-            if reason == "stop" and (slot.after_eos or (not pending and props.all_done)):
+            if reason == "stop" and (slot.after_eos or not pending):
                 break
             if not pending:
                 continue
             if append_only:
                 text = "".join(context.staircase_more(c.proposer, c.text) for c in pending)
+                # Echo the answer's last words after the blocks, so the model resumes its sentence instead of
+                # imitating the block pattern (costs a few tokens per intake, still O(Δ)).
+                text += context.resume_cue(self.answer)
                 assert slot.seq is not None
                 await slot.engine.append(slot.seq, slot.fmt.encode_text(text))
             else:
                 await slot.open_fresh(self._aggregate_prompt(props.texts) + self.answer_ids)
+
+    async def _next_chunk(self, props: _Proposals) -> list[Chunk]:
+        """Wait for the next chunk with text, ingested; [] once every proposal is over."""
+        while not props.all_done:
+            chunk = props.take(await props.queue.get())
+            if chunk is not None:
+                self._ingest(props, chunk)
+                if chunk.text:
+                    return [chunk]
+        props.check_alive()
+        return []
 
     def _drain(self, props: _Proposals) -> list[Chunk]:
         """Every chunk that has arrived, ingested (without waiting for more)."""
