@@ -545,8 +545,12 @@ def _load_tokenizer(name: str | None) -> Any:
     """The Hugging Face tokenizer for a model name or folder (None: the default model's)."""
     from transformers import AutoTokenizer
 
+    where = models.resolve(name)
     try:
-        return AutoTokenizer.from_pretrained(models.resolve(name))
+        try:  # the local cache first: a server's model name is often no hub id, and the hub may be unreachable
+            return AutoTokenizer.from_pretrained(where, local_files_only=True)
+        except (OSError, ValueError):
+            return AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
             f"no tokenizer for the served model {name!r}: pass the backend option tokenizer_name=<HF id or "
