@@ -106,6 +106,9 @@ def load(name: str | None = None, *, device: str | None = None, dtype: str | Non
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a CLI prints its own output; weight-loading bars are noise there
     where = resolve(name)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = getattr(torch, dtype) if dtype else (torch.float32 if device == "cpu" else torch.bfloat16)
