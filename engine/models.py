@@ -94,6 +94,8 @@ def resolve(name: str | None) -> str:
     if name is None or name.strip().lower() in _DEFAULT_ALIASES:
         return str(default_model_path())
     path = Path(name).expanduser()
+    if name.startswith(("/", ".", "~")) and not path.exists():
+        raise ModelLoadError(f"model folder {path} does not exist")
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} exists but has no config.json: point at a Hugging Face model folder")
