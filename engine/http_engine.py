@@ -360,6 +360,9 @@ class HttpEngine(ClientSequences):
         usage: dict[str, Any] | None = None
         try:
             resp, api = await self._connect(s, params)
+            if s.closed:  # closed while connecting: nothing to cut yet, so end here
+                yield TokenDelta((), "", "abort")
+                return
             s.cancel = resp.aclose
             url = str(resp.request.url)
             stops = StopScanner(params.stop)
