@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
+import anyio
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -93,9 +94,10 @@ class APIError(Exception):
     """An error answered as OpenAI's JSON error body with an HTTP status."""
 
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None) -> None:
+                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         """The JSON error body."""
@@ -115,7 +117,7 @@ class _Limiter:
     def acquire(self) -> None:
         if self.in_flight >= self.limit:
             raise APIError(429, f"too many requests in flight (limit {self.limit}); retry shortly",
-                           "rate_limit_error", code="concurrency_limit")
+                           "rate_limit_error", code="concurrency_limit", headers={"Retry-After": "1"})
         self.in_flight += 1
 
     def release(self) -> None:
@@ -276,7 +278,7 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -419,7 +421,10 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
             yield _sse("[DONE]")
         finally:  # also on disconnect: Starlette cancels this generator, we cancel the agents
             producer.cancel()
-            await asyncio.gather(producer, return_exceptions=True)
+            # Starlette's (anyio) cancel scope re-cancels every await here; a second cancel would cut the
+            # agents' cleanup short and leak their sequences, so wait for it shielded.
+            with anyio.CancelScope(shield=True):
+                await asyncio.gather(producer, return_exceptions=True)
 
     return app
 
