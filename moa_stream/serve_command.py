@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import ipaddress
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -70,7 +71,11 @@ async def _serve(moa: MoA, settings: ServerSettings, log_level: str) -> None:
     from .server import create_app
 
     config = uvicorn.Config(create_app(moa, settings), host=settings.host, port=settings.port, log_level=log_level)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler that was there before; a
+    # no-op one lets us close the engines and exit 0 instead of dying by the signal.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         await uvicorn.Server(config).serve()
     finally:
+        signal.signal(signal.SIGTERM, previous)
         await moa.aclose()
