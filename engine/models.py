@@ -107,7 +107,6 @@ def load(name: str | None = None, *, device: str | None = None, dtype: str | Non
     """Load a causal LM and its tokenizer; raises ModelLoadError with one line saying what to do."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a CLI prints its own output; weight-loading bars are noise there

@@ -32,12 +32,14 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    banned_token_ids: tuple[int, ...] = ()  # never sampled (OpenAI's logit_bias of -100)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        object.__setattr__(self, "banned_token_ids", tuple(self.banned_token_ids))
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise InvalidSamplingError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
         if not 0.0 <= self.temperature <= 100.0:

@@ -18,6 +18,9 @@ def make_generator(params: SamplingParams, device: torch.device | str) -> torch.
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
     """Pick the next token id from a 1-D logits vector."""
+    if params.banned_token_ids:
+        logits = logits.clone()
+        logits[list(params.banned_token_ids)] = float("-inf")
     if params.greedy:
         return int(torch.argmax(logits).item())
     scores = logits.float() / params.temperature

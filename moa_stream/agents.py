@@ -37,10 +37,11 @@ class AgentSlot:
     closed_stats: list[SequenceStats] = field(default_factory=list)
     prompt_tokens: int = 0  # context length when the turn's first sequence was ready
 
-    def sampling(self, max_tokens: int | None = None, stop: tuple[str, ...] = ()) -> SamplingParams:
+    def sampling(self, max_tokens: int | None = None, banned: tuple[int, ...] = ()) -> SamplingParams:
         """SamplingParams from the agent's config."""
         return SamplingParams(max_tokens=max_tokens or self.cfg.max_tokens, temperature=self.cfg.temperature,
-                              top_p=self.cfg.top_p, seed=self.cfg.seed, stop=stop, ignore_eos=self.cfg.ignore_eos)
+                              top_p=self.cfg.top_p, seed=self.cfg.seed, ignore_eos=self.cfg.ignore_eos,
+                              banned_token_ids=banned)
 
     async def start(self, messages: list[Message], question: str, reuse: bool, marker: str | None = None) -> list[int]:
         """Make `seq` end with the assistant prompt for `question`: append a turn if possible, else open.
@@ -51,9 +52,13 @@ class AgentSlot:
         if reuse and self.seq is not None:
             self._track(self.seq)
             head, tail = self.fmt.next_turn_split(question, self.after_eos, marker)
-            await self.engine.append(self.seq, head)
         else:
             head, tail = self.fmt.prompt_split(messages, marker)
+        if marker is None:
+            head, tail = head + tail, []
+        if reuse and self.seq is not None:
+            await self.engine.append(self.seq, head)
+        else:
             await self.open_fresh(head)
         self.after_eos = False
         assert self.seq is not None

@@ -122,11 +122,15 @@ class Conversation:
                         self._live = True
                     yield item
             finally:
-                if not task.done():
-                    task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                if not finished:  # a cancelled or failed turn leaves partial contexts: start afresh next turn
-                    await self._reset_agents()
+                # Shielded: a second cancellation (servers send them) must not stop the agents' cleanup halfway.
+                await asyncio.shield(asyncio.ensure_future(self._end_turn(task, finished)))
+
+    async def _end_turn(self, task: asyncio.Task[None], finished: bool) -> None:
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        if not finished:  # a cancelled or failed turn leaves partial contexts: start afresh next turn
+            await self._reset_agents()
 
     async def send(self, user_text: str, **kwargs: Any) -> RunResult:
         """One turn, collected."""

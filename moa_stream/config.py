@@ -61,6 +61,7 @@ class StaircaseConfig(_Strict):
     start_policy: Literal["all", "quorum", "first"] = "all"
     quorum: int | None = Field(None, ge=1, description="with start_policy=quorum: proposers needed to start")
     aggregator_tokens_per_intake: int = Field(16, ge=1, description="answer tokens between two intakes")
+    resume_cue: bool = Field(True, description="repeat the answer's last words after each block")
     pace: bool = Field(False, description="after each step, wait for a new chunk while proposals still stream")
     agent_timeout_s: float = Field(120.0, gt=0, description="a proposer silent this long is dropped")
 

@@ -55,6 +55,12 @@ class ChatFormat:
                 text = text.replace(s, s[0] + "\u200b" + s[1:])
         return text
 
+    @cached_property
+    def bracket_tokens(self) -> tuple[int, ...]:
+        """Ids of every token whose text holds '[': banning them keeps the aggregator from opening a block."""
+        vocab = self.tok.get_vocab()
+        return tuple(sorted(i for t, i in vocab.items() if "[" in self.tok.convert_tokens_to_string([t])))
+
     def encode_text(self, text: str) -> list[int]:
         """Token ids of free text (model output, references): special-token strings stay plain text."""
         return list(self.tok.encode(text, add_special_tokens=False, split_special_tokens=True))
@@ -164,3 +170,46 @@ def resume_cue(answer: str, max_chars: int = 48) -> str:
     if len(answer) > max_chars and " " in tail:
         tail = tail[tail.index(" ") + 1:]
     return escape_delimiters(tail)
+
+
+class MarkerFilter:
+    """Holds back answer text that may open a block marker, so a marker the model writes never reaches users."""
+
+    def __init__(self, markers: Sequence[str]) -> None:
+        self.markers = tuple(markers)
+        self.held = ""
+
+    def _partial(self, text: str) -> int:
+        """Length of the longest suffix of text that is a proper prefix of a marker."""
+        best = 0
+        for m in self.markers:
+            for n in range(min(len(m) - 1, len(text)), best, -1):
+                if text.endswith(m[:n]):
+                    best = n
+                    break
+        return best
+
+    def push(self, text: str) -> tuple[str, bool]:
+        """Text safe to show now, and whether a whole marker was written (text after it is dropped)."""
+        pending = self.held + text
+        if self.held == " " and text[:1].isspace():  # the same blank lines after the block
+            pending = " " + text.lstrip()
+        hits = [i for i in (pending.find(m) for m in self.markers) if i >= 0]
+        if hits:
+            self.held = ""
+            return pending[:min(hits)].rstrip(), True
+        cut = len(pending) - self._partial(pending)
+        while cut > 0 and pending[cut - 1].isspace():  # whitespace before a marker is not part of the answer
+            cut -= 1
+        self.held = pending[cut:]
+        return pending[:cut], False
+
+    def at_intake(self) -> None:
+        """A block was just read: blank lines the model wrote before it (where a block would go) become a space."""
+        if self.held and not self.held.strip():
+            self.held = " "
+
+    def flush(self) -> str:
+        """What is still held when the answer ends, minus a trailing partial marker."""
+        held, self.held = self.held, ""
+        return held[:len(held) - self._partial(held)].rstrip()

@@ -12,9 +12,9 @@ def prompts_dir() -> Path:
     override = os.environ.get("MOA_STREAM_PROMPTS")
     if override:
         return Path(override)
-    import prompts  # the top-level package next to moa_stream, shipped as package data
-
-    return Path(prompts.__file__).parent
+    # The top-level `prompts` package sits beside moa_stream in a checkout and in site-packages alike; finding
+    # it by path, not by import, keeps an unrelated `prompts` folder on sys.path from shadowing it.
+    return Path(__file__).resolve().parent.parent / "prompts"
 
 
 @cache

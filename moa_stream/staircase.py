@@ -11,6 +11,7 @@ Earlier proposer layers (L > 1) always run to completion first: layer l+1 reads 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -80,6 +81,9 @@ class Turn:
         self.t0 = time.perf_counter()
         self.ttft: float | None = None
         self.answer = ""
+        self.finish_reason: str | None = None
+        # Only the staircase layout has blocks the model could imitate; elsewhere the filter passes text through.
+        self._filter = context.MarkerFilter(context.block_markers() if inp.mode == "staircase" else ())
         self.answer_ids: list[int] = []
         self.chunks_ingested = 0
         self.results: dict[str, ProposalResult] = {}
@@ -108,6 +112,7 @@ class Turn:
             for t in self._tasks:
                 t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._say(self._filter.flush())
         done = Done(self.answer, self._metrics())
         self._emit(done)
         return done
@@ -211,10 +216,9 @@ class Turn:
         else:
             await slot.open_fresh(self._aggregate_prompt(props.texts))
         budget = self._budget()
-        stop = context.block_markers()
         while budget > 0:
             step = budget if props.all_done else min(budget, self.inp.knobs.aggregator_tokens_per_intake)
-            produced, reason = await self._answer(step, stop)
+            produced, reason = await self._answer(step)
             budget -= produced
             asked = reason == "stop" and not slot.after_eos  # it wrote a block marker: it wants more to read
             # Pacing: while proposals stream, write at most one step ahead of what has been read.
@@ -230,7 +234,8 @@ class Turn:
                 text = "".join(context.staircase_more(c.proposer, c.text) for c in pending)
                 # Echo the answer's last words after the blocks, so the model resumes its sentence instead of
                 # imitating the block pattern (costs a few tokens per intake, still O(Δ)).
-                text += context.resume_cue(self.answer)
+                text += context.resume_cue(self.answer) if self.inp.knobs.resume_cue else ""
+                self._filter.at_intake()
                 assert slot.seq is not None
                 await slot.engine.append(slot.seq, slot.fmt.encode_text(text))
             else:
@@ -267,24 +272,38 @@ class Turn:
     def _budget(self) -> int:
         return self.inp.max_tokens or self.agg.cfg.max_tokens
 
-    async def _answer(self, max_tokens: int, stop: tuple[str, ...] = ()) -> tuple[int, str | None]:
-        """Generate up to max_tokens answer tokens, emitting deltas; returns (tokens, finish reason)."""
+    async def _answer(self, max_tokens: int) -> tuple[int, str | None]:
+        """Generate up to max_tokens answer tokens, emitting deltas; returns (tokens, finish reason).
+
+        A block marker written by the model ends the step with reason "stop" (it wants more to read)."""
         slot = self.agg
         assert slot.seq is not None
         produced, reason = 0, None
         delta: TokenDelta
-        async for delta in slot.engine.generate(slot.seq, slot.sampling(max_tokens, stop)):
-            produced += len(delta.token_ids)
-            self.answer_ids.extend(delta.token_ids)
-            if delta.text:
-                if self.ttft is None:
-                    self.ttft = self._now()
-                    self._emit(FirstToken(self.ttft))
-                self.answer += delta.text
-                self._emit(AggregatorDelta(delta.text, self._now()))
-            reason = delta.finish_reason
+        # In the append-only layout the model would imitate our blocks: it may not write '[' there at all.
+        banned = slot.fmt.bracket_tokens if self.inp.mode == "staircase" else ()
+        async with contextlib.aclosing(slot.engine.generate(slot.seq, slot.sampling(max_tokens, banned))) as stream:
+            async for delta in stream:
+                produced += len(delta.token_ids)
+                self.answer_ids.extend(delta.token_ids)
+                reason = delta.finish_reason
+                text, marker = self._filter.push(delta.text) if delta.text else ("", False)
+                self._say(text)
+                if marker:
+                    reason = "stop"
+                    break
         slot.after_eos = bool(self.answer_ids) and self.answer_ids[-1] in slot.engine.eos_token_ids
+        self.finish_reason = reason
         return produced, reason
+
+    def _say(self, text: str) -> None:
+        if not text:
+            return
+        if self.ttft is None:
+            self.ttft = self._now()
+            self._emit(FirstToken(self.ttft))
+        self.answer += text
+        self._emit(AggregatorDelta(text, self._now()))
 
     # ------------------------------------------------------------------ metrics
 
@@ -307,7 +326,8 @@ class Turn:
         st = self.agg.turn_stats()
         agents[self.agg.cfg.name] = AgentMetrics(
             role="aggregator", layer=len(self.layers), prompt_tokens=self.agg.prompt_tokens,
-            completion_tokens=len(self.answer_ids), prefill_computed=st.prefill_computed,
+            completion_tokens=len(self.answer_ids), finish_reason=self.finish_reason,
+            prefill_computed=st.prefill_computed,
             prefill_reused=st.prefill_reused, decode_tokens=st.decode_tokens, context_tokens=self.agg.context_tokens())
         return Metrics(
             mode=self.inp.mode, ttft_s=self.ttft, total_s=self._now(), answer_tokens=len(self.answer_ids),
