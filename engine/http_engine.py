@@ -135,9 +135,12 @@ def sampling_body(params: SamplingParams, eos_token_ids: frozenset[int]) -> dict
         body["top_k"] = params.top_k  # vLLM, SGLang and llama.cpp accept it; OpenAI does not
     if params.stop_token_ids:
         body["stop_token_ids"] = list(params.stop_token_ids)
+    banned = set(params.banned_token_ids)
     if params.ignore_eos:
         body["ignore_eos"] = True  # vLLM/SGLang; the logit bias below does it on the others
-        body["logit_bias"] = {str(t): -100 for t in sorted(eos_token_ids)}
+        banned |= eos_token_ids
+    if banned:
+        body["logit_bias"] = {str(t): -100 for t in sorted(banned)}
     return body
 
 
