@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("moa_stream.run_command", "answer one question, streamed to stdout (--json: answer and metrics)"),
     "chat": ("moa_stream.chat_command", "multi-turn chat that shows proposers, answer and TTFT live"),
     "serve": ("moa_stream.serve_command", "OpenAI-compatible HTTP server with the MoA pipeline as a model"),
+    "eval": ("eval.command", "quality vs TTFT of every mode on public datasets (resumable, with a plot)"),
+    "watch": ("moa_stream.watch_command", "print a run that `run --mqtt` publishes on an MQTT broker, live"),
 }
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2

@@ -25,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_moa_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object: answer, metrics, agent errors")
     p.add_argument("-q", "--quiet", action="store_true", help="no TTFT/status line on stderr")
+    from .mqtt_bus import add_publish_arguments
+
+    add_publish_arguments(p)
 
 
 def _question(args: argparse.Namespace) -> str | None:
@@ -37,21 +40,26 @@ def _question(args: argparse.Namespace) -> str | None:
 
 async def _stream(moa: MoA, question: str, args: argparse.Namespace) -> int:
     from .chat_view import PlainView
+    from .mqtt_bus import published
 
     view = PlainView(sys.stdout, io.StringIO() if args.quiet else sys.stderr)
     try:
-        async for ev in moa.stream(question, max_tokens=args.max_tokens):
-            view.apply(ev)
+        async with published(moa.stream(question, max_tokens=args.max_tokens), args, view.err) as events:
+            async for ev in events:
+                view.apply(ev)
     finally:
         await moa.aclose()
     return EXIT_OK
 
 
 async def _json(moa: MoA, question: str, args: argparse.Namespace) -> int:
+    from .api import _collect
     from .chat_view import prefill_saved
+    from .mqtt_bus import published
 
     try:
-        result = await moa.run(question, max_tokens=args.max_tokens)
+        async with published(moa.stream(question, max_tokens=args.max_tokens), args, sys.stderr) as events:
+            result = await _collect(events)
     finally:
         await moa.aclose()
     out = {
@@ -67,7 +75,13 @@ async def _json(moa: MoA, question: str, args: argparse.Namespace) -> int:
 def main(args: argparse.Namespace) -> int:
     """Answer one question; 0 ok, 2 bad usage or config, 1 runtime failure."""
     from .agents import MoAError
+    from .mqtt_bus import BadMqttUrl, MqttBusError, check_publish_arguments
 
+    try:
+        check_publish_arguments(args)  # a bad URL is a usage error before the model loads
+    except BadMqttUrl as exc:
+        print(f"moa-stream run: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     question = _question(args)
     if question is None or not question.strip():
         print("moa-stream run: the question is empty; pass it as an argument or pipe it on stdin",
@@ -76,6 +90,6 @@ def main(args: argparse.Namespace) -> int:
     moa = build_moa(args)
     try:
         return asyncio.run((_json if args.json else _stream)(moa, question, args))
-    except MoAError as exc:
+    except (MoAError, MqttBusError) as exc:
         print(f"moa-stream run: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
