@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from dataclasses import dataclass
-from typing import TextIO
+from dataclasses import dataclass, field
+from typing import TextIO, cast
 
 from rich.console import Console
 from rich.text import Text
 
-from .events import AgentError, AggregatorDelta, Done, Event, FirstToken, ProposerDelta
+from .chat_view import TurnView
+from .events import AgentError, AggregatorDelta, ChunkIngested, Done, Event, FirstToken, Mode, ProposerDelta
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
@@ -30,11 +31,47 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 @dataclass
-class WatchPrinter:
-    """Writes events as a log: proposer text dimmed under its name, answer text, TTFT and status lines."""
+class WatchLog:
+    """A pipe's view of a run: proposer text dimmed under its name, answer text live, TTFT and status lines.
+
+    Proposer deltas are held per agent and written a sentence or line at a time: streams that interleave token
+    by token would otherwise switch speaker at every word.
+    """
 
     console: Console
     speaker: str | None = None
+    held: dict[str, str] = field(default_factory=dict)
+
+    def apply(self, ev: Event) -> None:
+        """Print one event."""
+        from .chat_view import status_text
+
+        if isinstance(ev, ProposerDelta):
+            text = self.held.get(ev.agent, "") + ev.text
+            self.held[ev.agent] = text
+            if len(text) >= 80 or text.rstrip(" ").endswith((".", "!", "?", "\n")):
+                self._flush(ev.agent)
+        elif isinstance(ev, ChunkIngested) and ev.final:
+            self._flush(ev.agent)
+        elif isinstance(ev, AggregatorDelta):
+            self._switch("answer", Text("answer: ", style="bold cyan"))
+            self.console.print(Text(ev.text), end="")
+        elif isinstance(ev, FirstToken):
+            self._line(Text(f"[TTFT {ev.ttft_s:.2f} s]", style="green"))
+        elif isinstance(ev, AgentError):
+            self._flush(ev.agent)
+            self._line(Text(f"[agent {ev.agent} {ev.kind}: {ev.error}]", style="red"))
+        elif isinstance(ev, Done):
+            for agent in list(self.held):
+                self._flush(agent)
+            self._line(Text.assemble(("final answer: ", "bold cyan"), (ev.answer, "bold")))
+            self.console.print(Text(f"[{status_text(ev.metrics)}]", style="green"))
+
+    def _flush(self, agent: str) -> None:
+        text = self.held.pop(agent, "")
+        if text:
+            self._switch(f"proposer {agent}", Text(f"{agent}: ", style="dim bold"))
+            self.console.print(Text(text.replace("\n", " "), style="dim"), end="")
 
     def _switch(self, speaker: str, label: Text) -> None:
         if self.speaker != speaker:
@@ -42,28 +79,26 @@ class WatchPrinter:
             self.console.print(label, end="")
             self.speaker = speaker
 
-    def apply(self, ev: Event) -> None:
-        """Print one event."""
-        from .chat_view import status_text
-
-        if isinstance(ev, ProposerDelta):
-            self._switch(f"p:{ev.agent}", Text(f"{ev.agent}: ", style="dim bold"))
-            self.console.print(Text(ev.text, style="dim"), end="")
-        elif isinstance(ev, AggregatorDelta):
-            self._switch("answer", Text("answer: ", style="bold cyan"))
-            self.console.print(Text(ev.text), end="")
-        elif isinstance(ev, FirstToken):
-            self._line(Text(f"[TTFT {ev.ttft_s:.2f} s]", style="green"))
-        elif isinstance(ev, AgentError):
-            self._line(Text(f"[agent {ev.agent} {ev.kind}: {ev.error}]", style="red"))
-        elif isinstance(ev, Done):
-            self._line(Text.assemble(("final answer: ", "bold cyan"), (ev.answer, "bold")))
-            self.console.print(Text(f"[{status_text(ev.metrics)}]", style="green"))
-
     def _line(self, text: Text) -> None:
         self.console.print()
         self.console.print(text)
         self.speaker = None
+
+
+@dataclass
+class WatchPanels:
+    """A terminal's view: chat's live panels (dimmed proposals, the answer, a status line), agents as they appear."""
+
+    console: Console
+    view: TurnView = field(default_factory=lambda: TurnView(mode=cast("Mode", "remote"), agents=[]))
+
+    def apply(self, ev: Event) -> None:
+        """Take in one event."""
+        if isinstance(ev, ProposerDelta | ChunkIngested | AgentError) and ev.agent not in self.view.proposals:
+            self.view.agents.append((ev.agent, ev.layer))  # the config lives on the publisher's host
+        if isinstance(ev, Done):
+            self.view.mode = ev.metrics.mode
+        self.view.apply(ev)
 
 
 async def watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -78,11 +113,21 @@ async def watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.write(f"[watching {what} on {args.url}, topics {args.prefix}/{args.run}/+]\n")
         err.flush()
 
-    printer = WatchPrinter(Console(file=out, highlight=False, soft_wrap=True))
+    console = Console(file=out, highlight=False, soft_wrap=True)
     announcer = asyncio.create_task(announce())
+    events = subscribe(args.url, args.run, prefix=args.prefix, idle_timeout=args.timeout, ready=ready)
     try:
-        async for ev in subscribe(args.url, args.run, prefix=args.prefix, idle_timeout=args.timeout, ready=ready):
-            printer.apply(ev)
+        if console.is_terminal:
+            from rich.live import Live
+
+            panels = WatchPanels(console)
+            with Live(panels.view, console=console, refresh_per_second=12, transient=False):
+                async for ev in events:
+                    panels.apply(ev)
+        else:
+            log = WatchLog(console)
+            async for ev in events:
+                log.apply(ev)
     except TimeoutError as exc:
         print(f"moa-stream watch: {exc}", file=err)
         return EXIT_RUNTIME

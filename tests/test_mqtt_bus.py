@@ -301,3 +301,22 @@ async def test_run_with_unreachable_broker_fails_with_exit_1_and_bad_url_with_2(
     down = await cli("run", "--config", cfg, "--mqtt", f"mqtt://127.0.0.1:{free_port()}", QUESTION)
     _, err = await asyncio.wait_for(down.communicate(), 300)
     assert down.returncode == 1 and b"unreachable" in err, err.decode()
+
+
+def test_watch_panels_add_remote_agents_as_they_appear():
+    """On a terminal, `watch` reuses chat's panels; the agents come from the events, not a local config."""
+    import io
+
+    from rich.console import Console
+
+    from moa_stream.watch_command import WatchPanels
+
+    console = Console(file=io.StringIO(), width=100, force_terminal=True, color_system=None)
+    panels = WatchPanels(console)
+    for ev in SAMPLE_EVENTS:
+        panels.apply(ev)
+    assert panels.view.agents == [("analyst", 0), ("explainer", 1)]
+    console.print(panels.view)
+    screen = console.file.getvalue()
+    assert "L0 analyst" in screen and "L1 explainer" in screen and "timeout: stalled" in screen
+    assert "The sky is blue because..." in screen and "staircase | TTFT 0.73 s" in screen
