@@ -75,7 +75,7 @@ def table(summaries: Sequence[SystemSummary], title: str = "quality vs TTFT") ->
 
     t = Table(title=title)
     for col in ("system", "n", "quality (mean ± 95% CI)", "TTFT s", "total s", "ROUGE-L vs classic", "errors"):
-        t.add_column(col, justify="left" if col == "system" else "right")
+        t.add_column(col, justify="left" if col == "system" else "right", no_wrap=col == "system")
     for s in summaries:
         t.add_row(s.system, str(s.samples), str(s.quality), str(s.ttft_s), str(s.total_s),
                   str(s.agreement_with_classic), str(s.errors))
