@@ -34,8 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 class WatchLog:
     """A pipe's view of a run: proposer text dimmed under its name, answer text live, TTFT and status lines.
 
-    Proposer deltas are held per agent and written a sentence or line at a time: streams that interleave token
-    by token would otherwise switch speaker at every word.
+    Proposer deltas are held per agent and written a chunk (as the aggregator takes it in) or a sentence at a
+    time: streams that interleave token by token would otherwise switch speaker at every word.
     """
 
     console: Console
@@ -51,8 +51,8 @@ class WatchLog:
             self.held[ev.agent] = text
             if len(text) >= 80 or text.rstrip(" ").endswith((".", "!", "?", "\n")):
                 self._flush(ev.agent)
-        elif isinstance(ev, ChunkIngested) and ev.final:
-            self._flush(ev.agent)
+        elif isinstance(ev, ChunkIngested):
+            self._flush(ev.agent)  # what the aggregator just read
         elif isinstance(ev, AggregatorDelta):
             self._switch("answer", Text("answer: ", style="bold cyan"))
             self.console.print(Text(ev.text), end="")

@@ -289,7 +289,9 @@ async def test_watch_prints_a_run_published_by_another_process(broker_url, tmp_p
     assert f"final answer: {result['answer']}" in text
     assert text.index("[TTFT ") < text.index("final answer:")
     assert f"TTFT {result['metrics']['ttft_s']:.2f} s" in text
-    assert "answer: " in text and ": " in text.split("[TTFT", 1)[0], "proposer text shows before the answer"
+    before_ttft = text.split("[TTFT", 1)[0]
+    assert "analyst: " in before_ttft and "explainer: " in before_ttft, "staircase: first chunks before the answer"
+    assert "answer: " in text
     assert "\x1b[" not in text, "no colour codes in a pipe"
 
 
