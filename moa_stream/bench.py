@@ -6,17 +6,9 @@ import argparse
 import json
 from typing import Any
 
+from .cli_options import positive_int as _positive
+
 # ---------------------------------------------------------------------------------------------- bench engine
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"wants a positive integer, got {text!r}")
-    return n
 
 
 def _parse_streams(text: str) -> tuple[int, ...]:
