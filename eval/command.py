@@ -10,21 +10,36 @@ from pathlib import Path
 DEFAULT_SYSTEMS = "single,classic,staircase-reprefill@16,staircase@8,staircase@16,staircase@32"
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"wants a positive integer, got {text!r}")
+    return n
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Register `eval`'s options."""
     p.add_argument("--dataset", action="append", metavar="NAME[:N]",
-                   help="nq-open, mmlu, openbookqa, truthfulqa, asdiv, mt-bench or a .jsonl file, with an optional "
-                        "sample count; repeatable (default: nq-open:20 and mmlu:20)")
-    p.add_argument("--limit", type=int, default=None, help="samples per dataset when NAME has no :N")
+                   help="nq-open, mmlu, openbookqa, truthfulqa, asdiv, boolq, mt-bench or a .jsonl file, with "
+                        "an optional sample count; repeatable (default: nq-open:20 and mmlu:20)")
+    p.add_argument("--limit", type=_positive_int, default=None, help="samples per dataset when NAME has no :N")
     p.add_argument("--seed", type=int, default=0, help="seed of the deterministic subset (0)")
     p.add_argument("--systems", default=DEFAULT_SYSTEMS, help=f"comma-separated systems ({DEFAULT_SYSTEMS})")
     p.add_argument("--out", default="eval/results/latest", help="results folder; an existing rows.jsonl is resumed")
     p.add_argument("--config", default=None, help="MoA config file (YAML/TOML)")
     p.add_argument("--model", default=None, help="model of the default backend")
-    p.add_argument("--max-tokens", type=int, default=48, help="answer tokens at most (48)")
-    p.add_argument("--proposer-tokens", type=int, default=None, help="cap every proposer's max_tokens")
-    p.add_argument("--judge", choices=("none", "self"), default="none",
-                   help="grade open-ended answers with the config's aggregator model (self) or not (none)")
+    p.add_argument("--max-tokens", type=_positive_int, default=48, help="answer tokens at most (48)")
+    p.add_argument("--proposer-tokens", type=_positive_int, default=None, help="cap every proposer's max_tokens")
+    p.add_argument("--judge", default="none", metavar="none|self|CONFIG",
+                   help="grade open-ended answers (1-10, and pairwise against classic with the order swapped): "
+                        "with this config's aggregator model (self), with another MoA config's aggregator "
+                        "(a YAML/TOML file, any backend), or not (none, the default)")
+    p.add_argument("--judge-tokens", type=_positive_int, default=128, help="tokens of each judge reply (128)")
+    p.add_argument("--turns", type=int, choices=(1, 2), default=2,
+                   help="turns of multi-turn samples (MT-Bench has 2) answered in one conversation (2)")
     p.add_argument("--report-only", action="store_true", help="only summarise an existing rows.jsonl")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -53,22 +68,31 @@ def main(args: argparse.Namespace) -> int:
         try:
             systems = runner.parse_systems(args.systems)
             samples = [s for name, n in _datasets(args) for s in datasets.load(name, n, args.seed)]
-        except (ValueError, datasets.DatasetError) as exc:
+            cfg = MoAConfig.load(args.config)
+            judge_cfg = MoAConfig.load(args.judge) if args.judge not in ("none", "self") else None
+        except (ValueError, datasets.DatasetError) as exc:  # ConfigError is a ValueError
             console.print(f"moa-stream eval: {exc}")
             return 2
-        cfg = MoAConfig.load(args.config)
         if args.proposer_tokens:
             cfg = cfg.model_copy(update={"layers": [[a.model_copy(update={"max_tokens": args.proposer_tokens})
                                                      for a in layer] for layer in cfg.layers]})
 
         async def go() -> int:
             moa = MoA.from_config(cfg, model=args.model)
+            judge_moa = None
             try:
-                judge = Judge(moa) if args.judge == "self" else None
+                judge = None
+                if args.judge == "self":
+                    judge = Judge(moa, args.judge_tokens)
+                elif judge_cfg is not None:
+                    judge_moa = MoA.from_config(judge_cfg)
+                    judge = Judge(judge_moa, args.judge_tokens)
                 return await runner.run(moa, samples, systems, rows_path, args.max_tokens, judge,
-                                        progress=not args.no_progress)
+                                        progress=not args.no_progress, turns=args.turns)
             finally:
                 await moa.aclose()
+                if judge_moa is not None:
+                    await judge_moa.aclose()
 
         written = asyncio.run(go())
         console.print(f"{written} new rows in {rows_path}")
@@ -76,6 +100,12 @@ def main(args: argparse.Namespace) -> int:
     if not rows:
         console.print(f"moa-stream eval: no results in {rows_path}")
         return 1
+    # Rows keep the answers, so a fixed scorer re-marks old runs without re-running them.
+    known = [d for d in dict.fromkeys(r["dataset"] for r in rows) if d in datasets.LOADERS]
+    if runner.rescore(rows, [s for d in known for s in datasets.load(d)]):
+        tmp = rows_path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        tmp.replace(rows_path)
     summaries = report.summarize(rows)
     Console().print(report.table(summaries, title=f"quality vs TTFT ({len(rows)} rows)"))
     (out / "summary.md").write_text(report.markdown(summaries), encoding="utf-8")

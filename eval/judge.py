@@ -7,6 +7,7 @@ grading on a 1-10 scale. With the tiny default model the verdicts are weak; the 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from moa_stream import MoA
 
@@ -31,7 +32,7 @@ GRADE = """Please act as an impartial judge and evaluate the quality of the resp
 assistant to the user question displayed below.{reference_note} Be as objective as possible. After your \
 explanation, rate the response on a scale of 1 to 10 strictly in this format: "Rating: [[5]]".
 
-[Question]
+{history}[Question]
 {question}
 {reference}
 [The Start of Assistant's Answer]
@@ -55,14 +56,17 @@ def parse_rating(text: str) -> float | None:
 
 
 class Judge:
-    """Asks a model (the config's aggregator agent, alone) to compare or grade answers."""
+    """Asks a model (a MoA config's aggregator agent, alone) to compare or grade answers."""
 
     def __init__(self, moa: MoA, max_tokens: int = 128) -> None:
         self.moa = moa
         self.max_tokens = max_tokens
+        self.replies: list[str] = []  # every reply, in order (to audit a weak judge)
 
     async def _ask(self, prompt: str) -> str:
-        return (await self.moa.run(prompt, mode="single", max_tokens=self.max_tokens)).answer
+        reply = (await self.moa.run(prompt, mode="single", max_tokens=self.max_tokens)).answer
+        self.replies.append(reply)
+        return reply
 
     async def pairwise(self, question: str, answer: str, baseline: str) -> float | None:
         """Win rate of `answer` over `baseline` in [0, 1] (tie = 0.5), averaged over both orders."""
@@ -73,10 +77,13 @@ class Judge:
                 scores.append(0.5 if verdict == "C" else float(verdict == mine))
         return sum(scores) / len(scores) if scores else None
 
-    async def grade(self, question: str, answer: str, reference: str | None = None) -> float | None:
-        """MT-Bench single-answer grade, scaled to [0, 1]."""
+    async def grade(self, question: str, answer: str, reference: str | None = None,
+                    history: Sequence[dict[str, str]] = ()) -> float | None:
+        """MT-Bench single-answer grade scaled to [0, 1]; `history` holds the earlier turns of a conversation."""
         note = " Compare it with the reference answer." if reference else ""
         ref = f"\n[The Start of Reference Answer]\n{reference}\n[The End of Reference Answer]\n" if reference else ""
-        rating = parse_rating(await self._ask(GRADE.format(reference_note=note, question=question,
+        past = "".join(f"[{m['role'].capitalize()}]\n{m['content']}\n\n" for m in history)
+        past = f"[Earlier turns]\n{past}" if past else ""
+        rating = parse_rating(await self._ask(GRADE.format(reference_note=note, history=past, question=question,
                                                            reference=ref, answer=answer)))
         return None if rating is None else (rating - 1) / 9

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
@@ -15,26 +16,55 @@ from .scorers import rouge_l
 
 @dataclass
 class Estimate:
-    """A mean and the half-width of its 95% confidence interval (normal approximation)."""
+    """A mean and its 95% confidence interval [low, high]."""
 
     mean: float | None
-    ci95: float | None
+    low: float | None
+    high: float | None
     n: int
 
     def __str__(self) -> str:
         if self.mean is None:
             return "-"
-        return f"{self.mean:.3f} ± {self.ci95:.3f}" if self.ci95 is not None else f"{self.mean:.3f}"
+        if self.low is None or self.high is None:
+            return f"{self.mean:.3f}"
+        return f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+    def contains(self, x: float) -> bool:
+        """Whether x lies inside the interval."""
+        return self.low is not None and self.high is not None and self.low <= x <= self.high
 
 
-def estimate(values: Sequence[float | None]) -> Estimate:
-    """Mean and 95% CI half-width of the non-missing values."""
+_Z = 1.959964  # two-sided 95%
+
+
+def estimate(values: Sequence[float | None], proportion: bool = False) -> Estimate:
+    """Mean and 95% CI of the non-missing values: Wilson's interval for a proportion of 0/1 scores, else normal."""
     xs = [float(v) for v in values if v is not None]
+    n = len(xs)
     if not xs:
-        return Estimate(None, None, 0)
-    if len(xs) == 1:
-        return Estimate(xs[0], None, 1)
-    return Estimate(statistics.fmean(xs), 1.96 * statistics.stdev(xs) / math.sqrt(len(xs)), len(xs))
+        return Estimate(None, None, None, 0)
+    mean = statistics.fmean(xs)
+    if proportion and all(x in (0.0, 1.0) for x in xs):
+        # Wilson: an all-wrong (or all-right) sample still gets an interval of honest width.
+        centre = (mean + _Z**2 / (2 * n)) / (1 + _Z**2 / n)
+        half = _Z * math.sqrt(mean * (1 - mean) / n + _Z**2 / (4 * n * n)) / (1 + _Z**2 / n)
+        return Estimate(mean, max(0.0, centre - half), min(1.0, centre + half), n)
+    if n == 1:
+        return Estimate(mean, None, None, 1)
+    half = _Z * statistics.stdev(xs) / math.sqrt(n)
+    return Estimate(mean, mean - half, mean + half, n)
+
+
+def paired_delta(pairs: Sequence[tuple[float, float]], resamples: int = 4000, seed: int = 0) -> Estimate:
+    """Mean of (a - b) over paired samples with a percentile-bootstrap 95% CI (deterministic seed)."""
+    diffs = [a - b for a, b in pairs]
+    if not diffs:
+        return Estimate(None, None, None, 0)
+    rng = random.Random(seed)
+    n = len(diffs)
+    means = sorted(statistics.fmean(rng.choices(diffs, k=n)) for _ in range(resamples))
+    return Estimate(statistics.fmean(diffs), means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1], n)
 
 
 @dataclass
@@ -48,25 +78,53 @@ class SystemSummary:
     quality: Estimate
     ttft_s: Estimate
     total_s: Estimate
+    delta_vs_classic: Estimate  # paired quality difference against classic on the same samples
     agreement_with_classic: Estimate  # ROUGE-L against classic's answer to the same sample
+    win_vs_classic: Estimate  # the judge's pairwise win rate against classic (open-ended samples only)
     errors: int
+    per_dataset: dict[str, Estimate]  # quality on each dataset
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> list[SystemSummary]:
     """Per-system summaries, in the order systems first appear."""
-    classic = {r["sample_id"]: r["answer"] for r in rows if r["mode"] == "classic"}
+    classic = {r["sample_id"]: r for r in rows if r["mode"] == "classic" and not r.get("error")}
     by_system: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_system[r["system"]].append(r)
     out = []
     for name, rs in by_system.items():
-        agree = [rouge_l(r["answer"], classic[r["sample_id"]]) for r in rs if r["sample_id"] in classic]
+        agree = [rouge_l(r["answer"], classic[r["sample_id"]]["answer"]) for r in rs if r["sample_id"] in classic]
+        pairs = [(r["score"], classic[r["sample_id"]]["score"]) for r in rs
+                 if r["sample_id"] in classic and r["score"] is not None
+                 and classic[r["sample_id"]]["score"] is not None]
         out.append(SystemSummary(
             system=name, mode=rs[0]["mode"], chunk=rs[0]["chunk"], samples=len(rs),
-            quality=estimate([r["score"] for r in rs]), ttft_s=estimate([r["ttft_s"] for r in rs]),
-            total_s=estimate([r["total_s"] for r in rs]), agreement_with_classic=estimate(agree),
-            errors=sum(1 for r in rs if r.get("error"))))
+            quality=estimate([r["score"] for r in rs], proportion=True), ttft_s=estimate([r["ttft_s"] for r in rs]),
+            total_s=estimate([r["total_s"] for r in rs]), delta_vs_classic=paired_delta(pairs),
+            agreement_with_classic=estimate(agree),
+            win_vs_classic=estimate([r["scores"].get("judge_win_vs_classic") for r in rs]),
+            errors=sum(1 for r in rs if r.get("error")),
+            per_dataset={d: estimate([r["score"] for r in rs if r["dataset"] == d], proportion=True)
+                         for d in dict.fromkeys(r["dataset"] for r in rs)}))
     return out
+
+
+def _columns(summaries: Sequence[SystemSummary]) -> list[tuple[str, Any]]:
+    cols: list[tuple[str, Any]] = [
+        ("system", lambda s: s.system), ("n", lambda s: str(s.samples)),
+        ("quality [95% CI]", lambda s: str(s.quality)),
+        ("Δ quality vs classic [paired 95% CI]", lambda s: str(s.delta_vs_classic)),
+        ("TTFT s [95% CI]", lambda s: str(s.ttft_s)),
+        ("total s", lambda s: "-" if s.total_s.mean is None else f"{s.total_s.mean:.2f}"),
+        ("ROUGE-L vs classic", lambda s: str(s.agreement_with_classic))]
+    if any(s.win_vs_classic.n for s in summaries):
+        cols.append(("judge win vs classic", lambda s: str(s.win_vs_classic)))
+    datasets = list(dict.fromkeys(d for s in summaries for d in s.per_dataset))
+    if len(datasets) > 1:
+        cols += [(f"{d} quality", lambda s, d=d: str(s.per_dataset.get(d, Estimate(None, None, None, 0))))
+                 for d in datasets]
+    cols.append(("errors", lambda s: str(s.errors)))
+    return cols
 
 
 def table(summaries: Sequence[SystemSummary], title: str = "quality vs TTFT") -> Any:
@@ -74,21 +132,20 @@ def table(summaries: Sequence[SystemSummary], title: str = "quality vs TTFT") ->
     from rich.table import Table
 
     t = Table(title=title)
-    for col in ("system", "n", "quality (mean ± 95% CI)", "TTFT s", "total s", "ROUGE-L vs classic", "errors"):
-        t.add_column(col, justify="left" if col == "system" else "right", no_wrap=col == "system")
+    cols = _columns(summaries)
+    for name, _ in cols:
+        t.add_column(name, justify="left" if name == "system" else "right", no_wrap=name == "system")
     for s in summaries:
-        t.add_row(s.system, str(s.samples), str(s.quality), str(s.ttft_s), str(s.total_s),
-                  str(s.agreement_with_classic), str(s.errors))
+        t.add_row(*(cell(s) for _, cell in cols))
     return t
 
 
 def markdown(summaries: Sequence[SystemSummary]) -> str:
     """The same table as Markdown, for README and results folders."""
-    lines = ["| system | n | quality (mean ± 95% CI) | TTFT s | total s | ROUGE-L vs classic | errors |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for s in summaries:
-        lines.append(f"| {s.system} | {s.samples} | {s.quality} | {s.ttft_s} | {s.total_s} | "
-                     f"{s.agreement_with_classic} | {s.errors} |")
+    cols = _columns(summaries)
+    lines = ["| " + " | ".join(name for name, _ in cols) + " |",
+             "|---|" + "---:|" * (len(cols) - 1)]
+    lines += ["| " + " | ".join(cell(s) for _, cell in cols) + " |" for s in summaries]
     return "\n".join(lines) + "\n"
 
 
@@ -99,15 +156,29 @@ def plot(summaries: Sequence[SystemSummary], path: Path, title: str = "quality v
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    def err(e: Estimate) -> list[list[float]]:
+        assert e.mean is not None
+        return [[e.mean - e.low if e.low is not None else 0.0], [e.high - e.mean if e.high is not None else 0.0]]
+
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    fig, ax = plt.subplots(figsize=(8.5, 4.5), dpi=120)
+    classic = next((s for s in summaries if s.mode == "classic"), None)
+    if classic is not None and classic.quality.low is not None and classic.quality.high is not None:
+        # The band a system's mean must fall in to count as "as good as classic".
+        ax.axhspan(classic.quality.low, classic.quality.high, color="tab:gray", alpha=0.15,
+                   label="classic's 95% CI")
     for s in summaries:
         if s.quality.mean is None or s.ttft_s.mean is None:
             continue
-        ax.errorbar(s.ttft_s.mean, s.quality.mean, xerr=s.ttft_s.ci95 or 0, yerr=s.quality.ci95 or 0, fmt="o",
-                    capsize=3, label=s.system)
-        ax.annotate(s.system, (s.ttft_s.mean, s.quality.mean), textcoords="offset points", xytext=(5, 5),
-                    fontsize=8)
+        marker = {"single": "s", "classic": "D", "staircase-reprefill": "^"}.get(s.mode, "o")
+        ax.errorbar(s.ttft_s.mean, s.quality.mean, xerr=err(s.ttft_s), yerr=err(s.quality), fmt=marker, capsize=3,
+                    label=s.system)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)  # outside: points often overlap
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("mean time to first token (s, log scale)")
     ax.set_ylabel("mean quality score")
     ax.set_title(title)

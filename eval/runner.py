@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moa_stream import MODES, MoA, MoAError, Mode
+from moa_stream import MODES, Metrics, MoA, MoAError, Mode
 
 from .datasets import Sample
 from .judge import Judge
@@ -45,6 +45,20 @@ def parse_systems(spec: str) -> list[System]:
 
 
 @dataclass
+class LaterTurn:
+    """A follow-up turn of a multi-turn sample, answered in the same conversation (agents keep their KV)."""
+
+    prompt: str
+    answer: str
+    ttft_s: float | None
+    total_s: float
+    answer_tokens: int
+    prefill_computed: int
+    prefill_reused: int
+    prefill_carried: int
+
+
+@dataclass
 class Row:
     """One (sample, system) result: the JSONL schema."""
 
@@ -64,6 +78,8 @@ class Row:
     prefill_reused: int
     chunks_ingested: int
     error: str | None = None
+    prefill_carried: int = 0  # context tokens an earlier turn's live sequence already held (multi-turn)
+    later_turns: list[LaterTurn] = field(default_factory=list)  # MT-Bench's second turn, same conversation
 
 
 def done_keys(path: Path) -> set[tuple[str, str]]:
@@ -79,6 +95,15 @@ def done_keys(path: Path) -> set[tuple[str, str]]:
     return keys
 
 
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line an interrupted run left half-written, so the next row starts on a line of its own."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """Every complete row of a results file."""
     rows = []
@@ -90,31 +115,83 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-async def answer(moa: MoA, sample: Sample, system: System, max_tokens: int | None) -> Row:
-    """Run one sample through one system and score it."""
+def _carried(m: Metrics) -> int:
+    """Context tokens the agents did not compute this turn: their live sequences from an earlier turn."""
+    return sum(max(0, a.context_tokens - a.prefill_computed - a.prefill_reused - a.decode_tokens)
+               for a in m.agents.values())
+
+
+def rescore(rows: list[dict[str, Any]], samples: Sequence[Sample]) -> int:
+    """Recompute the automatic scores of rows whose sample is given (after a scorer fix); returns rows changed."""
+    by_id = {s.id: s for s in samples}
+    changed = 0
+    for r in rows:
+        sample = by_id.get(r["sample_id"])
+        if sample is None or sample.kind == "open" or r.get("error"):
+            continue
+        new = score(sample, r["answer"])
+        if new.get("score") != r["score"]:
+            changed += 1
+        r["scores"] = {**r["scores"], **new}
+        r["score"] = new.get("score")
+    return changed
+
+
+async def answer(moa: MoA, sample: Sample, system: System, max_tokens: int | None, turns: int = 2) -> Row:
+    """Run one sample through one system and score it; up to `turns` turns of a multi-turn sample."""
     staircase = None
     if system.chunk:
         staircase = moa.config.staircase.model_copy(update={"first_chunk_tokens": system.chunk,
                                                             "chunk_tokens": system.chunk})
+    conv = moa.conversation(mode=system.mode)
     t0 = time.perf_counter()
     try:
-        result = await moa.run(sample.prompt, mode=system.mode, staircase=staircase, max_tokens=max_tokens)
+        result = await conv.send(sample.prompt, staircase=staircase, max_tokens=max_tokens)
+        later = []
+        for prompt in sample.extra_turns[:max(0, turns - 1)]:
+            r = await conv.send(prompt, staircase=staircase, max_tokens=max_tokens)
+            lm = r.metrics
+            later.append(LaterTurn(prompt, r.answer, lm.ttft_s, lm.total_s, lm.answer_tokens,
+                                   lm.prefill_computed, lm.prefill_reused, _carried(lm)))
     except MoAError as exc:
         return Row(sample.id, sample.dataset, sample.kind, system.name, system.mode, system.chunk, "", 0.0, {},
                    None, time.perf_counter() - t0, 0, 0, 0, 0, error=str(exc))
+    finally:
+        await conv.close()
     m = result.metrics
     scores = score(sample, result.answer)
     return Row(sample.id, sample.dataset, sample.kind, system.name, system.mode, system.chunk, result.answer,
                scores.get("score"), scores, m.ttft_s, m.total_s, m.answer_tokens, m.prefill_computed,
-               m.prefill_reused, m.chunks_ingested)
+               m.prefill_reused, m.chunks_ingested, prefill_carried=_carried(m), later_turns=later)
+
+
+async def _judge(judge: Judge, sample: Sample, row: Row, baseline: dict[str, Any] | None) -> None:
+    """Grade every turn of an open-ended answer (MT-Bench style) and compare it with classic's, both orders."""
+    grades = [await judge.grade(sample.prompt, row.answer, sample.reference)]
+    history = [{"role": "user", "content": sample.prompt}, {"role": "assistant", "content": row.answer}]
+    for t in row.later_turns:
+        grades.append(await judge.grade(t.prompt, t.answer, history=history))
+        history += [{"role": "user", "content": t.prompt}, {"role": "assistant", "content": t.answer}]
+    valid = [g for g in grades if g is not None]
+    if valid:
+        row.scores["judge_grade"] = sum(valid) / len(valid)
+        row.score = row.scores["judge_grade"]
+    if baseline is not None and row.mode != "classic":
+        win = await judge.pairwise(sample.prompt, row.answer, baseline["answer"])
+        if win is not None:
+            row.scores["judge_win_vs_classic"] = win
 
 
 async def run(moa: MoA, samples: Sequence[Sample], systems: Sequence[System], out: Path,
-              max_tokens: int | None = None, judge: Judge | None = None, progress: bool = True) -> int:
+              max_tokens: int | None = None, judge: Judge | None = None, progress: bool = True,
+              turns: int = 2) -> int:
     """Answer every (sample, system) pair not yet in `out`, appending rows as they finish; returns rows written."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    _drop_torn_tail(out)
     done = done_keys(out)
-    todo = [(s, sy) for s in samples for sy in systems if (s.id, sy.name) not in done]
+    # Classic first within a sample, so the judge's pairwise comparison has its baseline ready.
+    ordered = sorted(systems, key=lambda sy: sy.mode != "classic")
+    todo = [(s, sy) for s in samples for sy in ordered if (s.id, sy.name) not in done]
     written = 0
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -122,22 +199,14 @@ async def run(moa: MoA, samples: Sequence[Sample], systems: Sequence[System], ou
                TextColumn("{task.description}"))
     with Progress(*columns, disable=not progress, transient=False) as bar, out.open("a", encoding="utf-8") as f:
         task = bar.add_task("", total=len(todo))
-        classic_answers = {r["sample_id"]: r["answer"] for r in read_rows(out) if r["mode"] == "classic"}
+        classic = {r["sample_id"]: r for r in read_rows(out) if r["mode"] == "classic" and not r.get("error")}
         for sample, system in todo:
             bar.update(task, description=f"{sample.id} {system.name}")
-            row = await answer(moa, sample, system, max_tokens)
-            if system.mode == "classic":
-                classic_answers[sample.id] = row.answer
+            row = await answer(moa, sample, system, max_tokens, turns)
+            if system.mode == "classic" and not row.error:
+                classic[sample.id] = asdict(row)
             if judge is not None and sample.kind == "open" and not row.error:
-                grade = await judge.grade(sample.prompt, row.answer, sample.reference)
-                if grade is not None:
-                    row.scores["judge_grade"] = grade
-                    row.score = grade
-                base = classic_answers.get(sample.id)
-                if base is not None and system.mode != "classic":
-                    win = await judge.pairwise(sample.prompt, row.answer, base)
-                    if win is not None:
-                        row.scores["judge_win_vs_classic"] = win
+                await _judge(judge, sample, row, classic.get(sample.id))
             f.write(json.dumps(asdict(row)) + "\n")
             f.flush()  # a row on disk is a row a resumed run will skip
             written += 1

@@ -1,4 +1,4 @@
-"""Scorers: normalised and contained match (QA), letter match (multiple choice), numeric match, ROUGE-L."""
+"""Scorers: normalised and contained match (QA), letter match (multiple choice), yes/no, numeric match, ROUGE-L."""
 
 from __future__ import annotations
 
@@ -34,11 +34,12 @@ def contains(prediction: str, answers: Sequence[str]) -> float:
     return float(any(normalize(a) and f" {normalize(a)} " in p for a in answers))
 
 
-def extract_letter(prediction: str, letters: str = "ABCDEFGHIJ") -> str | None:
+def extract_letter(prediction: str, letters: str = "ABCD") -> str | None:
     """The option letter a free-text answer picks: 'B', '(B)', 'B.', 'answer is B', 'Option B'."""
     text = prediction.strip()
-    patterns = [rf"(?i)answer(?: is)?[:\s]*\(?([{letters}])\b", rf"(?i)option\s*\(?([{letters}])\b",
-                rf"^\(?([{letters}])[.):\s]", rf"^([{letters}])$", rf"\(([{letters}])\)", rf"\b([{letters}])\."]
+    # No bare "X " at the start: "A" and "I" open ordinary sentences.
+    patterns = [rf"answer(?: is)?[:\s]*\(?([{letters}])\b", rf"[Oo]ption\s*\(?([{letters}])\b",
+                rf"^\(?([{letters}])[.):]", rf"^([{letters}])$", rf"\(([{letters}])\)", rf"\b([{letters}])\."]
     for pat in patterns:
         m = re.search(pat, text)
         if m:
@@ -46,9 +47,22 @@ def extract_letter(prediction: str, letters: str = "ABCDEFGHIJ") -> str | None:
     return None
 
 
-def letter_match(prediction: str, correct: str) -> float:
-    """1.0 if the letter the prediction picks is the correct one."""
-    return float(extract_letter(prediction) == correct.strip()[:1].upper())
+def option_letters(prompt: str) -> str:
+    """The option letters a multiple-choice prompt lists ('A. ...' lines), 'ABCD' if it lists none."""
+    found = "".join(dict.fromkeys(re.findall(r"(?m)^([A-J])[.)] ", prompt)))
+    return found or "ABCD"
+
+
+def letter_match(prediction: str, correct: str, letters: str = "ABCD") -> float:
+    """1.0 if the letter the prediction picks (among `letters`) is the correct one."""
+    return float(extract_letter(prediction, letters) == correct.strip()[:1].upper())
+
+
+def yes_no_match(prediction: str, answer: str) -> float:
+    """1.0 if the first 'yes' or 'no' (or 'true'/'false') in the prediction is the answer."""
+    m = re.search(r"\b(yes|no|true|false)\b", prediction.lower())
+    said = {"true": "yes", "false": "no"}.get(m.group(1), m.group(1)) if m else None
+    return float(said == answer.strip().lower())
 
 
 def _numbers(text: str) -> list[float]:
@@ -87,7 +101,9 @@ def rouge_l(candidate: str, reference: str) -> float:
 def score(sample: Sample, prediction: str) -> dict[str, float]:
     """Every automatic score that applies to the sample; 'score' is the headline one (absent for open)."""
     if sample.kind == "mc":
-        return {"score": letter_match(prediction, sample.answers[0])}
+        return {"score": letter_match(prediction, sample.answers[0], option_letters(sample.prompt))}
+    if sample.kind == "yesno":
+        return {"score": yes_no_match(prediction, sample.answers[0])}
     if sample.kind == "math":
         return {"score": numeric_match(prediction, sample.answers[0])}
     if sample.kind == "qa":

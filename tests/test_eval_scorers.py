@@ -1,0 +1,101 @@
+"""Scorers, intervals and the judge's reply parsing on hand-checked cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from eval import report, runner, scorers
+from eval.judge import Judge, parse_rating, parse_verdict
+
+
+def test_normalised_exact_and_contained_match():
+    assert scorers.normalize("The  Eiffel Tower!") == "eiffel tower"
+    assert scorers.exact_match("the Nine.", ["Nine"]) == 1.0
+    assert scorers.exact_match("Nine generals", ["Nine"]) == 0.0
+    assert scorers.contains("There are nine five-star generals.", ["Nine"]) == 1.0
+    assert scorers.contains("Ninety", ["Nine"]) == 0.0  # whole words only
+    assert scorers.contains("It was 1972.", ["14 December 1972", "1972"]) == 1.0
+
+
+def test_letter_match():
+    assert scorers.extract_letter("The answer is (C).") == "C"
+    assert scorers.extract_letter("B. quit eating lunch out") == "B"
+    assert scorers.extract_letter("A. 4 inches\n\nThe correct answer is D. 1 foot") == "D"  # the stated answer wins
+    assert scorers.extract_letter("I cannot tell") is None
+    assert scorers.extract_letter("A good answer is hard; the answer is B") == "B"
+    assert scorers.option_letters("Q?\nA. x\nB. y\nC. z\nD. w\nE. v\nAnswer with the letter.") == "ABCDE"
+    assert scorers.letter_match("Option D is right", "D. $0") == 1.0
+    assert scorers.letter_match("I think A.", "B") == 0.0
+
+
+def test_yes_no_match():
+    assert scorers.yes_no_match("Yes, it is.", "yes") == 1.0
+    assert scorers.yes_no_match("No. Yes would be wrong.", "yes") == 0.0  # the first one counts
+    assert scorers.yes_no_match("False.", "no") == 1.0
+    assert scorers.yes_no_match("Nobody knows", "no") == 0.0  # whole words
+
+
+def test_numeric_match():
+    assert scorers.numeric_match("So they have 16 oranges.", "16 oranges") == 1.0
+    assert scorers.numeric_match("nine apples", "9 apples") == 1.0
+    assert scorers.numeric_match("1,250 people", "1250") == 1.0
+    assert scorers.numeric_match("The mean is 79.2", "79.2 points") == 1.0
+    assert scorers.numeric_match("15", "16") == 0.0
+    assert scorers.numeric_match("16", "no number") == 0.0
+
+
+def test_rouge_l():
+    assert scorers.rouge_l("the cat sat on the mat", "the cat sat on the mat") == 1.0
+    assert scorers.rouge_l("cat sat", "dog ran") == 0.0
+    # LCS of [cat, sat] and [cat, ran, away] is 1 word: P = 1/2, R = 1/3, F1 = 0.4.
+    assert scorers.rouge_l("the cat sat", "the cat ran away") == pytest.approx(0.4)
+
+
+def test_intervals():
+    e = report.estimate([1.0, 2.0, 3.0, 4.0])
+    assert e.mean == 2.5 and e.n == 4
+    assert (e.high - e.low) / 2 == pytest.approx(1.959964 * 1.290994 / 2, rel=1e-5)
+    w = report.estimate([1.0] * 2 + [0.0] * 8, proportion=True)  # Wilson: 2/10 -> [0.057, 0.510]
+    assert w.mean == 0.2 and w.low == pytest.approx(0.0567, abs=1e-3) and w.high == pytest.approx(0.5098, abs=1e-3)
+    zero = report.estimate([0.0] * 20, proportion=True)
+    assert zero.low == 0.0 and zero.high == pytest.approx(0.1611, abs=1e-3)  # all wrong still has a width
+    same = report.paired_delta([(1.0, 1.0), (0.0, 0.0)] * 5)
+    assert same.mean == 0.0 and same.low == 0.0 and same.high == 0.0
+    worse = report.paired_delta([(0.0, 1.0)] * 8 + [(1.0, 1.0)] * 2)
+    assert worse.mean == pytest.approx(-0.8) and worse.high < 0 and not worse.contains(0.0)
+
+
+def test_systems_spec():
+    assert [s.name for s in runner.parse_systems("single, staircase@8")] == ["single", "staircase@8"]
+    with pytest.raises(ValueError, match="unknown system"):
+        runner.parse_systems("fast")
+    with pytest.raises(ValueError, match="chunk size"):
+        runner.parse_systems("classic@8")
+    with pytest.raises(ValueError, match="chunk size"):
+        runner.parse_systems("staircase@0")
+
+
+def test_judge_reply_parsing():
+    assert parse_verdict("Both are fine but B is clearer. [[B]]") == "B"
+    assert parse_verdict("[[C]]") == "C" and parse_verdict("no idea") is None
+    assert parse_rating("Rating: [[7]]") == 7.0 and parse_rating("Rating: 11") is None
+    assert parse_rating("I'd say rating 4.5 overall") == 4.5
+
+
+class _AlwaysFirst(Judge):
+    """A judge that always prefers the answer shown first. Fake: no real model is reliably position-biased on
+    demand, and this is the bias the order swap exists to cancel."""
+
+    def __init__(self) -> None:
+        self.replies = []
+
+    async def _ask(self, prompt: str) -> str:
+        self.replies.append(prompt)
+        return "Assistant A is better. [[A]]"
+
+
+async def test_pairwise_swaps_the_order_to_cancel_position_bias():
+    judge = _AlwaysFirst()
+    assert await judge.pairwise("q?", "mine", "baseline") == 0.5  # A once as mine, once as baseline
+    first, second = judge.replies
+    assert first.index("mine") < first.index("baseline") and second.index("baseline") < second.index("mine")
