@@ -80,6 +80,7 @@ class Row:
     error: str | None = None
     prefill_carried: int = 0  # context tokens an earlier turn's live sequence already held (multi-turn)
     later_turns: list[LaterTurn] = field(default_factory=list)  # MT-Bench's second turn, same conversation
+    judge_replies: list[str] = field(default_factory=list)  # the judge's raw replies, to audit a weak judge
 
 
 def done_keys(path: Path) -> set[tuple[str, str]]:
@@ -167,6 +168,7 @@ async def answer(moa: MoA, sample: Sample, system: System, max_tokens: int | Non
 
 async def _judge(judge: Judge, sample: Sample, row: Row, baseline: dict[str, Any] | None) -> None:
     """Grade every turn of an open-ended answer (MT-Bench style) and compare it with classic's, both orders."""
+    first_reply = len(judge.replies)
     grades = [await judge.grade(sample.prompt, row.answer, sample.reference)]
     history = [{"role": "user", "content": sample.prompt}, {"role": "assistant", "content": row.answer}]
     for t in row.later_turns:
@@ -180,6 +182,7 @@ async def _judge(judge: Judge, sample: Sample, row: Row, baseline: dict[str, Any
         win = await judge.pairwise(sample.prompt, row.answer, baseline["answer"])
         if win is not None:
             row.scores["judge_win_vs_classic"] = win
+    row.judge_replies = judge.replies[first_reply:]
 
 
 async def run(moa: MoA, samples: Sequence[Sample], systems: Sequence[System], out: Path,

@@ -78,4 +78,7 @@ async def test_mt_bench_two_turns_graded_and_compared_by_the_model_judge(engine,
         assert set(r["scores"]) <= {"judge_grade", "judge_win_vs_classic"}
     # classic: 2 grades; single: 2 grades + 2 pairwise (both orders).
     assert len(judge.replies) == 6 and all(isinstance(x, str) for x in judge.replies)
+    # Each row keeps its own judge replies, so a run's verdicts can be audited afterwards.
+    assert rows["classic"]["judge_replies"] == judge.replies[:2]
+    assert rows["single"]["judge_replies"] == judge.replies[2:]
     assert engine.stats().sequences_open == 0
