@@ -154,11 +154,6 @@ def staircase_more(index: int, text: str) -> str:
     return prompts.render("staircase_more", index=index + 1, text=escape_delimiters(text))
 
 
-def more_marker() -> str:
-    """The opening of a staircase block."""
-    return block_markers()[0]
-
-
 def block_markers() -> tuple[str, ...]:
     """Strings that open or close a staircase block: the aggregator must never write them itself."""
     return tuple(line for line in prompts.template("more_marker").splitlines() if line)
