@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
-from engine import models
+from engine import SamplingParams, Sequence, models
 from engine.transformers_engine import TransformersEngine
 from tests.llama_server import llama_server  # noqa: F401  (session fixture: llama.cpp server on loopback)
+
+GUARD_S = 120  # a hang fails the test instead of blocking the suite; never reached when the engine works
+
+
+async def collect(eng: TransformersEngine, seq: Sequence, params: SamplingParams) -> tuple[list[int], str, Any]:
+    """Run one generation to its end: (token ids, text, finish reason)."""
+    ids: list[int] = []
+    text = ""
+    reason = None
+
+    async def run() -> None:
+        nonlocal text, reason
+        async for delta in eng.generate(seq, params):
+            ids.extend(delta.token_ids)
+            text += delta.text
+            reason = delta.finish_reason
+
+    await asyncio.wait_for(run(), GUARD_S)
+    return ids, text, reason
 
 
 def tiny_llama(seed: int = 0, vocab: int = 512) -> models.LoadedModel:

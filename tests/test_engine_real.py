@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import torch
 
-from engine import SamplingParams, Sequence
+from engine import SamplingParams
 from engine.transformers_engine import TransformersEngine
+from tests.conftest import collect
 
 GUARD_S = 120  # a hang fails the test instead of blocking the suite; never reached when the engine works
 
@@ -37,23 +38,6 @@ def chat(engine: TransformersEngine, *turns: str) -> list[int]:
     msgs = [{"role": roles[i % 2], "content": t} for i, t in enumerate(turns)]
     ids = engine.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
     return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-
-
-async def collect(eng: TransformersEngine, seq: Sequence, params: SamplingParams) -> tuple[list[int], str, Any]:
-    """Run one generation to its end: (token ids, text, finish reason)."""
-    ids: list[int] = []
-    text = ""
-    reason = None
-
-    async def run() -> None:
-        nonlocal text, reason
-        async for delta in eng.generate(seq, params):
-            ids.extend(delta.token_ids)
-            text += delta.text
-            reason = delta.finish_reason
-
-    await asyncio.wait_for(run(), GUARD_S)
-    return ids, text, reason
 
 
 async def test_greedy_after_appends_equals_hf_generate(engine: TransformersEngine, hf_model: Any) -> None:

@@ -23,7 +23,7 @@ from engine import (
     UnknownSequenceError,
 )
 from engine.transformers_engine import TransformersEngine
-from tests.conftest import tiny_llama
+from tests.conftest import collect, tiny_llama
 
 VOCAB = 512  # tiny_llama's vocabulary; its EOS is VOCAB - 1
 BS = 4  # the tiny_engine fixture's block size
@@ -39,23 +39,6 @@ def rand_tokens(n: int, seed: int) -> list[int]:
     """n random non-EOS ids of the tiny vocabulary."""
     rng = random.Random(seed)
     return [rng.randrange(1, VOCAB - 1) for _ in range(n)]
-
-
-async def collect(eng: TransformersEngine, seq: Sequence, params: SamplingParams) -> tuple[list[int], str, Any]:
-    """Run one generation to its end: (token ids, text, finish reason)."""
-    ids: list[int] = []
-    text = ""
-    reason = None
-
-    async def run() -> None:
-        nonlocal text, reason
-        async for delta in eng.generate(seq, params):
-            ids.extend(delta.token_ids)
-            text += delta.text
-            reason = delta.finish_reason
-
-    await asyncio.wait_for(run(), GUARD_S)
-    return ids, text, reason
 
 
 @pytest.fixture(scope="module")
