@@ -12,8 +12,6 @@ from engine import SamplingParams
 from engine.transformers_engine import TransformersEngine
 from tests.conftest import collect
 
-GUARD_S = 120  # a hang fails the test instead of blocking the suite; never reached when the engine works
-
 
 @pytest.fixture(scope="module")
 def hf_model(default_model_path: str) -> Any:
