@@ -47,6 +47,20 @@ class ClientSequences:
         self._stats = EngineStats()
         self._stopped = False
 
+    # Subclasses set these before calling __init__: the tokenizer the client encodes with, and its stop ids.
+    _tok: Any
+    _eos: frozenset[int]
+
+    @property
+    def tokenizer(self) -> Any:
+        """The Hugging Face tokenizer of the model (the client tokenizes; the backend computes)."""
+        return self._tok
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        """Token ids that end a generation."""
+        return self._eos
+
     @property
     def max_model_len(self) -> int:
         """Longest sequence accepted."""

@@ -229,16 +229,6 @@ class HttpEngine(ClientSequences):
 
     # ---------------------------------------------------------------- properties
 
-    @property
-    def tokenizer(self) -> Any:
-        """The Hugging Face tokenizer of the served model (the client tokenizes; the server computes)."""
-        return self._tok
-
-    @property
-    def eos_token_ids(self) -> frozenset[int]:
-        """Token ids that end a generation."""
-        return self._eos
-
     # ---------------------------------------------------------------- public API
 
     def generate(self, seq: Sequence, sampling: SamplingParams | None = None) -> AsyncIterator[TokenDelta]:

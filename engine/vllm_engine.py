@@ -177,16 +177,6 @@ class VllmEngine(ClientSequences):
         self._requests = itertools.count(1)
         self._sessions: dict[int, _Session] = {}
 
-    @property
-    def tokenizer(self) -> Any:
-        """The model's Hugging Face tokenizer."""
-        return self._tok
-
-    @property
-    def eos_token_ids(self) -> frozenset[int]:
-        """Token ids that end a generation."""
-        return self._eos
-
     def generate(self, seq: Sequence, sampling: SamplingParams | None = None) -> AsyncIterator[TokenDelta]:
         """Stream a completion of the sequence, appending each token to it; stop iterating to cancel."""
         s = self._start(seq)
