@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     from engine import EngineError, ModelLoadError
-    from moa_stream.config import ConfigError
+    from moa_stream.errors import ConfigError
 
     try:
         return int(importlib.import_module(args._module).main(args) or 0)

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 
-class EngineError(Exception):
-    """Base class of every error the engine raises on purpose."""
+class MoAStreamError(Exception):
+    """Root of every error moa-stream raises on purpose: catch this to handle them all.
+
+    It lives in the lowest layer so engine and pipeline errors share one tree; `moa_stream.errors` re-exports it.
+    """
+
+
+class EngineError(MoAStreamError):
+    """The engine refused or failed an operation; the message says what was wrong and what to do."""
 
 
 class InvalidTokensError(EngineError, ValueError):

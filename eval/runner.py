@@ -142,8 +142,7 @@ async def answer(moa: MoA, sample: Sample, system: System, max_tokens: int | Non
     """Run one sample through one system and score it; up to `turns` turns of a multi-turn sample."""
     staircase = None
     if system.chunk:
-        staircase = moa.config.staircase.model_copy(update={"first_chunk_tokens": system.chunk,
-                                                            "chunk_tokens": system.chunk})
+        staircase = moa.config.staircase.with_chunk(system.chunk)
     conv = moa.conversation(mode=system.mode)
     t0 = time.perf_counter()
     try:

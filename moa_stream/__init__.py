@@ -1,10 +1,10 @@
 """Mixture-of-Agents with staircase streaming on a shared stateful engine."""
 
 from . import events
-from .agents import MoAError
-from .api import Conversation, MoA
-from .config import AgentConfig, BackendConfig, ConfigError, MoAConfig, StaircaseConfig
+from .api import Conversation, MoA, collect
+from .config import AgentConfig, BackendConfig, MoAConfig, StaircaseConfig
 from .context import Message
+from .errors import ConfigError, EngineError, MoAError, MoAStreamError
 from .events import (
     MODES,
     AgentError,
@@ -34,13 +34,16 @@ __all__ = [
     "Event",
     "FirstToken",
     "Message",
+    "EngineError",
     "Metrics",
     "MoA",
     "MoAConfig",
     "MoAError",
+    "MoAStreamError",
     "Mode",
     "ProposerDelta",
     "RunResult",
     "StaircaseConfig",
+    "collect",
     "events",
 ]

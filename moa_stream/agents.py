@@ -16,10 +16,6 @@ from .events import AgentError, Event, ProposerDelta
 Emit = Callable[[Event], None]
 
 
-class MoAError(RuntimeError):
-    """The MoA run cannot produce an answer (e.g. every proposer failed)."""
-
-
 @dataclass
 class AgentSlot:
     """One agent bound to its engine; `seq` survives between turns of a conversation."""

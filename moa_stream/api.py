@@ -11,8 +11,9 @@ from engine import Engine, EngineStats
 
 from .agents import AgentSlot
 from .backends import build_engines
-from .config import ConfigError, MoAConfig, StaircaseConfig
+from .config import MoAConfig, StaircaseConfig
 from .context import ChatFormat, Message, as_messages
+from .errors import ConfigError
 from .events import MODES, AgentError, Done, Event, Mode, RunResult
 from .staircase import Turn, TurnInput
 
@@ -72,7 +73,7 @@ class MoA:
                   mode: Mode | None = None, staircase: StaircaseConfig | None = None,
                   max_tokens: int | None = None) -> RunResult:
         """Answer one question; returns the answer, its metrics and any agent errors."""
-        return await _collect(self.stream(question, history, mode=mode, staircase=staircase,
+        return await collect(self.stream(question, history, mode=mode, staircase=staircase,
                                           max_tokens=max_tokens))
 
     def engine_stats(self) -> dict[str, EngineStats]:
@@ -134,7 +135,7 @@ class Conversation:
 
     async def send(self, user_text: str, **kwargs: Any) -> RunResult:
         """One turn, collected."""
-        return await _collect(self.stream(user_text, **kwargs))
+        return await collect(self.stream(user_text, **kwargs))
 
     async def _reset_agents(self) -> None:
         for slot in [*(s for layer in self._layers for s in layer), self._agg]:
@@ -161,7 +162,8 @@ async def _drive(turn: Turn, queue: asyncio.Queue[Any]) -> None:
         queue.put_nowait(_END)
 
 
-async def _collect(events: AsyncIterator[Event]) -> RunResult:
+async def collect(events: AsyncIterator[Event]) -> RunResult:
+    """Run a turn's events to the end; the answer, metrics and agent errors."""
     errors: list[AgentError] = []
     done: Done | None = None
     async for ev in events:  # to the end, so the turn's cleanup runs before we return

@@ -81,7 +81,7 @@ def _add_ttft_arguments(p: argparse.ArgumentParser) -> None:
                    help="tokens every proposer writes (256)")
     p.add_argument("--answer-tokens", type=_positive, default=64, metavar="N", help="answer tokens at most (64)")
     p.add_argument("--first-chunk", type=_positive, default=None, metavar="N", help="first chunk size in tokens")
-    p.add_argument("--chunk", type=_positive, default=None, metavar="N", help="later chunk size in tokens")
+    p.add_argument("--chunk", type=_positive, default=None, metavar="N", help="chunk size in tokens (the first one too, unless --first-chunk)")
     p.add_argument("--repeats", type=_positive, default=1, metavar="N", help="runs per mode; the median counts")
     p.add_argument("--question", default=None, help="the question to answer")
 
@@ -108,8 +108,7 @@ def _main_ttft(args: argparse.Namespace) -> int:
     from .ttft_bench import DEFAULT_QUESTION, bench_config, run_ttft_bench
 
     cfg = bench_config(MoAConfig.load(args.config), args.proposer_tokens, args.answer_tokens)
-    knobs = {k: v for k, v in (("first_chunk_tokens", args.first_chunk), ("chunk_tokens", args.chunk)) if v}
-    cfg = cfg.model_copy(update={"staircase": cfg.staircase.model_copy(update=knobs)})
+    cfg = cfg.model_copy(update={"staircase": cfg.staircase.with_chunk(args.chunk, first=args.first_chunk)})
 
     async def go() -> dict[str, Any]:
         moa = MoA.from_config(cfg, model=args.model)

@@ -129,7 +129,7 @@ class ChatSession:
         """One answer, streamed into the live view (or as plain text)."""
         from engine import EngineError
 
-        from .agents import MoAError
+        from .errors import MoAError
         from .chat_view import PlainView, TurnView
 
         st = self.state
@@ -186,9 +186,7 @@ class ChatSession:
                           f"then {st.staircase.chunk_tokens})", "red")
             else:
                 n = int(arg)
-                st.staircase = st.staircase.model_copy(update={
-                    "first_chunk_tokens": n, "chunk_tokens": n,
-                    "max_chunk_tokens": max(n, st.staircase.max_chunk_tokens)})
+                st.staircase = st.staircase.with_chunk(n)
                 self.info(f"chunk: {n} tokens")
         elif name in ("proposers", "show", "hide"):
             if name != "proposers":

@@ -15,25 +15,12 @@ from rich.text import Text
 from .events import AgentError, AggregatorDelta, ChunkIngested, Done, Event, FirstToken, Metrics, Mode, ProposerDelta
 
 
-def prefill_saved(metrics: Metrics) -> int:
-    """Prompt tokens served from KV the engine already held instead of being computed again.
-
-    Per agent: prefix-cache hits (`prefill_reused`) plus the part of its final context that this turn did
-    not compute at all (an earlier turn's live sequence, extended in place).
-    """
-    saved = 0
-    for a in metrics.agents.values():
-        carried = a.context_tokens - a.prefill_computed - a.prefill_reused - a.decode_tokens
-        saved += a.prefill_reused + max(0, carried)
-    return saved
-
-
 def status_text(metrics: Metrics) -> str:
     """One line: mode, TTFT, total time, tokens/s, chunks ingested, prefill tokens saved."""
     ttft = f"{metrics.ttft_s:.2f} s" if metrics.ttft_s is not None else "-"
     return (f"{metrics.mode} | TTFT {ttft} | total {metrics.total_s:.2f} s | {metrics.tokens_per_s:.1f} tok/s | "
             f"{metrics.answer_tokens} answer tokens | {metrics.chunks_ingested} chunks ingested | "
-            f"prefill saved {prefill_saved(metrics)} tok")
+            f"prefill saved {metrics.prefill_saved} tok")
 
 
 class _Tail:

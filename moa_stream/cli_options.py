@@ -46,15 +46,8 @@ def load_config(args: argparse.Namespace) -> MoAConfig:
     if args.mode:
         update["mode"] = args.mode
     if args.chunk:
-        update["staircase"] = with_chunk(cfg, args.chunk).staircase
+        update["staircase"] = cfg.staircase.with_chunk(args.chunk)
     return cfg.model_copy(update=update) if update else cfg
-
-
-def with_chunk(cfg: MoAConfig, chunk: int) -> MoAConfig:
-    """The config with every staircase chunk (the first one too) `chunk` tokens long."""
-    knobs = cfg.staircase.model_copy(update={"first_chunk_tokens": chunk, "chunk_tokens": chunk,
-                                             "max_chunk_tokens": max(chunk, cfg.staircase.max_chunk_tokens)})
-    return cfg.model_copy(update={"staircase": knobs})
 
 
 def build_moa(args: argparse.Namespace) -> MoA:

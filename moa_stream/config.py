@@ -9,11 +9,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import ConfigError
 from .events import Mode
-
-
-class ConfigError(ValueError):
-    """A config is invalid: the message names the field and the allowed values."""
 
 
 class _Strict(BaseModel):
@@ -70,6 +67,19 @@ class StaircaseConfig(_Strict):
         if self.start_policy == "quorum" and self.quorum is None:
             raise ValueError("start_policy 'quorum' needs quorum: <number of proposers>")
         return self
+
+    def with_chunk(self, tokens: int | None, first: int | None = None) -> StaircaseConfig:
+        """These knobs with chunks of `tokens` (the first one too, unless `first` is given); None keeps a size.
+
+        The one chunk-size override: it raises max_chunk_tokens so that a large chunk is not capped.
+        """
+        update: dict[str, int] = {}
+        if tokens is not None:
+            update |= {"chunk_tokens": tokens, "first_chunk_tokens": tokens,
+                       "max_chunk_tokens": max(tokens, self.max_chunk_tokens)}
+        if first is not None:
+            update["first_chunk_tokens"] = first
+        return self.model_copy(update=update)
 
     def chunk_size(self, index: int) -> int:
         """Size in tokens of chunk number `index` (0 = the first chunk)."""

@@ -48,6 +48,19 @@ class Metrics(BaseModel):
             return 0.0
         return (self.answer_tokens - 1) / (self.total_s - self.ttft_s)
 
+    @property
+    def prefill_saved(self) -> int:
+        """Prompt tokens served from KV the engine already held instead of being computed again.
+
+        Per agent: prefix-cache hits (`prefill_reused`) plus the part of its final context that this turn did
+        not compute at all (an earlier turn's live sequence, extended in place).
+        """
+        saved = 0
+        for a in self.agents.values():
+            carried = a.context_tokens - a.prefill_computed - a.prefill_reused - a.decode_tokens
+            saved += a.prefill_reused + max(0, carried)
+        return saved
+
 
 @dataclass(frozen=True)
 class ProposerDelta:

@@ -53,19 +53,18 @@ async def _stream(moa: MoA, question: str, args: argparse.Namespace) -> int:
 
 
 async def _json(moa: MoA, question: str, args: argparse.Namespace) -> int:
-    from .api import _collect
-    from .chat_view import prefill_saved
+    from .api import collect
     from .mqtt_bus import published
 
     try:
         async with published(moa.stream(question, max_tokens=args.max_tokens), args, sys.stderr) as events:
-            result = await _collect(events)
+            result = await collect(events)
     finally:
         await moa.aclose()
     out = {
         "answer": result.answer,
         "metrics": {**result.metrics.model_dump(), "tokens_per_s": result.metrics.tokens_per_s,
-                    "prefill_saved": prefill_saved(result.metrics)},
+                    "prefill_saved": result.metrics.prefill_saved},
         "errors": [dataclasses.asdict(e) for e in result.errors],
     }
     print(json.dumps(out))
@@ -74,7 +73,7 @@ async def _json(moa: MoA, question: str, args: argparse.Namespace) -> int:
 
 def main(args: argparse.Namespace) -> int:
     """Answer one question; 0 ok, 2 bad usage or config, 1 runtime failure."""
-    from .agents import MoAError
+    from .errors import MoAError
     from .mqtt_bus import BadMqttUrl, MqttBusError, check_publish_arguments
 
     try:

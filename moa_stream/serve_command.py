@@ -45,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C; 2 for bad settings or config."""
     from pydantic import ValidationError
 
-    from .config import ConfigError
+    from .errors import ConfigError
     from .server import ServerSettings
 
     try:

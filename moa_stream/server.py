@@ -27,9 +27,8 @@ from starlette.types import Receive, Scope, Send
 
 from engine import CapacityError, EngineError, InvalidTokensError
 
-from .agents import MoAError
+from .errors import MoAError
 from .api import MoA
-from .chat_view import prefill_saved
 from .events import MODES, AgentError, AggregatorDelta, Done, Metrics, Mode
 
 
@@ -208,7 +207,7 @@ def moa_field(metrics: Metrics, errors: list[AgentError]) -> dict[str, Any]:
         "chunks_ingested": metrics.chunks_ingested,
         "prefill_computed": metrics.prefill_computed,
         "prefill_reused": metrics.prefill_reused,
-        "prefill_saved": prefill_saved(metrics),
+        "prefill_saved": metrics.prefill_saved,
         "aggregator_prefill_computed": metrics.aggregator_prefill_computed,
         "aggregator_prefill_reused": metrics.aggregator_prefill_reused,
         "decode_tokens": metrics.decode_tokens,

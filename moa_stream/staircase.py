@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from engine import TokenDelta
 
 from . import context
-from .agents import AgentSlot, Chunk, Emit, Failure, MoAError, ProposalResult, run_proposer
+from .agents import AgentSlot, Chunk, Emit, Failure, ProposalResult, run_proposer
 from .config import StaircaseConfig
 from .context import Message
+from .errors import MoAError
 from .events import AgentMetrics, AggregatorDelta, ChunkIngested, Done, FirstToken, Metrics, Mode
 
 

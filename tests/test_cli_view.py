@@ -7,7 +7,7 @@ import io
 from rich.console import Console
 
 from moa_stream import MoA, MoAConfig
-from moa_stream.chat_view import PlainView, TurnView, prefill_saved, status_text
+from moa_stream.chat_view import PlainView, TurnView, status_text
 
 
 def tiny_config() -> MoAConfig:
@@ -58,6 +58,6 @@ async def test_prefill_saved_counts_an_earlier_turn_kept_live(engine):
         await conv.close()
     # Turn 2 extends every agent's live sequence: all of turn 1's context is reused, not recomputed.
     carried = sum(a.context_tokens for a in first.metrics.agents.values())
-    assert prefill_saved(second.metrics) >= carried - len(first.metrics.agents)
-    assert prefill_saved(first.metrics) < prefill_saved(second.metrics)
+    assert second.metrics.prefill_saved >= carried - len(first.metrics.agents)
+    assert first.metrics.prefill_saved < second.metrics.prefill_saved
     assert engine.stats().sequences_open == 0
