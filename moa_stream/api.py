@@ -14,8 +14,9 @@ from .backends import build_engines
 from .config import MoAConfig, StaircaseConfig
 from .context import ChatFormat, Message, as_messages
 from .errors import ConfigError
-from .events import MODES, AgentError, Done, Event, Mode, RunResult
-from .staircase import Turn, TurnInput
+from .events import AgentError, Done, Event, RunResult
+from .layouts import layout_class
+from .turn import Turn, TurnInput
 
 _END = object()
 
@@ -54,12 +55,12 @@ class MoA:
         layers = [[slot(a, i) for a in layer] for i, layer in enumerate(self.config.layers)]
         return layers, slot(self.config.aggregator, len(layers))
 
-    def conversation(self, mode: Mode | None = None) -> Conversation:
+    def conversation(self, mode: str | None = None) -> Conversation:
         """A multi-turn chat whose agents keep their sequences alive between turns."""
         return Conversation(self, mode)
 
     async def stream(self, question: str, history: Sequence[Message | dict[str, str]] | None = None, *,
-                     mode: Mode | None = None, staircase: StaircaseConfig | None = None,
+                     mode: str | None = None, staircase: StaircaseConfig | None = None,
                      max_tokens: int | None = None) -> AsyncIterator[Event]:
         """Answer one question, yielding typed events; leaving the loop cancels every agent."""
         conv = Conversation(self, mode, history=as_messages(history))
@@ -70,7 +71,7 @@ class MoA:
             await conv.close()
 
     async def run(self, question: str, history: Sequence[Message | dict[str, str]] | None = None, *,
-                  mode: Mode | None = None, staircase: StaircaseConfig | None = None,
+                  mode: str | None = None, staircase: StaircaseConfig | None = None,
                   max_tokens: int | None = None) -> RunResult:
         """Answer one question; returns the answer, its metrics and any agent errors."""
         return await collect(self.stream(question, history, mode=mode, staircase=staircase,
@@ -89,15 +90,15 @@ class MoA:
 class Conversation:
     """Turns of one chat; turn n+1 appends only its new tokens to each agent's live sequence."""
 
-    def __init__(self, moa: MoA, mode: Mode | None = None, history: list[Message] | None = None) -> None:
+    def __init__(self, moa: MoA, mode: str | None = None, history: list[Message] | None = None) -> None:
         self.moa = moa
-        self.mode: Mode = _check_mode(mode or moa.config.mode)
+        self.mode: str = _check_mode(mode or moa.config.mode)
         self.history: list[Message] = list(history or [])
         self._layers, self._agg = moa._slots()
         self._lock = asyncio.Lock()
         self._live = False  # agents hold sequences for `history`
 
-    async def stream(self, user_text: str, *, mode: Mode | None = None, staircase: StaircaseConfig | None = None,
+    async def stream(self, user_text: str, *, mode: str | None = None, staircase: StaircaseConfig | None = None,
                      max_tokens: int | None = None) -> AsyncIterator[Event]:
         """One turn: yields the turn's events and records the answer in the history."""
         if not isinstance(user_text, str) or not user_text.strip():
@@ -176,7 +177,6 @@ async def collect(events: AsyncIterator[Event]) -> RunResult:
     return RunResult(done.answer, done.metrics, tuple(errors))
 
 
-def _check_mode(mode: str) -> Mode:
-    if mode not in MODES:
-        raise ConfigError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-    return mode  # type: ignore[return-value]
+def _check_mode(mode: str) -> str:
+    layout_class(mode)  # a ConfigError naming the registered modes unless `mode` is one
+    return mode

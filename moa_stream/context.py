@@ -1,4 +1,4 @@
-"""Context formats in token ids: chat prompts, appendable turns, and the three aggregator layouts.
+"""The chat format in token ids: whole prompts, prompts cut at a marker, and appendable next turns.
 
 The chat template is applied once per prompt; after that contexts only grow by appended token ids, because
 re-tokenising joined text would change ids the model has already read (and its KV).
@@ -10,8 +10,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
-
-from . import prompts
 
 _SENT_A = "\u2063A\u2063"
 _SENT_Q = "\u2063Q\u2063"
@@ -113,98 +111,3 @@ class ChatFormat:
         head = self._encode_markup(close_open) + self.encode_text(self.neutralize(before))
         tail = (self.encode_text(self.neutralize(after)) if after else []) + self._encode_markup(open_answer)
         return head, tail
-
-
-_DELIMITERS = ("[more from", "[end of more]", "[model ")
-
-
-def escape_delimiters(text: str) -> str:
-    """Keep proposer text from opening or closing our staircase blocks: [ becomes ( in delimiter look-alikes."""
-    for d in _DELIMITERS:
-        if d in text:
-            text = text.replace(d, "(" + d[1:])
-    return text.replace("(end of more]", "(end of more)")
-
-
-def references_block(texts: Sequence[str | None], item_template: str) -> str:
-    """Numbered references (1-based, by proposer position); proposers with no text are left out."""
-    return "\n".join(prompts.render(item_template, index=i + 1, text=escape_delimiters(t.strip()))
-                     for i, t in enumerate(texts) if t and t.strip())
-
-
-def aggregate_system(texts: Sequence[str | None], extra: str | None = None) -> str:
-    """The MoA aggregate-and-synthesize system prompt with the given references (classic layout)."""
-    head = prompts.template("aggregate_system")
-    body = references_block(texts, "reference_item")
-    return (f"{extra}\n\n" if extra else "") + f"{head}\n{body}"
-
-
-def staircase_user(question: str, references: str) -> str:
-    """The staircase user turn: the question, then `references` (text, or a marker to cut the prompt at)."""
-    return prompts.render("staircase_user", question=question, references=references)
-
-
-def staircase_references(first_chunks: Sequence[str | None]) -> str:
-    """The first chunk of each proposal that has one, labelled by proposer."""
-    return references_block(first_chunks, "staircase_reference") or "(none yet)"
-
-
-def staircase_more(index: int, text: str) -> str:
-    """A later chunk of proposal `index` (0-based), appended after the aggregator's partial answer."""
-    return prompts.render("staircase_more", index=index + 1, text=escape_delimiters(text))
-
-
-def block_markers() -> tuple[str, ...]:
-    """Strings that open or close a staircase block: the aggregator must never write them itself."""
-    return tuple(line for line in prompts.template("more_marker").splitlines() if line)
-
-
-def resume_cue(answer: str, max_chars: int = 48) -> str:
-    """The end of the partial answer, from a word boundary: repeated after a block so the answer resumes."""
-    tail = answer[-max_chars:]
-    if len(answer) > max_chars and " " in tail:
-        tail = tail[tail.index(" ") + 1:]
-    return escape_delimiters(tail)
-
-
-class MarkerFilter:
-    """Holds back answer text that may open a block marker, so a marker the model writes never reaches users."""
-
-    def __init__(self, markers: Sequence[str]) -> None:
-        self.markers = tuple(markers)
-        self.held = ""
-
-    def _partial(self, text: str) -> int:
-        """Length of the longest suffix of text that is a proper prefix of a marker."""
-        best = 0
-        for m in self.markers:
-            for n in range(min(len(m) - 1, len(text)), best, -1):
-                if text.endswith(m[:n]):
-                    best = n
-                    break
-        return best
-
-    def push(self, text: str) -> tuple[str, bool]:
-        """Text safe to show now, and whether a whole marker was written (text after it is dropped)."""
-        pending = self.held + text
-        if self.held == " " and text[:1].isspace():  # the same blank lines after the block
-            pending = " " + text.lstrip()
-        hits = [i for i in (pending.find(m) for m in self.markers) if i >= 0]
-        if hits:
-            self.held = ""
-            return pending[:min(hits)].rstrip(), True
-        cut = len(pending) - self._partial(pending)
-        while cut > 0 and pending[cut - 1].isspace():  # whitespace before a marker is not part of the answer
-            cut -= 1
-        self.held = pending[cut:]
-        return pending[:cut], False
-
-    def at_intake(self) -> None:
-        """A block was just read: blank lines the model wrote before it (where a block would go) become a space."""
-        if self.held and not self.held.strip():
-            self.held = " "
-
-    def flush(self) -> str:
-        """What is still held when the answer ends, minus a trailing partial marker."""
-        held, self.held = self.held, ""
-        return held[:len(held) - self._partial(held)].rstrip()

@@ -29,7 +29,7 @@ class AgentMetrics(BaseModel):
 class Metrics(BaseModel):
     """A turn's timings and token accounting (the JSON that benches, the server and the eval report)."""
 
-    mode: Mode
+    mode: str  # the aggregator layout's name: one of MODES, or a layout registered in moa_stream.layouts
     ttft_s: float | None = None
     total_s: float = 0.0
     answer_tokens: int = 0

@@ -1,10 +1,8 @@
-"""One MoA turn in any mode: proposers stream chunks, the aggregator takes them in as its layout allows.
+"""One MoA turn: proposers stream chunks, the aggregator's layout takes them in, the answer is sampled.
 
-- `single`: the aggregator answers alone.
-- `classic`: wait for every proposal, then aggregate (MoA's aggregate-and-synthesize prompt).
-- `staircase-reprefill`: the paper's layout; at each intake the references are rewritten into the prompt and
-  the partial answer is continued from a freshly prefilled sequence.
-- `staircase`: append-only; later chunks arrive as blocks after the aggregator's own partial answer.
+The driver is the same for every mode: it runs the proposer layers, waits for the start policy (or for every
+proposal, when the layout is not incremental), samples the answer in steps and hands chunks that arrived
+between steps to the layout. What the aggregator's context holds is the layout's business (moa_stream/layouts/).
 Earlier proposer layers (L > 1) always run to completion first: layer l+1 reads layer l as in classic MoA.
 """
 
@@ -17,12 +15,13 @@ from dataclasses import dataclass, field
 
 from engine import TokenDelta
 
-from . import context
 from .agents import AgentSlot, Chunk, Emit, Failure, ProposalResult, run_proposer
 from .config import StaircaseConfig
 from .context import Message
 from .errors import MoAError
-from .events import AgentMetrics, AggregatorDelta, ChunkIngested, Done, FirstToken, Metrics, Mode
+from .events import AgentMetrics, AggregatorDelta, ChunkIngested, Done, FirstToken, Metrics
+from .layouts import AggregatorLayout, Answer, IncrementalLayout, layout_class
+from .layouts.references import aggregate_system
 
 
 @dataclass
@@ -31,7 +30,7 @@ class TurnInput:
 
     question: str
     history: list[Message]
-    mode: Mode
+    mode: str  # a registered layout name (one of MODES for the built-in ones)
     knobs: StaircaseConfig
     max_tokens: int | None = None
     reuse: bool = False  # a conversation: agents' live sequences may be extended instead of re-opened
@@ -78,14 +77,12 @@ class Turn:
         self.layers = proposer_layers
         self.agg = aggregator
         self.inp = inp
+        self.layout: AggregatorLayout = layout_class(inp.mode)(aggregator, inp)
         self._emit = emit
         self.t0 = time.perf_counter()
         self.ttft: float | None = None
-        self.answer = ""
+        self.answer = Answer()
         self.finish_reason: str | None = None
-        # Only the staircase layout has blocks the model could imitate; elsewhere the filter passes text through.
-        self._filter = context.MarkerFilter(context.block_markers() if inp.mode == "staircase" else ())
-        self.answer_ids: list[int] = []
         self.chunks_ingested = 0
         self.results: dict[str, ProposalResult] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -100,23 +97,56 @@ class Turn:
         for slot in [*(s for layer in self.layers for s in layer), self.agg]:
             slot.begin_turn()
         try:
-            if self.inp.mode == "single":
-                await self._single()
+            if self.layout.reads_proposals:
+                await self._aggregate()
             else:
-                refs = await self._earlier_layers()
-                props = self._start_last_layer(refs)
-                if self.inp.mode == "classic":
-                    await self._classic(props)
-                else:
-                    await self._staircase(props, append_only=self.inp.mode == "staircase")
+                await self.layout.start([])
+                await self._answer(self._budget())
         finally:
             for t in self._tasks:
                 t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._say(self._filter.flush())
-        done = Done(self.answer, self._metrics())
+        self._say(self.layout.filter.flush())
+        done = Done(self.answer.text, self._metrics())
         self._emit(done)
         return done
+
+    async def _aggregate(self) -> None:
+        layout = self.layout
+        refs = await self._earlier_layers()
+        props = self._launch(self.layers[-1], refs)
+        prime = asyncio.create_task(layout.prime(), name="aggregator-prime")
+        self._tasks.append(prime)
+        if isinstance(layout, IncrementalLayout):
+            for chunk in await self._wait_start(props):
+                self._ingest(props, chunk)
+        else:
+            await self._wait_all(props)
+        await prime
+        await layout.start(props.texts)
+        if isinstance(layout, IncrementalLayout):
+            await self._answer_with_intakes(layout, props)
+        else:
+            await self._answer(self._budget())
+
+    async def _answer_with_intakes(self, layout: IncrementalLayout, props: _Proposals) -> None:
+        """Answer in steps; between steps, hand the chunks that arrived to the layout."""
+        slot = self.agg
+        budget = self._budget()
+        while budget > 0:
+            step = budget if props.all_done else min(budget, self.inp.knobs.aggregator_tokens_per_intake)
+            produced, reason = await self._answer(step)
+            budget -= produced
+            asked = reason == "stop" and not slot.after_eos  # it wrote a block marker: it wants more to read
+            # Pacing: while proposals stream, write at most one step ahead of what has been read.
+            wait = asked or (self.inp.knobs.pace and reason == "length")
+            waited = await self._next_chunk(props) if wait and props.queue.empty() else []
+            pending = waited + self._drain(props)
+            # EOS ends the answer even with chunks left: text after it would sit outside the answer turn.
+            if reason == "stop" and (slot.after_eos or not pending):
+                break
+            if pending:
+                await layout.intake(pending, props.texts, self.answer)
 
     # ------------------------------------------------------------------ proposers
 
@@ -125,7 +155,7 @@ class Turn:
         for i, slot in enumerate(layer):
             system = slot.cfg.system_prompt
             if refs is not None:  # a later layer reads the previous one, classic-MoA style
-                system = context.aggregate_system(refs, extra=system)
+                system = aggregate_system(refs, extra=system)
             msgs = [*([Message("system", system)] if system else []), *self.inp.history,
                     Message("user", self.inp.question)]
             result = self.results.setdefault(slot.cfg.name, ProposalResult())
@@ -143,9 +173,6 @@ class Turn:
             props.check_alive()
             refs = [self.results[s.cfg.name].text for s in layer]
         return refs
-
-    def _start_last_layer(self, refs: list[str] | None) -> _Proposals:
-        return self._launch(self.layers[-1], refs)
 
     def _ingest(self, props: _Proposals, chunk: Chunk) -> None:
         props.texts[chunk.proposer] += chunk.text
@@ -174,73 +201,13 @@ class Turn:
             if chunk is not None:
                 taken.append(chunk)
 
-    # ------------------------------------------------------------------ aggregator layouts
-
-    async def _single(self) -> None:
-        slot = self.agg
-        system = slot.cfg.system_prompt
-        msgs = [*([Message("system", system)] if system else []), *self.inp.history,
-                Message("user", self.inp.question)]
-        reuse = self.inp.reuse and slot.layout == "single"
-        await slot.start(msgs, self.inp.question, reuse)
-        slot.layout = "single"
-        await self._answer(self._budget())
-
-    async def _classic(self, props: _Proposals) -> None:
+    async def _wait_all(self, props: _Proposals) -> None:
+        """Ingest every chunk until every proposal is over."""
         while not props.all_done:
             chunk = props.take(await props.queue.get())
             if chunk is not None:
                 self._ingest(props, chunk)
         props.check_alive()
-        await self.agg.open_fresh(self._aggregate_prompt(props.texts))
-        await self._answer(self._budget())
-
-    async def _staircase(self, props: _Proposals, append_only: bool) -> None:
-        slot = self.agg
-        head: asyncio.Task[list[int]] | None = None
-        if append_only:
-            # Prefill everything before the references while the proposers write their first chunks.
-            marker = "\u2063REFS\u2063"
-            user = context.staircase_user(self.inp.question, marker)
-            system = slot.cfg.system_prompt or context.prompts.template("staircase_system")
-            msgs = [Message("system", system), *self.inp.history, Message("user", user)]
-            head = asyncio.create_task(slot.start(msgs, user, self.inp.reuse and slot.layout == "staircase", marker))
-            self._tasks.append(head)  # type: ignore[arg-type]
-        first = await self._wait_start(props)
-        for chunk in first:
-            self._ingest(props, chunk)
-        if head is not None:
-            tail = await head
-            assert slot.seq is not None
-            await slot.engine.append(slot.seq, slot.fmt.encode_text(context.staircase_references(props.texts)) + tail)
-            slot.layout = "staircase"
-        else:
-            await slot.open_fresh(self._aggregate_prompt(props.texts))
-        budget = self._budget()
-        while budget > 0:
-            step = budget if props.all_done else min(budget, self.inp.knobs.aggregator_tokens_per_intake)
-            produced, reason = await self._answer(step)
-            budget -= produced
-            asked = reason == "stop" and not slot.after_eos  # it wrote a block marker: it wants more to read
-            # Pacing: while proposals stream, write at most one step ahead of what has been read.
-            wait = asked or (self.inp.knobs.pace and reason == "length")
-            waited = await self._next_chunk(props) if wait and props.queue.empty() else []
-            pending = waited + self._drain(props)
-            # EOS ends the answer even with chunks left: text after it would sit outside the answer turn.
-            if reason == "stop" and (slot.after_eos or not pending):
-                break
-            if not pending:
-                continue
-            if append_only:
-                text = "".join(context.staircase_more(c.proposer, c.text) for c in pending)
-                # Echo the answer's last words after the blocks, so the model resumes its sentence instead of
-                # imitating the block pattern (costs a few tokens per intake, still O(Δ)).
-                text += context.resume_cue(self.answer) if self.inp.knobs.resume_cue else ""
-                self._filter.at_intake()
-                assert slot.seq is not None
-                await slot.engine.append(slot.seq, slot.fmt.encode_text(text))
-            else:
-                await slot.open_fresh(self._aggregate_prompt(props.texts) + self.answer_ids)
 
     async def _next_chunk(self, props: _Proposals) -> list[Chunk]:
         """Wait for the next chunk with text, ingested; [] once every proposal is over."""
@@ -265,10 +232,7 @@ class Turn:
         props.check_alive()
         return out
 
-    def _aggregate_prompt(self, texts: list[str]) -> list[int]:
-        system = context.aggregate_system(texts, extra=self.agg.cfg.system_prompt)
-        msgs = [Message("system", system), *self.inp.history, Message("user", self.inp.question)]
-        return self.agg.fmt.prompt(msgs)
+    # ------------------------------------------------------------------ the answer
 
     def _budget(self) -> int:
         return self.inp.max_tokens or self.agg.cfg.max_tokens
@@ -276,24 +240,24 @@ class Turn:
     async def _answer(self, max_tokens: int) -> tuple[int, str | None]:
         """Generate up to max_tokens answer tokens, emitting deltas; returns (tokens, finish reason).
 
-        A block marker written by the model ends the step with reason "stop" (it wants more to read)."""
+        A marker written by the model ends the step with reason "stop" (in the staircase: it wants more to read)."""
         slot = self.agg
         assert slot.seq is not None
         produced, reason = 0, None
         delta: TokenDelta
-        # In the append-only layout the model would imitate our blocks: it may not write '[' there at all.
-        banned = slot.fmt.bracket_tokens if self.inp.mode == "staircase" else ()
-        async with contextlib.aclosing(slot.engine.generate(slot.seq, slot.sampling(max_tokens, banned))) as stream:
+        text_filter = self.layout.filter
+        sampling = slot.sampling(max_tokens, self.layout.banned())
+        async with contextlib.aclosing(slot.engine.generate(slot.seq, sampling)) as stream:
             async for delta in stream:
                 produced += len(delta.token_ids)
-                self.answer_ids.extend(delta.token_ids)
+                self.answer.ids.extend(delta.token_ids)
                 reason = delta.finish_reason
-                text, marker = self._filter.push(delta.text) if delta.text else ("", False)
+                text, marker = text_filter.push(delta.text) if delta.text else ("", False)
                 self._say(text)
                 if marker:
                     reason = "stop"
                     break
-        slot.after_eos = bool(self.answer_ids) and self.answer_ids[-1] in slot.engine.eos_token_ids
+        slot.after_eos = bool(self.answer.ids) and self.answer.ids[-1] in slot.engine.eos_token_ids
         self.finish_reason = reason
         return produced, reason
 
@@ -303,7 +267,7 @@ class Turn:
         if self.ttft is None:
             self.ttft = self._now()
             self._emit(FirstToken(self.ttft))
-        self.answer += text
+        self.answer.text += text
         self._emit(AggregatorDelta(text, self._now()))
 
     # ------------------------------------------------------------------ metrics
@@ -312,7 +276,7 @@ class Turn:
         agents: dict[str, AgentMetrics] = {}
         totals = [0, 0, 0]
         for layer_idx, layer in enumerate(self.layers):
-            if self.inp.mode == "single":
+            if not self.layout.reads_proposals:
                 break
             for slot in layer:
                 res = self.results.get(slot.cfg.name, ProposalResult())
@@ -327,11 +291,11 @@ class Turn:
         st = self.agg.turn_stats()
         agents[self.agg.cfg.name] = AgentMetrics(
             role="aggregator", layer=len(self.layers), prompt_tokens=self.agg.prompt_tokens,
-            completion_tokens=len(self.answer_ids), finish_reason=self.finish_reason,
+            completion_tokens=len(self.answer.ids), finish_reason=self.finish_reason,
             prefill_computed=st.prefill_computed,
             prefill_reused=st.prefill_reused, decode_tokens=st.decode_tokens, context_tokens=self.agg.context_tokens())
         return Metrics(
-            mode=self.inp.mode, ttft_s=self.ttft, total_s=self._now(), answer_tokens=len(self.answer_ids),
+            mode=self.inp.mode, ttft_s=self.ttft, total_s=self._now(), answer_tokens=len(self.answer.ids),
             chunks_ingested=self.chunks_ingested, aggregator_prefill_computed=st.prefill_computed,
             aggregator_prefill_reused=st.prefill_reused, prefill_computed=totals[0] + st.prefill_computed,
             prefill_reused=totals[1] + st.prefill_reused, decode_tokens=totals[2] + st.decode_tokens,

@@ -1,0 +1,99 @@
+"""The interface between the turn driver and an aggregator layout, and the registry of layouts by mode name.
+
+A layout decides what the aggregator's context holds: how it is opened from the proposals' first text and how
+later chunks enter it. The driver (moa_stream/turn.py) runs the proposers, applies the start policy, samples
+the answer and calls the layout at these points only:
+
+1. `prime()` while the proposers write their first chunks (compute what does not depend on them);
+2. `start(texts)` once the start policy holds (every proposal over, for a layout that is not incremental);
+3. `intake(chunks, texts, answer)` whenever later chunks arrived (incremental layouts only).
+
+A new layout is one subclass with a `name`, decorated with `@register_layout`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, TypeVar
+
+from ..agents import AgentSlot, Chunk
+from ..errors import ConfigError
+from ..events import MODES
+from .marker_filter import MarkerFilter
+
+if TYPE_CHECKING:
+    from ..turn import TurnInput
+
+
+@dataclass
+class Answer:
+    """The aggregator's answer so far: the text shown to the user and every token id sampled."""
+
+    text: str = ""
+    ids: list[int] = field(default_factory=list)
+
+
+class AggregatorLayout(ABC):
+    """How the aggregator's context is built in one turn; subclasses set `name` and implement `start`."""
+
+    name: ClassVar[str]
+    reads_proposals: ClassVar[bool] = True  # False: the aggregator answers alone and no proposer runs
+
+    def __init__(self, agg: AgentSlot, inp: TurnInput) -> None:
+        self.agg = agg
+        self.inp = inp
+        self.filter = MarkerFilter(self.markers())
+
+    def markers(self) -> tuple[str, ...]:
+        """Strings the answer must never show (the filter holds them back and ends the step at one)."""
+        return ()
+
+    def banned(self) -> tuple[int, ...]:
+        """Token ids the aggregator may not sample."""
+        return ()
+
+    def reusable(self) -> bool:
+        """Whether the aggregator's live sequence is this layout's context of the conversation so far."""
+        return self.inp.reuse and self.agg.layout == self.name
+
+    async def prime(self) -> None:  # noqa: B027 - a hook most layouts leave empty
+        """Compute what does not depend on the proposals while they write their first chunks."""
+
+    @abstractmethod
+    async def start(self, texts: Sequence[str]) -> None:
+        """Make the aggregator's sequence end where the answer starts, given each proposal's text so far."""
+
+
+class IncrementalLayout(AggregatorLayout):
+    """A layout that starts on the first chunks and takes in later ones while the answer is written."""
+
+    @abstractmethod
+    async def intake(self, chunks: Sequence[Chunk], texts: Sequence[str], answer: Answer) -> None:
+        """Take in chunks that arrived since the last intake; `texts` holds every proposal's text so far."""
+
+
+LAYOUTS: dict[str, type[AggregatorLayout]] = {}
+
+L = TypeVar("L", bound=type[AggregatorLayout])
+
+
+def register_layout(cls: L) -> L:
+    """Class decorator: make the layout selectable by its `name` (as a mode)."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{cls.__name__} needs a class attribute name = '<mode name>'")
+    if LAYOUTS.get(name, cls) is not cls:
+        raise ValueError(f"layout name {name!r} is taken by {LAYOUTS[name].__name__}")
+    LAYOUTS[name] = cls
+    return cls
+
+
+def layout_class(name: str) -> type[AggregatorLayout]:
+    """The layout registered under `name`."""
+    try:
+        return LAYOUTS[name]
+    except KeyError:
+        known = [*(m for m in MODES if m in LAYOUTS), *(n for n in LAYOUTS if n not in MODES)]
+        raise ConfigError(f"mode must be one of {', '.join(known)}; got {name!r}") from None
