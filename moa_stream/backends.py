@@ -6,18 +6,19 @@ import os
 
 from engine import Engine
 
-from .config import BackendConfig, ConfigError
+from .config import BackendConfig, ConfigError, HttpBackend, TransformersBackend, VllmBackend
 
 
 def build_engine(cfg: BackendConfig, model_override: str | None = None) -> Engine:
     """An engine for one backend config (remote backends are imported only when used)."""
     model = model_override or cfg.model
-    if cfg.kind == "transformers":
+    if isinstance(cfg, TransformersBackend):
         from engine.transformers_engine import TransformersEngine
 
         kv = int(cfg.kv_cache_gb * (1 << 30)) if cfg.kv_cache_gb else None
-        return TransformersEngine.from_pretrained(model, kv_cache_bytes=kv, **cfg.options)
-    if cfg.kind == "http":
+        return TransformersEngine.from_pretrained(model, kv_cache_bytes=kv,
+                                                  **cfg.engine_options("model", "kv_cache_gb"))
+    if isinstance(cfg, HttpBackend):
         from engine.http_engine import HttpEngine
 
         api_key = None
@@ -25,15 +26,15 @@ def build_engine(cfg: BackendConfig, model_override: str | None = None) -> Engin
             api_key = os.environ.get(cfg.api_key_env)
             if not api_key:
                 raise ConfigError(f"backend needs an API key in ${cfg.api_key_env}, which is not set")
-        assert cfg.base_url is not None
-        return HttpEngine(cfg.base_url, cfg.model, api_key=api_key, timeout_s=cfg.timeout_s, **cfg.options)
-    if cfg.kind == "vllm":
+        return HttpEngine(cfg.base_url, cfg.model, api_key=api_key,
+                          **cfg.engine_options("base_url", "model", "api_key_env"))
+    if isinstance(cfg, VllmBackend):
         from engine.vllm_engine import VllmEngine
 
         if not model:
             raise ConfigError("a vllm backend needs model: <HF id or folder>")
-        return VllmEngine(model, **cfg.options)
-    raise ConfigError(f"unknown backend kind {cfg.kind!r}; use transformers, http or vllm")
+        return VllmEngine(model, **cfg.engine_args, **cfg.engine_options("model", "engine_args"))
+    raise ConfigError(f"unknown backend config {type(cfg).__name__}; use transformers, http or vllm")
 
 
 def build_engines(backends: dict[str, BackendConfig], model_override: str | None = None) -> dict[str, Engine]:

