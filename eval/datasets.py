@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from moa_stream import MoAStreamError
+
 Kind = Literal["qa", "mc", "math", "yesno", "open"]
 
 
-class DatasetError(ValueError):
-    """A dataset name, file or row is unusable; the message says which and what to do."""
+class DatasetError(MoAStreamError, ValueError):
+    """A dataset name, file or row is unusable; the message says which and what to do (install, fix the file)."""
 
 
 @dataclass(frozen=True)

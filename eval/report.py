@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .rows import Row
 from .scorers import rouge_l
 
 
@@ -85,27 +86,26 @@ class SystemSummary:
     per_dataset: dict[str, Estimate]  # quality on each dataset
 
 
-def summarize(rows: Sequence[dict[str, Any]]) -> list[SystemSummary]:
+def summarize(rows: Sequence[Row]) -> list[SystemSummary]:
     """Per-system summaries, in the order systems first appear."""
-    classic = {r["sample_id"]: r for r in rows if r["mode"] == "classic" and not r.get("error")}
-    by_system: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    classic = {r.sample_id: r for r in rows if r.mode == "classic" and not r.error}
+    by_system: dict[str, list[Row]] = defaultdict(list)
     for r in rows:
-        by_system[r["system"]].append(r)
+        by_system[r.system].append(r)
     out = []
     for name, rs in by_system.items():
-        agree = [rouge_l(r["answer"], classic[r["sample_id"]]["answer"]) for r in rs if r["sample_id"] in classic]
-        pairs = [(r["score"], classic[r["sample_id"]]["score"]) for r in rs
-                 if r["sample_id"] in classic and r["score"] is not None
-                 and classic[r["sample_id"]]["score"] is not None]
+        agree = [rouge_l(r.answer, classic[r.sample_id].answer) for r in rs if r.sample_id in classic]
+        pairs = [(r.score, base.score) for r in rs
+                 if (base := classic.get(r.sample_id)) is not None and r.score is not None and base.score is not None]
         out.append(SystemSummary(
-            system=name, mode=rs[0]["mode"], chunk=rs[0]["chunk"], samples=len(rs),
-            quality=estimate([r["score"] for r in rs], proportion=True), ttft_s=estimate([r["ttft_s"] for r in rs]),
-            total_s=estimate([r["total_s"] for r in rs]), delta_vs_classic=paired_delta(pairs),
+            system=name, mode=rs[0].mode, chunk=rs[0].chunk, samples=len(rs),
+            quality=estimate([r.score for r in rs], proportion=True), ttft_s=estimate([r.ttft_s for r in rs]),
+            total_s=estimate([r.total_s for r in rs]), delta_vs_classic=paired_delta(pairs),
             agreement_with_classic=estimate(agree),
-            win_vs_classic=estimate([r["scores"].get("judge_win_vs_classic") for r in rs]),
-            errors=sum(1 for r in rs if r.get("error")),
-            per_dataset={d: estimate([r["score"] for r in rs if r["dataset"] == d], proportion=True)
-                         for d in dict.fromkeys(r["dataset"] for r in rs)}))
+            win_vs_classic=estimate([r.scores.get("judge_win_vs_classic") for r in rs]),
+            errors=sum(1 for r in rs if r.error),
+            per_dataset={d: estimate([r.score for r in rs if r.dataset == d], proportion=True)
+                         for d in dict.fromkeys(r.dataset for r in rs)}))
     return out
 
 

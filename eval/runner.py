@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from moa_stream import MODES, Metrics, MoA, MoAError, Mode
 
 from .datasets import Sample
 from .judge import Judge
+from .rows import LaterTurn, Row, done_keys, drop_torn_tail, read_rows
 from .scorers import score
+
+__all__ = ["System", "answer", "parse_systems", "read_rows", "rescore", "run"]
 
 
 @dataclass(frozen=True)
@@ -44,97 +45,25 @@ def parse_systems(spec: str) -> list[System]:
     return out
 
 
-@dataclass
-class LaterTurn:
-    """A follow-up turn of a multi-turn sample, answered in the same conversation (agents keep their KV)."""
-
-    prompt: str
-    answer: str
-    ttft_s: float | None
-    total_s: float
-    answer_tokens: int
-    prefill_computed: int
-    prefill_reused: int
-    prefill_carried: int
-
-
-@dataclass
-class Row:
-    """One (sample, system) result: the JSONL schema."""
-
-    sample_id: str
-    dataset: str
-    kind: str
-    system: str
-    mode: str
-    chunk: int | None
-    answer: str
-    score: float | None
-    scores: dict[str, float]
-    ttft_s: float | None
-    total_s: float
-    answer_tokens: int
-    prefill_computed: int
-    prefill_reused: int
-    chunks_ingested: int
-    error: str | None = None
-    prefill_carried: int = 0  # context tokens an earlier turn's live sequence already held (multi-turn)
-    later_turns: list[LaterTurn] = field(default_factory=list)  # MT-Bench's second turn, same conversation
-    judge_replies: list[str] = field(default_factory=list)  # the judge's raw replies, to audit a weak judge
-
-
-def done_keys(path: Path) -> set[tuple[str, str]]:
-    """(sample_id, system) pairs already in a results file (a torn last line is ignored)."""
-    keys: set[tuple[str, str]] = set()
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            keys.add((r["sample_id"], r["system"]))
-    return keys
-
-
-def _drop_torn_tail(path: Path) -> None:
-    """Cut a last line an interrupted run left half-written, so the next row starts on a line of its own."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Every complete row of a results file."""
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
 def _carried(m: Metrics) -> int:
     """Context tokens the agents did not compute this turn: their live sequences from an earlier turn."""
     return sum(max(0, a.context_tokens - a.prefill_computed - a.prefill_reused - a.decode_tokens)
                for a in m.agents.values())
 
 
-def rescore(rows: list[dict[str, Any]], samples: Sequence[Sample]) -> int:
+def rescore(rows: list[Row], samples: Sequence[Sample]) -> int:
     """Recompute the automatic scores of rows whose sample is given (after a scorer fix); returns rows changed."""
     by_id = {s.id: s for s in samples}
     changed = 0
     for r in rows:
-        sample = by_id.get(r["sample_id"])
-        if sample is None or sample.kind == "open" or r.get("error"):
+        sample = by_id.get(r.sample_id)
+        if sample is None or sample.kind == "open" or r.error:
             continue
-        new = score(sample, r["answer"])
-        if new.get("score") != r["score"]:
+        new = score(sample, r.answer)
+        if new.get("score") != r.score:
             changed += 1
-        r["scores"] = {**r["scores"], **new}
-        r["score"] = new.get("score")
+        r.scores = {**r.scores, **new}
+        r.score = new.get("score")
     return changed
 
 
@@ -165,7 +94,7 @@ async def answer(moa: MoA, sample: Sample, system: System, max_tokens: int | Non
                m.prefill_reused, m.chunks_ingested, prefill_carried=_carried(m), later_turns=later)
 
 
-async def _judge(judge: Judge, sample: Sample, row: Row, baseline: dict[str, Any] | None) -> None:
+async def _judge(judge: Judge, sample: Sample, row: Row, baseline: Row | None) -> None:
     """Grade every turn of an open-ended answer (MT-Bench style) and compare it with classic's, both orders."""
     first_reply = len(judge.replies)
     grades = [await judge.grade(sample.prompt, row.answer, sample.reference)]
@@ -178,7 +107,7 @@ async def _judge(judge: Judge, sample: Sample, row: Row, baseline: dict[str, Any
         row.scores["judge_grade"] = sum(valid) / len(valid)
         row.score = row.scores["judge_grade"]
     if baseline is not None and row.mode != "classic":
-        win = await judge.pairwise(sample.prompt, row.answer, baseline["answer"])
+        win = await judge.pairwise(sample.prompt, row.answer, baseline.answer)
         if win is not None:
             row.scores["judge_win_vs_classic"] = win
     row.judge_replies = judge.replies[first_reply:]
@@ -189,7 +118,7 @@ async def run(moa: MoA, samples: Sequence[Sample], systems: Sequence[System], ou
               turns: int = 2) -> int:
     """Answer every (sample, system) pair not yet in `out`, appending rows as they finish; returns rows written."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    _drop_torn_tail(out)
+    drop_torn_tail(out)
     done = done_keys(out)
     # Classic first within a sample, so the judge's pairwise comparison has its baseline ready.
     ordered = sorted(systems, key=lambda sy: sy.mode != "classic")
@@ -201,15 +130,15 @@ async def run(moa: MoA, samples: Sequence[Sample], systems: Sequence[System], ou
                TextColumn("{task.description}"))
     with Progress(*columns, disable=not progress, transient=False) as bar, out.open("a", encoding="utf-8") as f:
         task = bar.add_task("", total=len(todo))
-        classic = {r["sample_id"]: r for r in read_rows(out) if r["mode"] == "classic" and not r.get("error")}
+        classic = {r.sample_id: r for r in read_rows(out) if r.mode == "classic" and not r.error}
         for sample, system in todo:
             bar.update(task, description=f"{sample.id} {system.name}")
             row = await answer(moa, sample, system, max_tokens, turns)
             if system.mode == "classic" and not row.error:
-                classic[sample.id] = asdict(row)
+                classic[sample.id] = row
             if judge is not None and sample.kind == "open" and not row.error:
                 await _judge(judge, sample, row, classic.get(sample.id))
-            f.write(json.dumps(asdict(row)) + "\n")
+            f.write(row.to_json() + "\n")
             f.flush()  # a row on disk is a row a resumed run will skip
             written += 1
             bar.advance(task)

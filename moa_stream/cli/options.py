@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from .events import MODES
+from moa_stream import MODES
 
 if TYPE_CHECKING:
-    from .api import MoA
-    from .config import MoAConfig
+    from moa_stream import MoA, MoAConfig
 
 
 def positive_int(text: str) -> int:
@@ -39,7 +38,7 @@ def add_moa_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_config(args: argparse.Namespace) -> MoAConfig:
     """The config file (or the default) with --mode and --chunk applied; raises ConfigError when invalid."""
-    from .config import MoAConfig
+    from moa_stream import MoAConfig
 
     cfg = MoAConfig.load(args.config)
     update: dict[str, object] = {}
@@ -52,7 +51,7 @@ def load_config(args: argparse.Namespace) -> MoAConfig:
 
 def build_moa(args: argparse.Namespace) -> MoA:
     """Validate the config first (fast usage errors), then load the engines."""
-    from .api import MoA
+    from moa_stream import MoA
 
     cfg = load_config(args)
     return MoA.from_config(cfg, model=args.model)

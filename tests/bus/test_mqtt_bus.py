@@ -27,7 +27,7 @@ from moa_stream import (
     MoAConfig,
     ProposerDelta,
 )
-from moa_stream.mqtt_bus import (
+from moa_stream.bus import (
     BadMqttUrl,
     BrokerUnreachable,
     EventPublisher,
@@ -41,7 +41,7 @@ from moa_stream.mqtt_bus import (
     subscribe,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUESTION = "Why is the sky blue?"
 
 SAMPLE_EVENTS = [
@@ -311,7 +311,7 @@ def test_watch_panels_add_remote_agents_as_they_appear():
 
     from rich.console import Console
 
-    from moa_stream.watch_command import WatchPanels
+    from moa_stream.cli.watch import WatchPanels
 
     console = Console(file=io.StringIO(), width=100, force_terminal=True, color_system=None)
     panels = WatchPanels(console)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def small_config(tmp_path: Path, proposer_tokens: int = 16, answer_tokens: int = 16, **extra: object) -> Path:

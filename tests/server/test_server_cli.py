@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from .test_cli_run import ROOT, small_config
+from tests.cli.test_cli_run import ROOT, small_config
 
 
 def free_port() -> int:

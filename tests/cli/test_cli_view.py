@@ -7,7 +7,7 @@ import io
 from rich.console import Console
 
 from moa_stream import MoA, MoAConfig
-from moa_stream.chat_view import PlainView, TurnView, status_text
+from moa_stream.cli.turn_view import PlainView, TurnView, status_text
 
 
 def tiny_config() -> MoAConfig:

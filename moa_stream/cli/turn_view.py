@@ -12,7 +12,7 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
-from .events import AgentError, AggregatorDelta, ChunkIngested, Done, Event, FirstToken, Metrics, Mode, ProposerDelta
+from moa_stream import AgentError, AggregatorDelta, ChunkIngested, Done, Event, FirstToken, Metrics, Mode, ProposerDelta
 
 
 def status_text(metrics: Metrics) -> str:

@@ -25,12 +25,12 @@ def test_tiny_run_writes_rows_summary_and_plot_then_resumes(tmp_path, capsys):
     rows_path = tmp_path / "rows.jsonl"
     rows = runner.read_rows(rows_path)
     samples = datasets.load("nq-open", 2, 0)
-    assert {(r["sample_id"], r["system"]) for r in rows} == {(s.id, y) for s in samples
-                                                             for y in ("classic", "staircase@4")}
+    assert {(r.sample_id, r.system) for r in rows} == {(s.id, y) for s in samples
+                                                       for y in ("classic", "staircase@4")}
     for r in rows:
-        assert r["answer"] and r["score"] in (0.0, 1.0) and r["ttft_s"] > 0 and r["total_s"] >= r["ttft_s"]
-        assert r["answer_tokens"] > 0 and r["prefill_computed"] > 0
-    assert all(r["chunks_ingested"] > 0 for r in rows if r["system"] == "staircase@4")
+        assert r.answer and r.score in (0.0, 1.0) and r.ttft_s > 0 and r.total_s >= r.ttft_s
+        assert r.answer_tokens > 0 and r.prefill_computed > 0
+    assert all(r.chunks_ingested > 0 for r in rows if r.system == "staircase@4")
     summary = (tmp_path / "summary.md").read_text()
     assert "| classic | 2 |" in summary and "| staircase@4 | 2 |" in summary
     assert [s["system"] for s in json.loads((tmp_path / "summary.json").read_text())] == ["classic", "staircase@4"]
@@ -44,7 +44,7 @@ def test_tiny_run_writes_rows_summary_and_plot_then_resumes(tmp_path, capsys):
     assert "1 new rows" in capsys.readouterr().err
     again = runner.read_rows(rows_path)
     assert len(again) == 4 and again[:3] == rows[:3]
-    assert {(r["sample_id"], r["system"]) for r in again} == {(r["sample_id"], r["system"]) for r in rows}
+    assert {(r.sample_id, r.system) for r in again} == {(r.sample_id, r.system) for r in rows}
     assert command.main(_args(*argv)) == 0  # nothing left to do
     assert "0 new rows" in capsys.readouterr().err
 
@@ -69,16 +69,16 @@ async def test_mt_bench_two_turns_graded_and_compared_by_the_model_judge(engine,
     out = tmp_path / "rows.jsonl"
     systems = runner.parse_systems("single,classic")  # classic runs first: it is the pairwise baseline
     assert await runner.run(moa, [sample], systems, out, max_tokens=8, judge=judge, progress=False) == 2
-    rows = {r["system"]: r for r in runner.read_rows(out)}
+    rows = {r.system: r for r in runner.read_rows(out)}
     assert list(rows) == ["classic", "single"]
     for r in rows.values():
-        (turn2,) = r["later_turns"]
-        assert turn2["prompt"] == sample.extra_turns[0] and turn2["answer"]
-        assert turn2["prefill_carried"] >= 50 > r["prefill_carried"]  # turn 2 extends turn 1's live KV
-        assert set(r["scores"]) <= {"judge_grade", "judge_win_vs_classic"}
+        (turn2,) = r.later_turns
+        assert turn2.prompt == sample.extra_turns[0] and turn2.answer
+        assert turn2.prefill_carried >= 50 > r.prefill_carried  # turn 2 extends turn 1's live KV
+        assert set(r.scores) <= {"judge_grade", "judge_win_vs_classic"}
     # classic: 2 grades; single: 2 grades + 2 pairwise (both orders).
     assert len(judge.replies) == 6 and all(isinstance(x, str) for x in judge.replies)
     # Each row keeps its own judge replies, so a run's verdicts can be audited afterwards.
-    assert rows["classic"]["judge_replies"] == judge.replies[:2]
-    assert rows["single"]["judge_replies"] == judge.replies[2:]
+    assert rows["classic"].judge_replies == judge.replies[:2]
+    assert rows["single"].judge_replies == judge.replies[2:]
     assert engine.stats().sequences_open == 0

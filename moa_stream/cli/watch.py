@@ -11,15 +11,16 @@ from typing import TextIO, cast
 from rich.console import Console
 from rich.text import Text
 
-from .chat_view import TurnView
-from .events import AgentError, AggregatorDelta, ChunkIngested, Done, Event, FirstToken, Mode, ProposerDelta
+from moa_stream import AgentError, AggregatorDelta, ChunkIngested, Done, Event, FirstToken, Mode, ProposerDelta
+
+from .turn_view import TurnView, status_text
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Register `watch`'s options."""
-    from .mqtt_bus import ANY_RUN, DEFAULT_PREFIX
+    from moa_stream.bus import ANY_RUN, DEFAULT_PREFIX
 
     p.add_argument("url", metavar="URL", help="the MQTT broker, mqtt://HOST[:PORT]")
     p.add_argument("--run", metavar="ID", default=ANY_RUN,
@@ -44,8 +45,6 @@ class WatchLog:
 
     def apply(self, ev: Event) -> None:
         """Print one event."""
-        from .chat_view import status_text
-
         if isinstance(ev, ProposerDelta):
             text = self.held.get(ev.agent, "") + ev.text
             self.held[ev.agent] = text
@@ -103,7 +102,7 @@ class WatchPanels:
 
 async def watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Subscribe and print until the run's Done."""
-    from .mqtt_bus import subscribe
+    from moa_stream.bus import subscribe
 
     ready = asyncio.Event()
     what = "the next run" if args.run == "+" else f"run {args.run}"
@@ -138,7 +137,7 @@ async def watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def main(args: argparse.Namespace) -> int:
     """Watch one run; 0 at its Done, 2 bad URL/prefix/run id, 1 broker unreachable or --timeout passed."""
-    from .mqtt_bus import BadMqttUrl, MqttBusError
+    from moa_stream.bus import BadMqttUrl, MqttBusError
 
     if args.timeout is not None and args.timeout <= 0:
         print(f"moa-stream watch: --timeout wants a positive number of seconds, got {args.timeout}", file=sys.stderr)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from eval import report, runner, scorers
+from eval import report, rows, runner, scorers
 from eval.judge import Judge, parse_rating, parse_verdict
 
 
@@ -99,3 +102,15 @@ async def test_pairwise_swaps_the_order_to_cancel_position_bias():
     assert await judge.pairwise("q?", "mine", "baseline") == 0.5  # A once as mine, once as baseline
     first, second = judge.replies
     assert first.index("mine") < first.index("baseline") and second.index("baseline") < second.index("mine")
+
+
+def test_committed_results_read_back_as_typed_rows():
+    """Rows written before later fields existed (the reference run) still read, as `Row`s, and summarise."""
+    results = Path(__file__).resolve().parents[2] / "eval" / "results"
+    reference = rows.read_rows(results / "reference" / "rows.jsonl")
+    assert len(reference) == 240 and all(isinstance(r, rows.Row) for r in reference)
+    assert reference[0].later_turns == [] and reference[0].judge_replies == [] and reference[0].prefill_carried == 0
+    mt = rows.read_rows(results / "mt-bench-judge" / "rows.jsonl")
+    assert all(isinstance(t, rows.LaterTurn) for r in mt for t in r.later_turns) and mt[0].later_turns
+    assert rows.Row.from_dict(json.loads(mt[0].to_json())) == mt[0]
+    assert [s.system for s in report.summarize(reference)][:2] == ["single", "classic"]

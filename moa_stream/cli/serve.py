@@ -10,11 +10,11 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
-from .cli_options import add_moa_arguments, build_moa, positive_int
+from .options import add_moa_arguments, build_moa, positive_int
 
 if TYPE_CHECKING:
-    from .api import MoA
-    from .server import ServerSettings
+    from moa_stream import MoA
+    from moa_stream.server import ServerSettings
 
 API_KEY_ENV = "MOA_STREAM_API_KEY"
 
@@ -45,8 +45,8 @@ def main(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C; 2 for bad settings or config."""
     from pydantic import ValidationError
 
-    from .errors import ConfigError
-    from .server import ServerSettings
+    from moa_stream import ConfigError
+    from moa_stream.server import ServerSettings
 
     try:
         settings = ServerSettings(host=args.host, port=args.port, api_key=args.api_key or os.environ.get(API_KEY_ENV),
@@ -68,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
 async def _serve(moa: MoA, settings: ServerSettings, log_level: str) -> None:
     import uvicorn
 
-    from .server import create_app
+    from moa_stream.server import create_app
 
     config = uvicorn.Config(create_app(moa, settings), host=settings.host, port=settings.port, log_level=log_level)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler that was there before; a

@@ -1,178 +1,27 @@
-"""A MoA turn's events on an MQTT broker (aiomqtt): publish them, or subscribe to a run from another host.
+"""Moving events over MQTT with aiomqtt: publish a run's events, or subscribe to a run from another host.
 
-Topics are `<prefix>/<run_id>/<kind>` (e.g. `moa/3f2a.../aggregator_delta`); the `Done` event is retained on
-`<prefix>/<run_id>/done`, so a watcher that arrives late still learns how the run ended. Payloads are JSON:
-`{"v": 1, "kind": ..., "run_id": ..., "seq": n, "event": {...}}`. MQTT keeps order only within one topic and
-our events span several, so each carries its run's sequence number and the subscriber restores run order.
+The `Done` event is retained on `<prefix>/<run_id>/done`, so a watcher that arrives late still learns how the run
+ended. Publishing only queues (a slow broker never slows the run); subscribing restores run order from the
+sequence numbers the codec carries.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any, Final, TextIO
-from urllib.parse import unquote, urlsplit
+from typing import Final
 
 import aiomqtt
-from pydantic import TypeAdapter, ValidationError
 
-from .events import AgentError, AggregatorDelta, ChunkIngested, Done, Event, FirstToken, ProposerDelta
+from ..events import Done, Event
+from .address import ANY_RUN, DEFAULT_PREFIX, BrokerAddress, check_prefix, check_run_id, parse_url
+from .codec import decode_message, encode_event, event_topic
+from .errors import BrokerUnreachable, MalformedEvent, MqttBusError
 
 log = logging.getLogger(__name__)
-
-PROTOCOL_VERSION: Final = 1
-DEFAULT_PREFIX: Final = "moa"
-ANY_RUN: Final = "+"
-
-EVENT_KINDS: Final[dict[str, type[Any]]] = {
-    "proposer_delta": ProposerDelta,
-    "chunk_ingested": ChunkIngested,
-    "aggregator_delta": AggregatorDelta,
-    "first_token": FirstToken,
-    "agent_error": AgentError,
-    "done": Done,
-}
-_KIND_OF: Final = {cls: kind for kind, cls in EVENT_KINDS.items()}
-# pydantic validates stdlib dataclasses field by field, Done's nested Metrics model included.
-_ADAPTERS: Final = {kind: TypeAdapter(cls) for kind, cls in EVENT_KINDS.items()}
-
-
-class MqttBusError(Exception):
-    """Something went wrong between us and the MQTT broker (base of this module's errors)."""
-
-
-class BadMqttUrl(MqttBusError, ValueError):
-    """The broker URL, topic prefix or run id cannot be used."""
-
-
-class BrokerUnreachable(MqttBusError):
-    """The broker did not accept a connection, or the connection dropped."""
-
-
-class MalformedEvent(MqttBusError, ValueError):
-    """A message on an event topic is not a moa-stream event."""
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    """Where the broker listens, parsed from `mqtt://[user[:password]@]host[:port]` (mqtts:// for TLS)."""
-
-    url: str
-    host: str
-    port: int
-    tls: bool = False
-    username: str | None = None
-    password: str | None = None
-
-
-@dataclass(frozen=True)
-class BusMessage:
-    """One decoded message: which run, its place in the run, and the event."""
-
-    run_id: str
-    seq: int
-    event: Event
-
-    @property
-    def kind(self) -> str:
-        """The event's topic level, e.g. `aggregator_delta`."""
-        return event_kind(self.event)
-
-
-def parse_url(url: str) -> BrokerAddress:
-    """Parse a broker URL; raises BadMqttUrl saying what a good one looks like."""
-    hint = "use mqtt://HOST[:PORT] (default port 1883) or mqtts://HOST[:PORT] (TLS, 8883)"
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise BadMqttUrl(f"broker URL {url!r} has scheme {parts.scheme or 'none'!r}; {hint}")
-    try:
-        port = parts.port
-    except ValueError:
-        raise BadMqttUrl(f"broker URL {url!r} has a bad port; {hint}") from None
-    if not parts.hostname:
-        raise BadMqttUrl(f"broker URL {url!r} names no host; {hint}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise BadMqttUrl(f"broker URL {url!r} has a path or query; set the topic prefix separately; {hint}")
-    tls = parts.scheme == "mqtts"
-    return BrokerAddress(url=url, host=parts.hostname, port=port or (8883 if tls else 1883), tls=tls,
-                         username=unquote(parts.username) if parts.username else None,
-                         password=unquote(parts.password) if parts.password else None)
-
-
-def check_prefix(prefix: str) -> str:
-    """A topic prefix: one or more non-empty levels without MQTT wildcards; raises BadMqttUrl otherwise."""
-    levels = prefix.split("/")
-    if not prefix or any(not lv or "+" in lv or "#" in lv for lv in levels) or prefix.startswith("$"):
-        raise BadMqttUrl(f"topic prefix {prefix!r} is not usable: give levels like 'moa' or 'lab/moa', "
-                         "no empty levels, no '+' or '#', not starting with '$'")
-    return prefix
-
-
-def _check_run_id(run_id: str, *, wildcard_ok: bool) -> str:
-    if run_id == ANY_RUN and wildcard_ok:
-        return run_id
-    if not run_id or any(c in run_id for c in "/+#") or "\0" in run_id:
-        raise BadMqttUrl(f"run id {run_id!r} is not usable: one topic level, no '/', '+' or '#'"
-                         + (" (or '+' for the next run)" if wildcard_ok else ""))
-    return run_id
-
-
-def event_kind(ev: Event) -> str:
-    """The topic level of an event type, e.g. `first_token`."""
-    try:
-        return _KIND_OF[type(ev)]
-    except KeyError:
-        raise TypeError(f"{type(ev).__name__} is not a moa-stream event") from None
-
-
-def event_topic(prefix: str, run_id: str, ev: Event) -> str:
-    """`<prefix>/<run_id>/<kind>` for an event."""
-    return f"{prefix}/{run_id}/{event_kind(ev)}"
-
-
-def encode_event(ev: Event, *, run_id: str = "", seq: int = 0) -> bytes:
-    """The JSON payload of an event (UTF-8)."""
-    kind = event_kind(ev)
-    body = _ADAPTERS[kind].dump_python(ev, mode="json")
-    return json.dumps({"v": PROTOCOL_VERSION, "kind": kind, "run_id": run_id, "seq": seq, "event": body},
-                      ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def decode_message(topic: str, payload: bytes | bytearray | str) -> BusMessage:
-    """Decode a payload received on `topic`; raises MalformedEvent naming what is wrong."""
-    try:
-        doc = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedEvent(f"message on {topic!r} is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise MalformedEvent(f"message on {topic!r} is a JSON {type(doc).__name__}, not an object")
-    if doc.get("v") != PROTOCOL_VERSION:
-        raise MalformedEvent(f"message on {topic!r} has protocol version {doc.get('v')!r}, this reader speaks "
-                             f"{PROTOCOL_VERSION}; upgrade moa-stream on both ends")
-    kind, seq, run_id = doc.get("kind"), doc.get("seq"), doc.get("run_id")
-    if kind not in EVENT_KINDS:
-        raise MalformedEvent(f"message on {topic!r} has unknown kind {kind!r}; expected one of "
-                             f"{', '.join(EVENT_KINDS)}")
-    if topic.rsplit("/", 1)[-1] != kind:
-        raise MalformedEvent(f"message on {topic!r} says it is a {kind!r} event; the topic disagrees")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0 or not isinstance(run_id, str):
-        raise MalformedEvent(f"message on {topic!r} has a bad seq {seq!r} or run_id {run_id!r}")
-    try:
-        event = _ADAPTERS[kind].validate_python(doc.get("event"))
-    except ValidationError as exc:
-        raise MalformedEvent(f"message on {topic!r} is not a valid {kind} event: {exc}") from None
-    return BusMessage(run_id=run_id, seq=seq, event=event)
-
-
-def decode_event(topic: str, payload: bytes | bytearray | str) -> Event:
-    """The event in a payload received on `topic`; raises MalformedEvent."""
-    return decode_message(topic, payload).event
 
 
 def _unreachable(addr: BrokerAddress, why: object) -> BrokerUnreachable:
@@ -217,7 +66,7 @@ class EventPublisher:
                  connect_timeout: float = 5.0, qos: int = 1) -> None:
         self.address = parse_url(url)
         self.prefix = check_prefix(prefix)
-        self.run_id = _check_run_id(run_id, wildcard_ok=False) if run_id is not None else uuid.uuid4().hex[:12]
+        self.run_id = check_run_id(run_id, wildcard_ok=False) if run_id is not None else uuid.uuid4().hex[:12]
         self.connect_timeout = connect_timeout
         self.qos = qos
         self.published = 0  # messages the broker acknowledged
@@ -294,35 +143,6 @@ async def publish_stream(events: AsyncIterator[Event], publisher: EventPublisher
             await aclose()
 
 
-def add_publish_arguments(p: argparse.ArgumentParser) -> None:
-    """--mqtt URL and --mqtt-prefix, for commands that can publish their run."""
-    p.add_argument("--mqtt", metavar="URL", default=None,
-                   help="also publish the run's events on this MQTT broker (mqtt://HOST[:PORT]); "
-                        "watch them with `moa-stream watch URL`")
-    p.add_argument("--mqtt-prefix", metavar="PREFIX", default=DEFAULT_PREFIX,
-                   help=f"topic prefix: events go to PREFIX/RUN_ID/KIND (default: {DEFAULT_PREFIX})")
-
-
-def check_publish_arguments(args: argparse.Namespace) -> None:
-    """Validate --mqtt and --mqtt-prefix without connecting; raises BadMqttUrl."""
-    if args.mqtt is not None:
-        parse_url(args.mqtt)
-        check_prefix(args.mqtt_prefix)
-
-
-@contextlib.asynccontextmanager
-async def published(events: AsyncIterator[Event], args: argparse.Namespace,
-                    note: TextIO) -> AsyncIterator[AsyncIterator[Event]]:
-    """`events` unchanged, or with --mqtt also published (the run id and topics are written to `note`)."""
-    if args.mqtt is None:
-        yield events
-        return
-    async with EventPublisher(args.mqtt, prefix=args.mqtt_prefix) as pub:
-        note.write(f"[mqtt: run {pub.run_id} on {pub.address.url}, topics {pub.topic_filter}]\n")
-        note.flush()
-        yield publish_stream(events, pub)
-
-
 async def subscribe(url: str, run_id: str = ANY_RUN, *, prefix: str = DEFAULT_PREFIX,
                     connect_timeout: float = 5.0, idle_timeout: float | None = None, gap_timeout: float = 2.0,
                     ready: asyncio.Event | None = None) -> AsyncIterator[Event]:
@@ -336,7 +156,7 @@ async def subscribe(url: str, run_id: str = ANY_RUN, *, prefix: str = DEFAULT_PR
     """
     addr = parse_url(url)
     check_prefix(prefix)
-    _check_run_id(run_id, wildcard_ok=True)
+    check_run_id(run_id, wildcard_ok=True)
     async with _connected(addr, connect_timeout) as client:
         await client.subscribe(f"{prefix}/{run_id}/+", qos=1)
         if ready is not None:

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from .cli_options import positive_int as _positive
+from .options import positive_int
 
 # ---------------------------------------------------------------------------------------------- bench engine
 
@@ -24,9 +24,9 @@ def _parse_streams(text: str) -> tuple[int, ...]:
 def _add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--model", default=None, help="HF model id or local folder (default: the offline SmolLM2)")
-    p.add_argument("--context", type=_positive, default=2048, metavar="N", help="tokens in the live sequence (2048)")
-    p.add_argument("--delta", type=_positive, default=16, metavar="N", help="tokens appended (16)")
-    p.add_argument("--decode", type=_positive, default=32, metavar="N", help="tokens decoded per stream (32)")
+    p.add_argument("--context", type=positive_int, default=2048, metavar="N", help="tokens in the live sequence (2048)")
+    p.add_argument("--delta", type=positive_int, default=16, metavar="N", help="tokens appended (16)")
+    p.add_argument("--decode", type=positive_int, default=32, metavar="N", help="tokens decoded per stream (32)")
     p.add_argument("--streams", type=_parse_streams, default=(1, 4, 8), metavar="LIST",
                    help="concurrent stream counts to measure, comma-separated (1 and 4 always run)")
 
@@ -57,7 +57,7 @@ def _engine_table(result: dict[str, Any]) -> Any:
 
 
 def _main_engine(args: argparse.Namespace) -> int:
-    from engine.bench import bench_engine
+    from engine.benchmark import bench_engine
 
     result = bench_engine(args.model, context_tokens=args.context, delta_tokens=args.delta,
                           decode_tokens=args.decode, streams=args.streams).to_dict()
@@ -77,12 +77,13 @@ def _add_ttft_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--config", default=None, help="MoA config file (YAML/TOML); default: 3 proposers, one model")
     p.add_argument("--model", default=None, help="model of the default backend (default: the offline SmolLM2)")
-    p.add_argument("--proposer-tokens", type=_positive, default=256, metavar="N",
+    p.add_argument("--proposer-tokens", type=positive_int, default=256, metavar="N",
                    help="tokens every proposer writes (256)")
-    p.add_argument("--answer-tokens", type=_positive, default=64, metavar="N", help="answer tokens at most (64)")
-    p.add_argument("--first-chunk", type=_positive, default=None, metavar="N", help="first chunk size in tokens")
-    p.add_argument("--chunk", type=_positive, default=None, metavar="N", help="chunk size in tokens (the first one too, unless --first-chunk)")
-    p.add_argument("--repeats", type=_positive, default=1, metavar="N", help="runs per mode; the median counts")
+    p.add_argument("--answer-tokens", type=positive_int, default=64, metavar="N", help="answer tokens at most (64)")
+    p.add_argument("--first-chunk", type=positive_int, default=None, metavar="N", help="first chunk size in tokens")
+    p.add_argument("--chunk", type=positive_int, default=None, metavar="N",
+                   help="chunk size in tokens (the first one too, unless --first-chunk)")
+    p.add_argument("--repeats", type=positive_int, default=1, metavar="N", help="runs per mode; the median counts")
     p.add_argument("--question", default=None, help="the question to answer")
 
 
@@ -103,9 +104,8 @@ def _ttft_table(result: dict[str, Any]) -> Any:
 def _main_ttft(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .api import MoA
-    from .config import MoAConfig
-    from .ttft_bench import DEFAULT_QUESTION, bench_config, run_ttft_bench
+    from moa_stream import MoA, MoAConfig
+    from moa_stream.ttft_benchmark import DEFAULT_QUESTION, bench_config, run_ttft_bench
 
     cfg = bench_config(MoAConfig.load(args.config), args.proposer_tokens, args.answer_tokens)
     cfg = cfg.model_copy(update={"staircase": cfg.staircase.with_chunk(args.chunk, first=args.first_chunk)})

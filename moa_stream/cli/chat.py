@@ -14,14 +14,12 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
-from .cli_options import add_moa_arguments, build_moa
+from .options import add_moa_arguments, build_moa
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from .api import Conversation, MoA
-    from .config import StaircaseConfig
-    from .events import Metrics, Mode
+    from moa_stream import Conversation, Metrics, MoA, Mode, StaircaseConfig
 
 HELP = """commands:
   /mode classic|staircase|staircase-reprefill|single   how the aggregator takes in the proposals
@@ -127,10 +125,9 @@ class ChatSession:
 
     async def turn(self, text: str) -> None:
         """One answer, streamed into the live view (or as plain text)."""
-        from engine import EngineError
+        from moa_stream import EngineError, MoAError
 
-        from .errors import MoAError
-        from .chat_view import PlainView, TurnView
+        from .turn_view import PlainView, TurnView
 
         st = self.state
         events = self.conv.stream(text, mode=st.mode, staircase=st.staircase, max_tokens=st.max_tokens)
@@ -165,7 +162,7 @@ class ChatSession:
 
     def command(self, text: str, runner: asyncio.Runner) -> bool:
         """Run a slash command; False means leave."""
-        from .events import MODES
+        from moa_stream import MODES
 
         name, _, arg = text[1:].partition(" ")
         name, arg = name.lower(), arg.strip()
@@ -208,7 +205,7 @@ class ChatSession:
 
     def stats(self) -> None:
         """Print the last turn's metrics and each engine's counters."""
-        from .chat_view import status_text
+        from .turn_view import status_text
 
         st = self.state
         lines = [f"turns: {len(self.conv.history) // 2} | mode {st.mode} | chunk {st.staircase.first_chunk_tokens}/"

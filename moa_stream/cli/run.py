@@ -10,10 +10,10 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from .cli_options import add_moa_arguments, build_moa
+from .options import add_moa_arguments, build_moa
 
 if TYPE_CHECKING:
-    from .api import MoA
+    from moa_stream import MoA
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_moa_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object: answer, metrics, agent errors")
     p.add_argument("-q", "--quiet", action="store_true", help="no TTFT/status line on stderr")
-    from .mqtt_bus import add_publish_arguments
+    from .mqtt_options import add_publish_arguments
 
     add_publish_arguments(p)
 
@@ -39,8 +39,8 @@ def _question(args: argparse.Namespace) -> str | None:
 
 
 async def _stream(moa: MoA, question: str, args: argparse.Namespace) -> int:
-    from .chat_view import PlainView
-    from .mqtt_bus import published
+    from .mqtt_options import published
+    from .turn_view import PlainView
 
     view = PlainView(sys.stdout, io.StringIO() if args.quiet else sys.stderr)
     try:
@@ -53,8 +53,9 @@ async def _stream(moa: MoA, question: str, args: argparse.Namespace) -> int:
 
 
 async def _json(moa: MoA, question: str, args: argparse.Namespace) -> int:
-    from .api import collect
-    from .mqtt_bus import published
+    from moa_stream import collect
+
+    from .mqtt_options import published
 
     try:
         async with published(moa.stream(question, max_tokens=args.max_tokens), args, sys.stderr) as events:
@@ -73,8 +74,10 @@ async def _json(moa: MoA, question: str, args: argparse.Namespace) -> int:
 
 def main(args: argparse.Namespace) -> int:
     """Answer one question; 0 ok, 2 bad usage or config, 1 runtime failure."""
-    from .errors import MoAError
-    from .mqtt_bus import BadMqttUrl, MqttBusError, check_publish_arguments
+    from moa_stream import MoAError
+    from moa_stream.bus import BadMqttUrl, MqttBusError
+
+    from .mqtt_options import check_publish_arguments
 
     try:
         check_publish_arguments(args)  # a bad URL is a usage error before the model loads

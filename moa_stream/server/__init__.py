@@ -1,0 +1,10 @@
+"""The OpenAI-compatible HTTP server where the MoA pipeline is a model (FastAPI).
+
+`create_app(moa, ServerSettings(...))` gives the app for embedding; `moa-stream serve` runs it with uvicorn.
+"""
+
+from .app import create_app
+from .errors import APIError
+from .settings import ServerSettings
+
+__all__ = ["APIError", "ServerSettings", "create_app"]

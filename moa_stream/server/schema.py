@@ -1,0 +1,168 @@
+"""OpenAI's chat completion wire format as pydantic models: the request we read, the responses we write.
+
+Requests keep only the fields the pipeline uses (others are ignored, as OpenAI-compatible servers do). Every
+response carries standard `usage` and an extra top-level `moa` object with the pipeline's metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from moa_stream import AgentError, AgentMetrics, Metrics, Mode
+
+# ---------------------------------------------------------------------------------------------- requests
+
+
+class TextPart(BaseModel):
+    """One part of a multi-part message content (only text is accepted)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    """One OpenAI chat message."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[TextPart] | None = None
+
+
+class StreamOptions(BaseModel):
+    """OpenAI's stream_options."""
+
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """The parts of an OpenAI chat completion request the pipeline uses; other fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    n: int | None = None
+    stream_options: StreamOptions | None = None
+
+
+# ---------------------------------------------------------------------------------------------- responses
+
+
+class Usage(BaseModel):
+    """OpenAI's token counts: what every agent read as its prompt, and the answer the client gets."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, metrics: Metrics) -> Usage:
+        """The usage of one finished turn."""
+        prompt = sum(a.prompt_tokens for a in metrics.agents.values())
+        return cls(prompt_tokens=prompt, completion_tokens=metrics.answer_tokens,
+                   total_tokens=prompt + metrics.answer_tokens)
+
+
+class MoAInfo(BaseModel):
+    """The extra `moa` object: timings, KV reuse, per-agent metrics and agent errors."""
+
+    mode: Mode
+    ttft_s: float | None
+    total_s: float
+    tokens_per_s: float
+    answer_tokens: int
+    chunks_ingested: int
+    prefill_computed: int
+    prefill_reused: int
+    prefill_saved: int
+    aggregator_prefill_computed: int
+    aggregator_prefill_reused: int
+    decode_tokens: int
+    agents: dict[str, AgentMetrics]
+    errors: list[AgentError]
+
+    @classmethod
+    def of(cls, metrics: Metrics, errors: list[AgentError]) -> MoAInfo:
+        """The `moa` object of one finished turn."""
+        return cls(mode=metrics.mode, ttft_s=metrics.ttft_s, total_s=metrics.total_s,
+                   tokens_per_s=metrics.tokens_per_s, answer_tokens=metrics.answer_tokens,
+                   chunks_ingested=metrics.chunks_ingested, prefill_computed=metrics.prefill_computed,
+                   prefill_reused=metrics.prefill_reused, prefill_saved=metrics.prefill_saved,
+                   aggregator_prefill_computed=metrics.aggregator_prefill_computed,
+                   aggregator_prefill_reused=metrics.aggregator_prefill_reused,
+                   decode_tokens=metrics.decode_tokens, agents=metrics.agents, errors=errors)
+
+
+class AssistantMessage(BaseModel):
+    """The answer as an assistant message."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    """The one choice of a non-streamed answer."""
+
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: str
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    """A whole answer: `chat.completion`."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    moa: MoAInfo
+
+
+class ChunkChoice(BaseModel):
+    """The one choice of a streamed chunk: a delta of the answer, and the finish reason on the last one."""
+
+    index: int = 0
+    delta: dict[str, str]
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One streamed piece: `chat.completion.chunk`; the last one also carries usage and the `moa` object."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    moa: MoAInfo | None = None
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON object; `usage` and `moa` appear only on the chunk that carries them."""
+        return self.model_dump(mode="json", exclude={k for k in ("usage", "moa") if getattr(self, k) is None})
+
+
+def sse(obj: BaseModel | dict[str, Any] | str) -> str:
+    """One server-sent event carrying a model, a JSON object or a bare marker such as `[DONE]`."""
+    if isinstance(obj, ChatCompletionChunk):
+        obj = obj.payload()
+    elif isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    # json.dumps' spacing ("key": value) is what clients have seen from us; keep it.
+    return f"data: {obj if isinstance(obj, str) else json.dumps(obj)}\n\n"

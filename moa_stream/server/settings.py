@@ -1,0 +1,18 @@
+"""How the OpenAI-compatible server listens and what it allows."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ServerSettings(BaseModel):
+    """How the server listens and what it allows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("127.0.0.1", description="interface to bind; loopback by default")
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: str | None = Field(None, description="when set, requests need 'Authorization: Bearer <key>'")
+    request_timeout_s: float = Field(300.0, gt=0, description="a request running longer is stopped")
+    max_concurrency: int = Field(8, ge=1, description="requests in flight at once; more get HTTP 429")
+    model_id: str = Field("moa-stream", min_length=1, description="model id; '<id>:<mode>' picks a mode")

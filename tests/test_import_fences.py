@@ -1,0 +1,131 @@
+"""The layering holds: dependencies point cli -> moa_stream -> engine, and eval uses only the public API.
+
+Every file is parsed with `ast` (nothing is imported, so no import side effects and no optional packages needed);
+imports inside functions and `if TYPE_CHECKING:` blocks count too.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TERMINAL_ONLY = ("rich", "argparse")  # a terminal's concerns: only moa_stream/cli/ (and eval/) may import them
+
+
+@dataclass(frozen=True)
+class Import:
+    """One imported module (and, for `from m import a, b`, the names), with where it was written."""
+
+    file: Path
+    line: int
+    module: str  # absolute dotted name
+    names: tuple[str, ...] = ()  # empty for `import m`
+
+    def where(self) -> str:
+        """`path:line` relative to the repository, for failure messages."""
+        return f"{self.file.relative_to(ROOT)}:{self.line}"
+
+
+def module_name(path: Path) -> str:
+    """The dotted module name of a file under ROOT (a package's `__init__.py` is the package)."""
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports(path: Path) -> Iterator[Import]:
+    """Every import in a file, relative ones resolved against the file's package."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield Import(path, node.lineno, alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            yield Import(path, node.lineno, module, tuple(a.name for a in node.names))
+
+
+def python_files(folder: str) -> list[Path]:
+    """Every .py file under a top-level folder of the repository."""
+    return sorted(p for p in (ROOT / folder).rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def top(module: str) -> str:
+    """The top-level package of a dotted name."""
+    return module.partition(".")[0]
+
+
+def is_cli(path: Path) -> bool:
+    """Whether a file belongs to moa_stream/cli/, the terminal layer."""
+    return path.is_relative_to(ROOT / "moa_stream" / "cli")
+
+
+def public_api() -> set[str]:
+    """The names in moa_stream/__init__.py's `__all__`, read from its source."""
+    tree = ast.parse((ROOT / "moa_stream" / "__init__.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            return set(ast.literal_eval(node.value))
+    raise AssertionError("moa_stream/__init__.py has no literal __all__")
+
+
+def offences(found: list[str]) -> str:
+    """A failure message listing every offending import, one a line."""
+    return "\n".join(["", *found])
+
+
+def test_the_fences_see_every_package() -> None:
+    """The walk finds the files it guards (a renamed folder must not make the other tests pass vacuously)."""
+    assert python_files("engine") and python_files("moa_stream") and python_files("eval")
+    assert any(is_cli(p) for p in python_files("moa_stream"))
+    assert any(not is_cli(p) for p in python_files("moa_stream"))
+
+
+def test_engine_never_imports_moa_stream() -> None:
+    """engine/ is the bottom layer: tokens and KV only."""
+    found = [f"{i.where()}: imports {i.module}" for p in python_files("engine") for i in imports(p)
+             if top(i.module) == "moa_stream"]
+    assert not found, "engine/ must not import moa_stream:" + offences(found)
+
+
+@pytest.mark.parametrize("folder", ["engine", "moa_stream"])
+def test_only_the_cli_imports_rich_or_argparse(folder: str) -> None:
+    """engine/ and the moa_stream core are libraries; terminal output and option parsing live in moa_stream/cli/."""
+    found = [f"{i.where()}: imports {i.module}" for p in python_files(folder) if not is_cli(p)
+             for i in imports(p) if top(i.module) in TERMINAL_ONLY]
+    assert not found, f"only moa_stream/cli/ may import {' or '.join(TERMINAL_ONLY)}:" + offences(found)
+
+
+def test_eval_uses_only_the_public_api() -> None:
+    """eval/ imports `from moa_stream import X` with X in moa_stream.__all__, never a moa_stream submodule."""
+    api = public_api()
+    found = []
+    for p in python_files("eval"):
+        for i in imports(p):
+            if top(i.module) != "moa_stream":
+                continue
+            if i.module != "moa_stream" or not i.names:
+                found.append(f"{i.where()}: imports {i.module} (use `from moa_stream import ...`)")
+            else:
+                found += [f"{i.where()}: imports moa_stream.{n}, which moa_stream.__all__ does not export"
+                          for n in i.names if n not in api]
+    assert not found, "eval/ may use only the names moa_stream/__init__.py exports:" + offences(found)
+
+
+def test_the_checker_resolves_relative_imports() -> None:
+    """`from ..bus import x` inside moa_stream/cli/ resolves to moa_stream.bus (the fences see relative imports)."""
+    path = ROOT / "moa_stream" / "cli" / "run.py"
+    resolved = {i.module for i in imports(path)}
+    assert "moa_stream.cli.options" in resolved
+    assert module_name(ROOT / "moa_stream" / "bus" / "__init__.py") == "moa_stream.bus"
