@@ -2,7 +2,15 @@
 
 from . import events
 from .api import Conversation, MoA, collect
-from .config import AgentConfig, BackendConfig, MoAConfig, StaircaseConfig
+from .config import (
+    AgentConfig,
+    BackendConfig,
+    HttpBackend,
+    MoAConfig,
+    StaircaseConfig,
+    TransformersBackend,
+    VllmBackend,
+)
 from .context import Message
 from .errors import ConfigError, EngineError, MoAError, MoAStreamError
 from .events import (
@@ -19,6 +27,7 @@ from .events import (
     ProposerDelta,
     RunResult,
 )
+from .layouts import AggregatorLayout, IncrementalLayout, register_layout
 
 __all__ = [
     "MODES",
@@ -26,15 +35,18 @@ __all__ = [
     "AgentError",
     "AgentMetrics",
     "AggregatorDelta",
+    "AggregatorLayout",
     "BackendConfig",
     "ChunkIngested",
     "ConfigError",
     "Conversation",
     "Done",
+    "EngineError",
     "Event",
     "FirstToken",
+    "HttpBackend",
+    "IncrementalLayout",
     "Message",
-    "EngineError",
     "Metrics",
     "MoA",
     "MoAConfig",
@@ -44,6 +56,9 @@ __all__ = [
     "ProposerDelta",
     "RunResult",
     "StaircaseConfig",
+    "TransformersBackend",
+    "VllmBackend",
     "collect",
     "events",
+    "register_layout",
 ]
