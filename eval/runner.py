@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from moa_stream import MODES, Metrics, MoA, MoAError, Mode
+from moa_stream import MODES, Metrics, MoA, MoAError, Mode, StaircaseConfig
 
 from .datasets import Sample
 from .judge import Judge
@@ -28,6 +28,10 @@ class System:
     def name(self) -> str:
         """'staircase@16', 'classic', ..."""
         return f"{self.mode}@{self.chunk}" if self.chunk else self.mode
+
+    def knobs(self, base: StaircaseConfig) -> StaircaseConfig:
+        """The staircase knobs this system runs with: `base` with its chunk size, if it names one."""
+        return base.with_chunk(self.chunk) if self.chunk else base
 
 
 def parse_systems(spec: str) -> list[System]:
@@ -69,9 +73,7 @@ def rescore(rows: list[Row], samples: Sequence[Sample]) -> int:
 
 async def answer(moa: MoA, sample: Sample, system: System, max_tokens: int | None, turns: int = 2) -> Row:
     """Run one sample through one system and score it; up to `turns` turns of a multi-turn sample."""
-    staircase = None
-    if system.chunk:
-        staircase = moa.config.staircase.with_chunk(system.chunk)
+    staircase = system.knobs(moa.config.staircase)
     conv = moa.conversation(mode=system.mode)
     t0 = time.perf_counter()
     try:

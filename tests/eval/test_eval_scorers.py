@@ -9,6 +9,7 @@ import pytest
 
 from eval import report, rows, runner, scorers
 from eval.judge import Judge, parse_rating, parse_verdict
+from moa_stream import StaircaseConfig
 
 
 def test_normalised_exact_and_contained_match():
@@ -76,6 +77,14 @@ def test_systems_spec():
         runner.parse_systems("classic@8")
     with pytest.raises(ValueError, match="chunk size"):
         runner.parse_systems("staircase@0")
+
+
+def test_a_large_chunk_size_is_not_capped():
+    """staircase@512 gets 512-token chunks, first and later ones (the default max_chunk_tokens is 256)."""
+    (system,) = runner.parse_systems("staircase@512")
+    knobs = system.knobs(StaircaseConfig())
+    assert [knobs.chunk_size(i) for i in range(4)] == [512, 512, 512, 512]
+    assert runner.parse_systems("staircase")[0].knobs(StaircaseConfig()) == StaircaseConfig()
 
 
 def test_judge_reply_parsing():
