@@ -1,4 +1,9 @@
-"""Tokens and KV only: the stateful engine contract and its backends."""
+"""Tokens and KV only: the stateful engine contract and its backends.
+
+At the top: the contract (`protocol`), its errors, stop-string matching and model loading (`models`), plus what
+every engine shares (`sequence_table`, `block_pool`, `detokenizer`). The engines live in packages:
+`transformers_engine` (embedded) and `remote` (HTTP servers, vLLM); `benchmark` measures any of them.
+"""
 
 from .errors import (
     BackendError,
@@ -12,7 +17,17 @@ from .errors import (
     SequenceClosedError,
     UnknownSequenceError,
 )
-from .protocol import Engine, EngineStats, FinishReason, SamplingParams, Sequence, SequenceStats, TokenDelta
+from .protocol import (
+    Engine,
+    EngineStats,
+    FinishReason,
+    SamplingParams,
+    Sequence,
+    SequenceStats,
+    TokenDelta,
+    Tokenizer,
+)
+from .stop_matcher import StopMatcher
 
 __all__ = [
     "BackendError",
@@ -30,6 +45,8 @@ __all__ = [
     "SequenceBusyError",
     "SequenceClosedError",
     "SequenceStats",
+    "StopMatcher",
     "TokenDelta",
+    "Tokenizer",
     "UnknownSequenceError",
 ]

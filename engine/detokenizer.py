@@ -1,9 +1,11 @@
-"""Incremental detokenization and stop-string matching for one generation."""
+"""Incremental detokenization of one generation, with stop strings cut by the shared StopMatcher."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+from .stop_matcher import StopMatcher
 
 
 class Detokenizer:
@@ -18,10 +20,8 @@ class Detokenizer:
         self._ids: list[int] = []
         self._prefix = 0  # start of the decode window (context for correct spacing)
         self._read = 0  # ids up to here are already released as text
-        self._stop = tuple(stop)
-        self._max_stop = max((len(s) for s in self._stop), default=0)
-        self.text = ""
-        self._held = ""  # released text held back because it may be the start of a stop string
+        self._stops = StopMatcher(stop)
+        self.text = ""  # everything released so far
 
     def push(self, token_id: int) -> tuple[str, bool]:
         """Add one token; return (text safe to emit now, whether a stop string was hit)."""
@@ -32,26 +32,12 @@ class Detokenizer:
             return "", False
         new = full[len(prefix_text):]
         self._prefix, self._read = self._read, len(self._ids)
-        if not self._stop:
-            self.text += new
-            return new, False
-        pending = self._held + new
-        for s in self._stop:
-            idx = pending.find(s)
-            if idx >= 0:
-                out = pending[:idx]
-                self.text += out
-                self._held = ""
-                return out, True
-        # Hold back the tail that could still grow into a stop string.
-        keep = self._max_stop - 1
-        out, self._held = (pending[:-keep], pending[-keep:]) if keep and len(pending) > keep else (
-            (pending, "") if not keep else ("", pending))
+        out, hit = self._stops.push(new)
         self.text += out
-        return out, False
+        return out, hit
 
     def flush(self) -> str:
         """Release text held back for stop-string matching (the generation ended without a stop)."""
-        out, self._held = self._held, ""
+        out = self._stops.flush()
         self.text += out
         return out

@@ -8,7 +8,8 @@ Behaviours: ok (token-id prompts, streams token_ids and usage with cached_tokens
 (rejects token-id prompts with 422, like llama-cpp-python), chat-only (404 on /completions), fail500
 (always 500), flaky (503 with Retry-After: 0 on the first two requests of each id, then ok), cut (drops the
 connection after three chunks), stall (one chunk, then silence), stall-headers (never answers), error-event
-(an error event mid-stream), no-finish ([DONE] without a finish_reason).
+(an error event mid-stream), no-finish ([DONE] without a finish_reason), pieces (streams the request's extra
+field `pieces`, one text chunk each, then finishes).
 """
 
 from __future__ import annotations
@@ -65,10 +66,11 @@ def _prompt_len(state: ServerState, body: dict[str, Any]) -> int:
 
 
 async def _completion(state: ServerState, body: dict[str, Any], behaviour: str, chat: bool) -> AsyncIterator[bytes]:
-    n = int(body.get("max_tokens") or 16)
+    pieces = [str(p) for p in body.get("pieces") or []] if behaviour == "pieces" else None
+    n = len(pieces) if pieces is not None else int(body.get("max_tokens") or 16)
     with_ids = bool(body.get("return_token_ids"))
     for i in range(n):
-        word = (" " if i else "") + WORDS[i % len(WORDS)]
+        word = pieces[i] if pieces is not None else (" " if i else "") + WORDS[i % len(WORDS)]
         if behaviour == "cut" and i == 3:
             raise ConnectionAbortedError("cut on purpose")  # uvicorn drops the connection mid-body
         if behaviour == "error-event" and i == 2:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.kv_blocks import BlockPool, chain_hash
+from engine.block_pool import BlockPool, chain_hash
 
 
 def _hashes(tokens: list[int], block_size: int) -> list[int]:

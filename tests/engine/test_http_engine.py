@@ -19,7 +19,7 @@ from engine import (
     TokenDelta,
     models,
 )
-from engine.http_engine import HttpEngine, StopScanner, TextToIds, chat_messages
+from engine.remote.http_engine import HttpEngine, TextToIds, chat_messages
 from tests.llama_server import LlamaServer, free_port
 from tests.misbehaving_server import WORDS, MisbehavingServer
 
@@ -80,14 +80,6 @@ def ids_of(deltas: list[TokenDelta]) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------------ pure helpers
-
-
-def test_stop_scanner_holds_back_a_possible_stop_and_cuts_at_it() -> None:
-    scan = StopScanner(["[more"])
-    assert scan.push("answer [mo") == ("answer ", False)  # "[mo" could be the start of the stop string
-    assert scan.push("ve on") == ("[move on", False)  # it was not
-    assert scan.push(" x [more from 2]") == (" x ", True)
-    assert StopScanner([]).push("abc") == ("abc", False)
 
 
 def test_text_to_ids_round_trips_streamed_text_exactly(tokenizer: Any) -> None:

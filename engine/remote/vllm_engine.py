@@ -23,10 +23,10 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import models
+from .. import models
+from ..errors import BackendError, ModelLoadError
+from ..protocol import FinishReason, SamplingParams, Sequence, TokenDelta
 from .client_sequences import ClientSeq, ClientSequences
-from .errors import BackendError, ModelLoadError
-from .protocol import FinishReason, SamplingParams, Sequence, TokenDelta
 
 log = logging.getLogger(__name__)
 
@@ -164,16 +164,15 @@ class VllmEngine(ClientSequences):
             raise ModelLoadError(f"bad vllm backend option: {exc}") from exc
         from transformers import AutoTokenizer
 
-        self._tok = AutoTokenizer.from_pretrained(options.get("tokenizer_name") or path)
+        tok = AutoTokenizer.from_pretrained(options.get("tokenizer_name") or path)
         eos = set()
-        if self._tok.eos_token_id is not None:
-            eos.add(int(self._tok.eos_token_id))
+        if tok.eos_token_id is not None:
+            eos.add(int(tok.eos_token_id))
         gen_eos = getattr(getattr(self._llm, "model_config", None), "hf_config", None)
         gen_eos = getattr(gen_eos, "eos_token_id", None)
         eos.update([gen_eos] if isinstance(gen_eos, int) else (gen_eos or []))
-        self._eos = frozenset(eos)
-        max_len = int(self._llm.model_config.max_model_len)
-        super().__init__(max(len(self._tok), int(self._llm.model_config.get_vocab_size())), max_len)
+        vocab = max(len(tok), int(self._llm.model_config.get_vocab_size()))
+        super().__init__(tok, frozenset(eos), vocab, int(self._llm.model_config.max_model_len), model)
         self._requests = itertools.count(1)
         self._sessions: dict[int, _Session] = {}
 
@@ -233,7 +232,7 @@ class VllmEngine(ClientSequences):
             await outputs.aclose()  # aborts the request in vLLM if it is still running
             self._account(s, prompt_len - min(cached, prompt_len), min(cached, prompt_len), produced)
             s.cancel = None
-            s.busy = False
+            s.generating = False
 
     # ---------------------------------------------------------------- streaming-input sessions
 
@@ -277,7 +276,7 @@ class VllmEngine(ClientSequences):
             # Only the new tokens were sent; count the rest as reused even where vLLM does not report it.
             self._account(s, len(new), len(s.tokens) - produced - len(new), produced)
             s.cancel = None
-            s.busy = False
+            s.generating = False
 
     def _open_session(self, s: ClientSeq, params: SamplingParams) -> _Session:
         rid = f"moa-session-{self.id}-{s.id}-{next(self._requests)}"

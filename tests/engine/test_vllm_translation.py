@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from engine import BackendError, ModelLoadError, SamplingParams, TokenDelta
-from engine.vllm_engine import (
+from engine.remote.vllm_engine import (
     VllmEngine,
     engine_args,
     map_finish,

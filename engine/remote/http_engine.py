@@ -27,10 +27,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from . import models
+from .. import models
+from ..errors import BackendError, ModelLoadError
+from ..protocol import FinishReason, SamplingParams, Sequence, TokenDelta
+from ..stop_matcher import StopMatcher
 from .client_sequences import ClientSeq, ClientSequences
-from .errors import BackendError, ModelLoadError
-from .protocol import FinishReason, SamplingParams, Sequence, TokenDelta
 
 log = logging.getLogger(__name__)
 
@@ -49,35 +50,6 @@ class HttpStats:
     failures: int = 0
     cache_reported: bool = False  # a response carried usage.prompt_tokens_details.cached_tokens
     api: Api | None = None  # the request format in use once one worked
-
-
-class StopScanner:
-    """Finds stop strings in streamed text, holding back only a tail that could still grow into one."""
-
-    def __init__(self, stop: Seq[str]) -> None:
-        self._stop = tuple(stop)
-        self._keep = max((len(s) for s in self._stop), default=1) - 1
-        self._held = ""
-
-    def push(self, text: str) -> tuple[str, bool]:
-        """Add text; return (text safe to emit now, whether a stop string was hit)."""
-        if not self._stop:
-            return text, False
-        pending = self._held + text
-        hits = [i for i in (pending.find(s) for s in self._stop) if i >= 0]
-        if hits:
-            self._held = ""
-            return pending[:min(hits)], True
-        # Hold back only the longest tail that is the start of some stop string.
-        keep = next((n for n in range(min(self._keep, len(pending)), 0, -1)
-                     if any(s.startswith(pending[-n:]) for s in self._stop)), 0)
-        out, self._held = pending[:len(pending) - keep], pending[len(pending) - keep:]
-        return out, False
-
-    def flush(self) -> str:
-        """Release the held tail (the generation ended without a stop string)."""
-        out, self._held = self._held, ""
-        return out
 
 
 class TextToIds:
@@ -180,8 +152,21 @@ class HttpEngine(ClientSequences):
         timeout_s: float = 60.0,
         tokenizer: Any | None = None,
         max_retries: int = 3,
-        **options: Any,
+        api: Api | None = None,
+        extra_body: dict[str, Any] | None = None,
+        include_usage: bool = True,
+        return_token_ids: bool = True,
+        max_model_len: int | None = None,
+        max_connections: int = 64,
+        backoff_s: float = 0.25,
+        tokenizer_name: str | None = None,
+        eos_token_ids: Seq[int] = (),
+        **unknown: Any,
     ) -> None:
+        if unknown:
+            raise BackendError(f"unknown http backend options {sorted(unknown)}; known: api, extra_body, "
+                               "include_usage, return_token_ids, max_model_len, max_connections, backoff_s, "
+                               "tokenizer_name, eos_token_ids")
         self.base_url = normalize_base_url(base_url)
         self.model = model
         if timeout_s <= 0:
@@ -190,44 +175,35 @@ class HttpEngine(ClientSequences):
             raise BackendError(f"max_retries must be an integer >= 0, got {max_retries!r}")
         self.timeout_s = float(timeout_s)
         self.max_retries = max_retries
-        self.backoff_s = float(options.pop("backoff_s", 0.25))
-        api = options.pop("api", None)
+        self.backoff_s = float(backoff_s)
         if api not in (None, "tokens", "text", "chat"):
             raise BackendError(f"option api={api!r}: use tokens, text or chat (or leave it out to detect)")
         self._api: Api | None = api
         self._api_fixed = api is not None
-        self.extra_body: dict[str, Any] = dict(options.pop("extra_body", None) or {})
-        self.include_usage = bool(options.pop("include_usage", True))
-        self.return_token_ids = bool(options.pop("return_token_ids", True))
-        max_len = options.pop("max_model_len", None)
-        max_connections = int(options.pop("max_connections", 64))
-        tokenizer = options.pop("tokenizer_name", None) or tokenizer
-        eos_extra = options.pop("eos_token_ids", ())
-        if options:
-            raise BackendError(f"unknown http backend options {sorted(options)}; known: api, extra_body, "
-                               "include_usage, return_token_ids, max_model_len, max_connections, backoff_s, "
-                               "tokenizer_name, eos_token_ids")
-        self._tok = tokenizer if tokenizer is not None and not isinstance(tokenizer, str) else (
+        self.extra_body: dict[str, Any] = dict(extra_body or {})
+        self.include_usage = bool(include_usage)
+        self.return_token_ids = bool(return_token_ids)
+        tokenizer = tokenizer_name or tokenizer
+        tok = tokenizer if tokenizer is not None and not isinstance(tokenizer, str) else (
             _load_tokenizer(tokenizer if isinstance(tokenizer, str) else model))
-        eos = {int(t) for t in eos_extra}
-        if self._tok.eos_token_id is not None:
-            eos.add(int(self._tok.eos_token_id))
-        self._eos = frozenset(eos)
-        tok_max = int(getattr(self._tok, "model_max_length", 0) or 0)
-        super().__init__(len(self._tok), int(max_len) if max_len else (tok_max if 0 < tok_max < 10**7 else 8192))
+        eos = {int(t) for t in eos_token_ids}
+        if tok.eos_token_id is not None:
+            eos.add(int(tok.eos_token_id))
+        tok_max = int(getattr(tok, "model_max_length", 0) or 0)
+        max_len = int(max_model_len) if max_model_len else (tok_max if 0 < tok_max < 10**7 else 8192)
+        super().__init__(tok, frozenset(eos), len(tok), max_len, model or "")
         headers = {"Accept": "text/event-stream"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         self._client = httpx.AsyncClient(
             headers=headers,
             timeout=httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 10.0)),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            limits=httpx.Limits(max_connections=int(max_connections),
+                                max_keepalive_connections=int(max_connections)),
         )
         self.http = HttpStats(api=self._api if self._api_fixed else None)
         self._served_model: str | None = model
         self._model_probed = model is not None
-
-    # ---------------------------------------------------------------- properties
 
     # ---------------------------------------------------------------- public API
 
@@ -280,9 +256,9 @@ class HttpEngine(ClientSequences):
             if r.status_code == 200:
                 data = r.json().get("data") or []
                 if data and isinstance(data[0], dict) and data[0].get("id"):
-                    self._served_model = str(data[0]["id"])
+                    self._served_model = self._model_name = str(data[0]["id"])
                     if data[0].get("max_model_len"):  # vLLM reports the context size
-                        self._max_len = min(self._max_len, int(data[0]["max_model_len"]))
+                        self._table.max_model_len = min(self._table.max_model_len, int(data[0]["max_model_len"]))
         except (httpx.HTTPError, ValueError) as exc:
             log.info("%s/models did not answer (%s); sending requests without a model name", self.base_url, exc)
 
@@ -358,7 +334,7 @@ class HttpEngine(ClientSequences):
                 return
             s.cancel = resp.aclose
             url = str(resp.request.url)
-            stops = StopScanner(params.stop)
+            stops = StopMatcher(params.stop)
             to_ids = TextToIds(self._tok)
             server_ids = False  # the server streams the generated ids (vLLM return_token_ids)
             start = len(s.tokens)
@@ -436,7 +412,7 @@ class HttpEngine(ClientSequences):
                 self._account_usage(s, prompt_len, produced, usage)
                 await resp.aclose()
             s.cancel = None
-            s.busy = False
+            s.generating = False
 
     def _ids_for(self, ids: list[int], kept: str) -> list[int]:
         """Ids for generated text cut at a stop string: the server's tokens that lie wholly inside `kept`, then
@@ -460,6 +436,7 @@ class HttpEngine(ClientSequences):
                 cached = min(int(details["cached_tokens"]), prompt)
                 self.http.cache_reported = True
         self._account(s, prompt - cached, cached, decoded)
+
 
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip()

@@ -1,4 +1,7 @@
-"""The engine bench: what an O(Δ) append saves over a re-prefill, and what batching concurrent streams buys."""
+"""The engine benchmark: what an O(Δ) append saves over a re-prefill, and what batching concurrent streams buys.
+
+A library: `moa-stream bench engine` prints what `bench_engine` returns.
+"""
 
 from __future__ import annotations
 
@@ -58,8 +61,7 @@ def _random_tokens(rng: random.Random, n: int, vocab: int, avoid: frozenset[int]
 
 def _vocab_size(engine: Engine) -> int:
     # Ids both the tokenizer and the model know (a tiny test model may have fewer than its tokenizer).
-    n = len(engine.tokenizer)  # type: ignore[arg-type]
-    return min(n, int(getattr(engine, "vocab_size", n)))
+    return min(len(engine.tokenizer), engine.vocab_size)
 
 
 async def _decode_rate(engine: Engine, prompts: list[list[int]], n_tokens: int) -> float:
@@ -159,7 +161,7 @@ async def run_engine_bench(
         tok_s_1=round(rates[1], 2),
         tok_s_4=round(rates[4], 2),
         batch_speedup=round(rates[4] / rates[1], 2),
-        model=str(getattr(engine, "model_name", "")),
+        model=engine.model_name,
         context_tokens=context_tokens,
         delta_tokens=delta_tokens,
         decode_tokens_per_stream=decode_tokens,

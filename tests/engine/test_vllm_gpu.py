@@ -47,7 +47,7 @@ def chat_prompt(tokenizer: Any, question: str) -> list[int]:
 @pytest.fixture(scope="module", params=[False, True], ids=["requests", "sessions"])
 async def vllm_engine(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     """The default model on vLLM, with plain prefix-cached requests or streaming-input sessions."""
-    from engine.vllm_engine import VllmEngine, streaming_input_class
+    from engine.remote.vllm_engine import VllmEngine, streaming_input_class
 
     if request.param and streaming_input_class() is None:
         pytest.skip("the installed vLLM has no streaming-input sessions")

@@ -1,0 +1,126 @@
+"""Which KV blocks each sequence holds: prefix-cache hits, allocation with LRU eviction, forks, frees.
+
+It works on block ids only (through the BlockPool); the tensors behind them belong to the model runner, so a
+fork that must copy a partial block hands back a BlockCopy for the runner to perform.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from ..block_pool import BlockPool, chain_hash
+from ..errors import CapacityError
+from ..sequence_table import SequenceTable
+from .sequence_state import SeqState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BlockCopy:
+    """Copy the KV of block `src` into block `dst` (a fork's own copy of its parent's partial last block)."""
+
+    src: int
+    dst: int
+
+
+class KVCacheManager:
+    """Hands out KV blocks to the sequences of one table and takes them back, evicting idle ones when short."""
+
+    def __init__(self, pool: BlockPool, table: SequenceTable[SeqState]) -> None:
+        self.pool = pool
+        self.block_size = pool.block_size
+        self._table = table
+        self._clock = itertools.count(1)
+        self.evictions = 0
+
+    def touch(self, s: SeqState) -> None:
+        """Mark the sequence as just used (eviction takes the least recently used idle sequence first)."""
+        s.last_used = next(self._clock)
+
+    def blocks_needed(self, s: SeqState, count: int) -> int:
+        """Blocks the sequence lacks to hold the KV of its next `count` tokens."""
+        return -(-(s.num_computed + count) // self.block_size) - len(s.blocks)
+
+    def match_prefix(self, s: SeqState) -> None:
+        """Start the sequence on the longest run of cached blocks matching its tokens (counted as reused)."""
+        # Keep at least the last token to compute: its logits are what generation starts from.
+        n = (len(s.tokens) - 1) // self.block_size
+        found = self.pool.lookup(self._full_hashes(s, n)) if n > 0 else []
+        s.blocks = found
+        s.registered = len(found)
+        s.num_computed = len(found) * self.block_size
+        self._table.account(s, reused=s.num_computed)
+
+    def fork(self, parent: SeqState, child: SeqState, protect: Collection[int]) -> BlockCopy | None:
+        """Give child the parent's computed KV: full blocks shared, the partial last block copied."""
+        bs = self.block_size
+        child.hashes, child.registered = list(parent.hashes), parent.registered
+        n_full = parent.num_computed // bs
+        child.blocks = list(parent.blocks[:n_full])
+        self.pool.share(child.blocks)
+        copy = None
+        if parent.num_computed % bs:
+            got = self.allocate(1, protect)
+            if got is None:
+                self.pool.release(child.blocks)
+                raise CapacityError("no free KV block to fork into; close sequences or raise the KV budget")
+            copy = BlockCopy(parent.blocks[n_full], got[0])
+            child.blocks.append(got[0])
+        child.num_computed = parent.num_computed
+        self._table.account(child, reused=parent.num_computed)
+        self.touch(child)
+        return copy
+
+    def allocate(self, n: int, protect: Collection[int]) -> list[int] | None:
+        """n new blocks, evicting idle sequences (least recently used first, none in protect); None if short."""
+        if n <= 0:
+            return []
+        got = self.pool.allocate(n)
+        if got is not None:
+            return got
+        idle = sorted((s for s in self._table if s.evictable and s.id not in protect), key=lambda s: s.last_used)
+        for victim in idle:
+            self.evict(victim)
+            if self.pool.free_count >= n:
+                return self.pool.allocate(n)
+        return None
+
+    def evict(self, s: SeqState) -> None:
+        """Drop the sequence's KV; it is recomputed from its tokens when the sequence is used again."""
+        log.debug("evicting sequence %d (%d tokens)", s.id, s.num_computed)
+        self.free(s)
+        s.recompute_until = max(s.recompute_until, s.num_computed)
+        s.num_computed = 0
+        s.registered = 0
+        s.last_logits = None
+        s.sampled_pos = None
+        self.evictions += 1
+
+    def free(self, s: SeqState) -> None:
+        """Release the sequence's blocks (full ones stay in the prefix cache until reused)."""
+        self.pool.release(s.blocks)
+        s.blocks = []
+
+    def register_full_blocks(self, s: SeqState) -> None:
+        """Enter the sequence's newly completed blocks in the prefix cache."""
+        n_full = s.num_computed // self.block_size
+        if n_full > s.registered:
+            hashes = self._full_hashes(s, n_full)
+            for i in range(s.registered, n_full):
+                self.pool.register(s.blocks[i], hashes[i])
+            s.registered = n_full
+
+    def drop_stale_hashes(self, s: SeqState) -> None:
+        """Forget hashes of blocks beyond the sequence's tokens (after tokens were rolled back)."""
+        del s.hashes[len(s.tokens) // self.block_size:]
+
+    def _full_hashes(self, s: SeqState, n_blocks: int) -> list[int]:
+        bs = self.block_size
+        while len(s.hashes) < n_blocks:
+            i = len(s.hashes)
+            s.hashes.append(chain_hash(s.hashes[-1] if i else 0, s.tokens[i * bs:(i + 1) * bs]))
+        return s.hashes[:n_blocks]

@@ -1,0 +1,112 @@
+"""Runs one scheduled step on the model: packs every chunk into one forward pass through our paged attention,
+then samples the next token of each generating sequence whose chunk reached its end.
+
+The runner owns the model, the KV tensors (KVPool) and the single worker thread the forward passes run on, so
+the event loop stays free for the agents and servers around the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import ModelLoadError
+from . import paged_attention
+from .kv_cache_manager import BlockCopy
+from .paged_attention import KVPool, PackedBatch, SeqSlice
+from .sampler import sample
+from .scheduler import ScheduledStep
+from .sequence_state import SeqState
+
+
+@dataclass
+class StepOutput:
+    """What one forward pass produced for the sequences whose chunk ended at their last token."""
+
+    logits: dict[int, torch.Tensor] = field(default_factory=dict)  # seq id -> logits after its last token
+    sampled: dict[int, int] = field(default_factory=dict)  # seq id -> sampled token (generating sequences only)
+
+
+class ModelRunner:
+    """A transformers causal LM bound to a paged KV pool sized from a byte budget."""
+
+    def __init__(self, model: Any, name: str, *, block_size: int, kv_cache_bytes: int | None) -> None:
+        paged_attention.register()
+        model.set_attn_implementation(paged_attention.ATTN_NAME)
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        if getattr(cfg, "sliding_window", None) and any(
+                t == "sliding_attention" for t in (getattr(cfg, "layer_types", None) or [])):
+            raise ModelLoadError(f"{name}: sliding-window attention is not supported by the engine")
+        self.model = model
+        self.config = cfg  # the text model's config (vocabulary, context length, eos)
+        self.device = next(model.parameters()).device
+        self.block_size = block_size
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        dtype = next(model.parameters()).dtype
+        per_block = 2 * cfg.num_hidden_layers * block_size * kv_heads * head_dim * torch.finfo(dtype).bits // 8
+        self.num_blocks = max((kv_cache_bytes or (2 << 30)) // per_block, 2)
+        self.kv = KVPool(cfg.num_hidden_layers, self.num_blocks, block_size, kv_heads, head_dim, dtype, self.device)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moa-engine")
+
+    @property
+    def kv_bytes_budget(self) -> int:
+        """Bytes of KV the pool holds."""
+        return self.num_blocks * self.kv.bytes_per_block
+
+    def copy_block(self, copy: BlockCopy) -> None:
+        """Perform a fork's block copy."""
+        self.kv.copy_block(copy.src, copy.dst)
+
+    async def run(self, step: ScheduledStep) -> StepOutput:
+        """Execute the step on the worker thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.execute, step)
+
+    def execute(self, step: ScheduledStep) -> StepOutput:
+        """One packed forward, then sampling for the generating sequences (runs on the worker thread)."""
+        bs = self.block_size
+        ids: list[int] = []
+        pos: list[int] = []
+        write: list[int] = []
+        slices: list[SeqSlice] = []
+        keep: list[int] = []
+        keep_seqs: list[SeqState] = []
+        for c in step.chunks:
+            s = c.seq
+            q0 = len(ids)
+            ids.extend(s.tokens[c.start:c.end])
+            pos.extend(range(c.start, c.end))
+            write.extend(s.blocks[p // bs] * bs + p % bs for p in range(c.start, c.end))
+            blocks = torch.tensor(s.blocks[: -(-c.end // bs)], dtype=torch.long)
+            kv_slots = (blocks[:, None] * bs + torch.arange(bs)).flatten()[: c.end]
+            slices.append(SeqSlice(q0, len(ids), kv_slots.to(self.device)))
+            if c.end == len(s.tokens):
+                keep.append(len(ids) - 1)
+                keep_seqs.append(s)
+        dev = self.device
+        batch = PackedBatch(slices, torch.tensor(write, dtype=torch.long, device=dev))
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=torch.tensor([ids], device=dev),
+                position_ids=torch.tensor([pos], device=dev),
+                use_cache=False,
+                logits_to_keep=torch.tensor(keep or [len(ids) - 1], device=dev),
+                moa_batch=batch,
+                kv_pool=self.kv,
+            )
+            logits = out.logits[0].float()
+            result = StepOutput()
+            for row, s in enumerate(keep_seqs):
+                result.logits[s.id] = logits[row]
+                gen = None if s.closed else s.generation
+                if gen is not None:
+                    result.sampled[s.id] = sample(logits[row], gen.params, gen.generator)
+        return result
+
+    def shutdown(self) -> None:
+        """Stop the worker thread once the step in flight (if any) is over."""
+        self._executor.shutdown(wait=True)
