@@ -19,7 +19,7 @@ def build_engine(cfg: BackendConfig, model_override: str | None = None) -> Engin
         return TransformersEngine.from_pretrained(model, kv_cache_bytes=kv,
                                                   **cfg.engine_options("model", "kv_cache_gb"))
     if isinstance(cfg, HttpBackend):
-        from engine.http_engine import HttpEngine
+        from engine.remote import HttpEngine
 
         api_key = None
         if cfg.api_key_env:
@@ -29,7 +29,7 @@ def build_engine(cfg: BackendConfig, model_override: str | None = None) -> Engin
         return HttpEngine(cfg.base_url, cfg.model, api_key=api_key,
                           **cfg.engine_options("base_url", "model", "api_key_env"))
     if isinstance(cfg, VllmBackend):
-        from engine.vllm_engine import VllmEngine
+        from engine.remote import VllmEngine
 
         if not model:
             raise ConfigError("a vllm backend needs model: <HF id or folder>")

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from engine.http_engine import HttpEngine
+from engine.remote import HttpEngine
 from moa_stream import ConfigError, MoAConfig
 from moa_stream.backends import build_engine
 from moa_stream.config import HttpBackend, TransformersBackend, VllmBackend

@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from engine import models
-from engine.http_engine import HttpEngine
+from engine.remote import HttpEngine
 from engine.transformers_engine import TransformersEngine
 from moa_stream import AgentError, AggregatorDelta, ChunkIngested, Done, FirstToken, MoA, ProposerDelta
 from tests.llama_server import LlamaServer, free_port
