@@ -124,7 +124,7 @@ def test_codec_topics_name_the_event_kind():
     ("moa/r/first_token", b'{"v": 1, "kind": "first_token", "run_id": "r", "seq": 0, "event": {"ttft": 1}}',
      "not a valid first_token"),
     ("moa/r/done", b'{"v": 1, "kind": "done", "run_id": "r", "seq": 0, "event": {"answer": "a", "metrics": '
-     b'{"mode": "fastest"}}}', "not a valid done"),
+     b'{"mode": "staircase", "total_s": "soon"}}}', "not a valid done"),
 ])
 def test_malformed_payloads_raise_a_typed_error(topic, payload, says):
     with pytest.raises(MalformedEvent, match=says):
