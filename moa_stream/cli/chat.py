@@ -141,7 +141,7 @@ class ChatSession:
             if not read.done():
                 read.cancel()
             await asyncio.gather(read, interrupt, return_exceptions=True)
-        if self._interrupts:
+        if not read.done() or read.cancelled():  # only a Ctrl-C woke us (a typed line wins; the Ctrl-C stays counted)
             self._interrupts -= 1
             return INTERRUPT
         line = read.result()
