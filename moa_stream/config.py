@@ -123,6 +123,17 @@ BackendConfig = Annotated[
 """Where an agent's tokens come from: one typed model per backend `kind` (transformers, http, vllm)."""
 
 
+MIN_TEMPERATURE = 1e-5
+"""The smallest positive temperature: below it logits / temperature overflow to inf. 0 means greedy."""
+
+
+def check_temperature(value: float) -> float:
+    """`value` if it is 0 (greedy) or at least MIN_TEMPERATURE; a ValueError saying so otherwise."""
+    if 0 < value < MIN_TEMPERATURE:
+        raise ValueError(f"must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {value:g}")
+    return value
+
+
 class AgentConfig(_Strict):
     """One proposer or the aggregator."""
 
@@ -134,6 +145,11 @@ class AgentConfig(_Strict):
     max_tokens: int = Field(256, ge=1)
     seed: int | None = None
     ignore_eos: bool = Field(False, description="write max_tokens even past end-of-text (benchmarks)")
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature_not_tiny(cls, value: float) -> float:
+        return check_temperature(value)
 
 
 class StaircaseConfig(_Strict):

@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from moa_stream import MODES, AgentError, AggregatorDelta, Done, MoA, Mode
 
+from .admission import check_context_length, tenant_salt
 from .errors import APIError, install_error_handlers
 from .jobs import END, Failure, Job, produce, split_messages, wait_disconnect
 from .schema import (
@@ -35,6 +36,8 @@ from .schema import (
     sse,
 )
 from .settings import ServerSettings
+
+MAX_TEMPERATURE_VARIANTS = 32  # aggregator-temperature pipelines kept; the oldest goes first
 
 
 class Limiter:
@@ -75,20 +78,22 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     app = FastAPI(title="moa-stream", description=__doc__.splitlines()[0], version="0.1.0")
     limiter = Limiter(settings.max_concurrency)
-    by_temperature: dict[float, MoA] = {}
+    by_temperature: dict[float, MoA] = {}  # bounded: a client choosing temperatures must not grow it forever
     model_ids = [settings.model_id, *(f"{settings.model_id}:{m}" for m in MODES)]
     created = int(time.time())
     app.state.moa, app.state.settings, app.state.limiter = moa, settings, limiter
     install_error_handlers(app)
 
-    async def authorize(request: Request) -> None:
+    async def authorize(request: Request) -> str | None:
+        """The caller's API key (None when keys are off); a 401 APIError when it is missing or wrong."""
         if settings.api_key is None:
-            return
+            return None
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), settings.api_key):
             raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
                            "authentication_error", code="invalid_api_key")
+        return token.strip()
 
     def model_card(model_id: str) -> dict[str, Any]:
         return {"id": model_id, "object": "model", "created": created, "owned_by": "moa-stream"}
@@ -117,11 +122,13 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
         if temperature is None or temperature == moa.config.aggregator.temperature:
             return moa
         if temperature not in by_temperature:  # same engines, only the aggregator's sampling differs
+            if len(by_temperature) >= MAX_TEMPERATURE_VARIANTS:
+                del by_temperature[next(iter(by_temperature))]
             agg = moa.config.aggregator.model_copy(update={"temperature": temperature})
             by_temperature[temperature] = MoA(moa.config.model_copy(update={"aggregator": agg}), moa.engines)
         return by_temperature[temperature]
 
-    def make_job(req: ChatCompletionRequest) -> Job:
+    def make_job(req: ChatCompletionRequest, api_key: str | None) -> Job:
         if req.model not in model_ids:
             raise APIError(404, f"model {req.model!r} does not exist; use one of {model_ids}", param="model",
                            code="model_not_found")
@@ -132,12 +139,15 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
         mode: Mode = suffix or moa.config.mode  # type: ignore[assignment]
         question, history = split_messages(req.messages)
         max_tokens = req.max_completion_tokens or req.max_tokens
-        return Job(moa_for(req.temperature), req.model, mode, question, history, max_tokens,
-                   max_tokens or moa.config.aggregator.max_tokens)
+        answer_limit = max_tokens or moa.config.aggregator.max_tokens
+        check_context_length(moa, question, history, answer_limit)
+        return Job(moa_for(req.temperature), req.model, mode, question, history, max_tokens, answer_limit,
+                   tenant_salt(api_key, req.cache_salt))
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)], response_model=None)
-    async def chat_completions(req: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
-        job = make_job(req)
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(req: ChatCompletionRequest, request: Request,
+                               api_key: str | None = Depends(authorize)) -> JSONResponse | StreamingResponse:
+        job = make_job(req, api_key)
         limiter.acquire()
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)

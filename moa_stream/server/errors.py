@@ -31,13 +31,24 @@ class APIError(MoAStreamError):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and the exceptions it was raised from, nearest first (bounded: chains can loop)."""
+    chain: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in chain and len(chain) < 16:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return chain
+
+
 def failure_of(exc: BaseException) -> APIError:
     """The HTTP answer to a run that failed: timeout 504, too long 400, no KV room 503, no answer 500."""
     if isinstance(exc, TimeoutError):
         return APIError(504, "the request ran past the server's per-request timeout", "timeout_error",
                         code="timeout")
-    if isinstance(exc, InvalidTokensError):
-        return APIError(400, str(exc), code="context_length_exceeded")
+    too_long = next((e for e in _causes(exc) if isinstance(e, InvalidTokensError)), None)
+    if too_long is not None:  # also when the pipeline's failure was caused by one (every proposer hit the limit)
+        return APIError(400, str(too_long), param="messages", code="context_length_exceeded")
     if isinstance(exc, CapacityError):
         return APIError(503, str(exc), "server_error", code="capacity")
     if isinstance(exc, MoAError):

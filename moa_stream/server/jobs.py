@@ -33,6 +33,7 @@ class Job:
     history: list[dict[str, str]]
     max_tokens: int | None
     answer_limit: int
+    cache_salt: str | None = None
 
     def finish_reason(self, metrics: Metrics) -> str:
         """'stop' or 'length', as the aggregator finished (or from the answer's length when it did not say)."""
@@ -85,7 +86,9 @@ async def produce(job: Job, timeout_s: float, put: Callable[[object], None]) -> 
     """Run the pipeline, handing each event (or a Failure) to `put`, then END; cancelling this frees every agent."""
     try:
         async with asyncio.timeout(timeout_s):
-            events = job.moa.stream(job.question, job.history, mode=job.mode, max_tokens=job.max_tokens)
+            # No salt, no keyword: requests without a tenant share the cache as before.
+            salt = {} if job.cache_salt is None else {"cache_salt": job.cache_salt}
+            events = job.moa.stream(job.question, job.history, mode=job.mode, max_tokens=job.max_tokens, **salt)
             async with contextlib.aclosing(events):
                 async for ev in events:
                     put(ev)
