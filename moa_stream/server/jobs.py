@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -18,6 +19,8 @@ from moa_stream import EngineError, Metrics, MoA, MoAError, Mode
 
 from .errors import APIError, failure_of
 from .schema import ChatMessage
+
+log = logging.getLogger(__name__)
 
 END: Final = object()  # the last item `produce` hands over
 
@@ -93,6 +96,9 @@ async def produce(job: Job, timeout_s: float, put: Callable[[object], None]) -> 
                 async for ev in events:
                     put(ev)
     except (TimeoutError, EngineError, MoAError, ValueError) as exc:
+        put(Failure(failure_of(exc)))
+    except Exception as exc:  # a bug stays in its request: a 500 on this stream, the server keeps serving
+        log.exception("request failed")
         put(Failure(failure_of(exc)))
     finally:
         put(END)
