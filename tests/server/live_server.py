@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import openai
-import uvicorn
 
 from moa_stream import MoA, MoAConfig
-from moa_stream.server import ServerSettings, create_app
+from moa_stream.server import ServerSettings
+from moa_stream.server.loopback import LoopbackServer
+from moa_stream.server.loopback import serving as loopback
 
 
 def server_config(tokens: int = 8, ignore_eos: bool = False) -> MoAConfig:
@@ -27,16 +26,8 @@ def server_config(tokens: int = 8, ignore_eos: bool = False) -> MoAConfig:
     })
 
 
-@dataclass
-class Live:
-    """A running server: its base URL and the app (for its limiter)."""
-
-    url: str
-    app: object
-
-    @property
-    def in_flight(self) -> int:
-        return self.app.state.limiter.in_flight  # type: ignore[attr-defined]
+class Live(LoopbackServer):
+    """A running server with the official client at hand."""
 
     def client(self, api_key: str = "unused") -> openai.AsyncOpenAI:
         """The official client, no retries (so a 429 or 504 shows up as the error it is)."""
@@ -45,24 +36,9 @@ class Live:
 
 @asynccontextmanager
 async def serving(moa: MoA, **settings: object) -> AsyncIterator[Live]:
-    """uvicorn on a socket bound to 127.0.0.1:0 (the OS picks a free port), stopped on exit."""
-    app = create_app(moa, ServerSettings(**settings))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        for _ in range(1000):  # bounded wait for the listening socket
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert server.started, "uvicorn did not start"
-        yield Live(f"http://127.0.0.1:{sock.getsockname()[1]}", app)
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
+    """The server on 127.0.0.1:0 with these settings, stopped on exit."""
+    async with loopback(moa, ServerSettings(**settings)) as srv:  # type: ignore[arg-type]
+        yield Live(srv.url, srv.app)
 
 
 async def until(predicate, what: str) -> None:
