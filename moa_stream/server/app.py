@@ -38,6 +38,8 @@ from .schema import (
 from .settings import ServerSettings
 
 MAX_TEMPERATURE_VARIANTS = 32  # aggregator-temperature pipelines kept; the oldest goes first
+STREAM_BUFFER_EVENTS = 64  # events a stream holds for a slow client; past it the run waits for the client
+SEND_GRACE_S = 10.0  # a response still sending this long past the request timeout is cut (a client not reading)
 
 
 class Limiter:
@@ -62,13 +64,15 @@ class Limiter:
 class ReleasingStreamingResponse(StreamingResponse):
     """A streaming response that gives its concurrency slot back however the stream ends."""
 
-    def __init__(self, content: AsyncIterator[str], release: Callable[[], None]) -> None:
+    def __init__(self, content: AsyncIterator[str], release: Callable[[], None], limit_s: float) -> None:
         super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         self._release = release
+        self._limit_s = limit_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            with anyio.move_on_after(self._limit_s):  # a client that stops reading cannot hold the slot forever
+                await super().__call__(scope, receive, send)
         finally:
             self._release()
 
@@ -79,6 +83,7 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
     app = FastAPI(title="moa-stream", description=__doc__.splitlines()[0], version="0.1.0")
     limiter = Limiter(settings.max_concurrency)
     by_temperature: dict[float, MoA] = {}  # bounded: a client choosing temperatures must not grow it forever
+    buffers: set[asyncio.Queue[object]] = set()  # each live stream's queue, for the stats
     model_ids = [settings.model_id, *(f"{settings.model_id}:{m}" for m in MODES)]
     created = int(time.time())
     app.state.moa, app.state.settings, app.state.limiter = moa, settings, limiter
@@ -116,7 +121,9 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
     @app.get("/v1/moa/stats", dependencies=[Depends(authorize)])
     async def stats() -> dict[str, Any]:
         engines = {name: dataclasses.asdict(s) for name, s in moa.engine_stats().items()}
-        return {"in_flight": limiter.in_flight, "max_concurrency": limiter.limit, "engines": engines}
+        buffered = {"events": sum(q.qsize() for q in buffers), "per_stream_limit": STREAM_BUFFER_EVENTS}
+        return {"in_flight": limiter.in_flight, "max_concurrency": limiter.limit, "stream_buffer": buffered,
+                "engines": engines}
 
     def moa_for(temperature: float | None) -> MoA:
         if temperature is None or temperature == moa.config.aggregator.temperature:
@@ -151,7 +158,8 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
         limiter.acquire()
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return ReleasingStreamingResponse(stream(job, include_usage), limiter.release)
+            return ReleasingStreamingResponse(stream(job, include_usage), limiter.release,
+                                              settings.request_timeout_s + SEND_GRACE_S)
         try:
             return await complete(job, request.receive)
         finally:
@@ -159,7 +167,11 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
 
     async def complete(job: Job, receive: Receive) -> JSONResponse:
         items: list[object] = []
-        producer = asyncio.create_task(produce(job, settings.request_timeout_s, items.append))
+
+        async def keep(item: object) -> None:
+            items.append(item)
+
+        producer = asyncio.create_task(produce(job, settings.request_timeout_s, keep))
         watcher = asyncio.create_task(wait_disconnect(receive))
         try:
             await asyncio.wait({producer, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -182,8 +194,9 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
         return JSONResponse(answer.model_dump(mode="json"))
 
     async def stream(job: Job, include_usage: bool) -> AsyncIterator[str]:
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        producer = asyncio.create_task(produce(job, settings.request_timeout_s, queue.put_nowait))
+        queue: asyncio.Queue[object] = asyncio.Queue(maxsize=STREAM_BUFFER_EVENTS)
+        buffers.add(queue)
+        producer = asyncio.create_task(produce(job, settings.request_timeout_s, queue.put))
         cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(delta: dict[str, str] | None, finish: str | None = None, **extra: Any) -> ChatCompletionChunk:
@@ -215,5 +228,6 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
             # agents' cleanup short and leak their sequences, so wait for it shielded.
             with anyio.CancelScope(shield=True):
                 await asyncio.gather(producer, return_exceptions=True)
+            buffers.discard(queue)
 
     return app

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -85,8 +85,11 @@ def split_messages(messages: list[ChatMessage]) -> tuple[str, list[dict[str, str
     return last["content"], history
 
 
-async def produce(job: Job, timeout_s: float, put: Callable[[object], None]) -> None:
-    """Run the pipeline, handing each event (or a Failure) to `put`, then END; cancelling this frees every agent."""
+async def produce(job: Job, timeout_s: float, put: Callable[[object], Awaitable[None]]) -> None:
+    """Run the pipeline, awaiting `put` for each event (or a Failure), then END; cancelling this frees every agent.
+
+    `put` may wait (a full bounded queue): the run is then paced by the client reading the answer.
+    """
     try:
         async with asyncio.timeout(timeout_s):
             # No salt, no keyword: requests without a tenant share the cache as before.
@@ -94,14 +97,13 @@ async def produce(job: Job, timeout_s: float, put: Callable[[object], None]) -> 
             events = job.moa.stream(job.question, job.history, mode=job.mode, max_tokens=job.max_tokens, **salt)
             async with contextlib.aclosing(events):
                 async for ev in events:
-                    put(ev)
+                    await put(ev)
     except (TimeoutError, EngineError, MoAError, ValueError) as exc:
-        put(Failure(failure_of(exc)))
+        await put(Failure(failure_of(exc)))
     except Exception as exc:  # a bug stays in its request: a 500 on this stream, the server keeps serving
         log.exception("request failed")
-        put(Failure(failure_of(exc)))
-    finally:
-        put(END)
+        await put(Failure(failure_of(exc)))
+    await put(END)
 
 
 async def wait_disconnect(receive: Receive) -> None:
