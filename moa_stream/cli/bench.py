@@ -144,7 +144,7 @@ def _add_load_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=positive_int, default=8, metavar="N",
                    help="answer tokens per request; proposers too with the default config (8)")
     p.add_argument("--max-concurrency", type=positive_int, default=None, metavar="N",
-                   help="server's requests in flight; more get 429 (default: --clients)")
+                   help="server's requests in flight; more get 429 and retry (default: --clients)")
     p.add_argument("--duration", type=float, default=600.0, metavar="S", help="stop sending after S seconds (600)")
 
 

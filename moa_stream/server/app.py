@@ -181,7 +181,7 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
             await asyncio.gather(producer, watcher, return_exceptions=True)
         failure = next((i for i in items if isinstance(i, Failure)), None)
         if failure is not None:
-            raise failure.error
+            raise failure.error.with_agent_errors([i for i in items if isinstance(i, AgentError)])
         done = next((i for i in items if isinstance(i, Done)), None)
         if done is None:  # the client left; nobody reads this
             return APIError(499, "client closed the request").response()
@@ -212,7 +212,7 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
                 elif isinstance(item, AgentError):
                     errors.append(item)
                 elif isinstance(item, Failure):
-                    yield sse(item.error.body())
+                    yield sse(item.error.with_agent_errors(errors).body())
                 elif isinstance(item, Done):
                     usage, info = Usage.of(item.metrics), MoAInfo.of(item.metrics, errors)
                     finish = job.finish_reason(item.metrics)

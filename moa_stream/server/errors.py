@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine import CapacityError, InvalidTokensError
-from moa_stream import MoAError, MoAStreamError
+from moa_stream import AgentError, MoAError, MoAStreamError
 
 
 class APIError(MoAStreamError):
@@ -21,6 +22,13 @@ class APIError(MoAStreamError):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
         self.headers = headers
+
+    def with_agent_errors(self, errors: Sequence[AgentError]) -> APIError:
+        """This error with the agents' own failures appended to its message (they say why the run failed)."""
+        if not errors:
+            return self
+        why = "; ".join(f"{e.agent}: {e.error}" for e in errors)
+        return APIError(self.status, f"{self.message} ({why})", self.type, self.param, self.code, self.headers)
 
     def body(self) -> dict[str, Any]:
         """The JSON error body."""

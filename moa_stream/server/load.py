@@ -83,6 +83,14 @@ class LoadReport:
         return out
 
 
+class _Refused(Exception):
+    """The server answered 429; retry after this many seconds."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"retry after {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
 def _percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -94,7 +102,10 @@ def _percentile(values: list[float], q: float) -> float | None:
 async def run_load(moa: MoA, *, clients: int = 64, requests: int = 128, max_tokens: int = 8,
                    max_concurrency: int | None = None, duration_s: float = 600.0, model: str = "moa-stream",
                    question: str = DEFAULT_QUESTION) -> LoadReport:
-    """Send `requests` streaming requests from `clients` concurrent clients (stopping after `duration_s`)."""
+    """Serve `requests` streaming requests to `clients` concurrent clients (stopping after `duration_s`).
+
+    A client refused with 429 waits the Retry-After and asks again; the refusal is counted, the request not.
+    """
     import openai
 
     limit = max_concurrency or clients
@@ -116,8 +127,9 @@ async def run_load(moa: MoA, *, clients: int = 64, requests: int = 128, max_toke
             report.completed += 1
             if first is not None:
                 report.ttfts_s.append(first)
-        except openai.RateLimitError:
+        except openai.RateLimitError as exc:
             report.rate_limited += 1
+            raise _Refused(float(exc.response.headers.get("retry-after") or 1)) from exc
         except openai.APIError as exc:
             report.errors += 1
             if len(report.error_samples) < 5:
@@ -129,7 +141,11 @@ async def run_load(moa: MoA, *, clients: int = 64, requests: int = 128, max_toke
                                       timeout=duration_s) as client:
             while left > 0 and time.perf_counter() < deadline:
                 left -= 1
-                await one(client)
+                try:
+                    await one(client)
+                except _Refused as refused:  # a 429 is an answer, not a request served: wait as told, ask again
+                    left += 1
+                    await asyncio.sleep(min(refused.retry_after_s, max(0.0, deadline - time.perf_counter())))
 
     settings = ServerSettings(max_concurrency=limit, request_timeout_s=duration_s)
     async with serving(moa, settings) as srv:
