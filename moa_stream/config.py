@@ -110,15 +110,19 @@ class VllmBackend(_Backend):
         return self
 
 
-def _backend_kind(data: Any) -> str:
-    # `kind` may be left out: the embedded engine is the default.
-    return str(data.get("kind", "transformers")) if isinstance(data, dict) else str(data.kind)
+def _backend_kind(data: Any) -> str | None:
+    # `kind` may be left out: the embedded engine is the default. None (no mapping at all) is a validation error.
+    if isinstance(data, dict):
+        return str(data.get("kind", "transformers"))
+    kind = getattr(data, "kind", None)
+    return None if kind is None else str(kind)
 
 
 BackendConfig = Annotated[
     Annotated[TransformersBackend, Tag("transformers")] | Annotated[HttpBackend, Tag("http")]
     | Annotated[VllmBackend, Tag("vllm")],
-    Discriminator(_backend_kind),
+    Discriminator(_backend_kind, custom_error_type="backend_kind",
+                  custom_error_message="a backend is a mapping with kind transformers, http or vllm"),
 ]
 """Where an agent's tokens come from: one typed model per backend `kind` (transformers, http, vllm)."""
 
