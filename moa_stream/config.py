@@ -121,8 +121,7 @@ def _backend_kind(data: Any) -> str | None:
 BackendConfig = Annotated[
     Annotated[TransformersBackend, Tag("transformers")] | Annotated[HttpBackend, Tag("http")]
     | Annotated[VllmBackend, Tag("vllm")],
-    Discriminator(_backend_kind, custom_error_type="backend_kind",
-                  custom_error_message="a backend is a mapping with kind transformers, http or vllm"),
+    Discriminator(_backend_kind),
 ]
 """Where an agent's tokens come from: one typed model per backend `kind` (transformers, http, vllm)."""
 
