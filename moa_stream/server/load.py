@@ -133,7 +133,8 @@ async def run_load(moa: MoA, *, clients: int = 64, requests: int = 128, max_toke
         except openai.APIError as exc:
             report.errors += 1
             if len(report.error_samples) < 5:
-                report.error_samples.append(f"{type(exc).__name__}: {exc}"[:300])
+                cause = f" ({type(exc.__cause__).__name__}: {exc.__cause__})" if exc.__cause__ else ""
+                report.error_samples.append(f"{type(exc).__name__}: {exc}{cause}"[:300])
 
     async def client_loop() -> None:
         nonlocal left

@@ -37,7 +37,9 @@ async def serving(moa: MoA, settings: ServerSettings | None = None) -> AsyncIter
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    # Keep-alive longer than any client's pause (a 429's Retry-After): a connection closed by the server just as
+    # the client reuses it would fail that request for no fault of its own.
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_keep_alive=75))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         for _ in range(1000):  # bounded wait for the listening socket
