@@ -77,6 +77,18 @@ class MoA:
         return await collect(self.stream(question, history, mode=mode, staircase=staircase,
                                           max_tokens=max_tokens))
 
+    def prompt_tokens(self, question: str,
+                      history: Sequence[Message | dict[str, str]] | None = None) -> dict[str, int]:
+        """Tokens each agent reads before any proposal (system prompt, history, question), by agent name."""
+        msgs = as_messages(history)
+        layers, agg = self._slots()
+        out: dict[str, int] = {}
+        for slot in [*(s for layer in layers for s in layer), agg]:
+            system = slot.cfg.system_prompt
+            chat = [*([Message("system", system)] if system else []), *msgs, Message("user", question)]
+            out[slot.cfg.name] = len(slot.fmt.prompt(chat))
+        return out
+
     def engine_stats(self) -> dict[str, EngineStats]:
         """Each backend's engine counters."""
         return {name: eng.stats() for name, eng in self.engines.items()}

@@ -110,9 +110,12 @@ class VllmBackend(_Backend):
         return self
 
 
-def _backend_kind(data: Any) -> str:
-    # `kind` may be left out: the embedded engine is the default.
-    return str(data.get("kind", "transformers")) if isinstance(data, dict) else str(data.kind)
+def _backend_kind(data: Any) -> str | None:
+    # `kind` may be left out: the embedded engine is the default. None (no mapping at all) is a validation error.
+    if isinstance(data, dict):
+        return str(data.get("kind", "transformers"))
+    kind = getattr(data, "kind", None)
+    return None if kind is None else str(kind)
 
 
 BackendConfig = Annotated[
@@ -121,6 +124,17 @@ BackendConfig = Annotated[
     Discriminator(_backend_kind),
 ]
 """Where an agent's tokens come from: one typed model per backend `kind` (transformers, http, vllm)."""
+
+
+MIN_TEMPERATURE = 1e-5
+"""The smallest positive temperature: below it logits / temperature overflow to inf. 0 means greedy."""
+
+
+def check_temperature(value: float) -> float:
+    """`value` if it is 0 (greedy) or at least MIN_TEMPERATURE; a ValueError saying so otherwise."""
+    if 0 < value < MIN_TEMPERATURE:
+        raise ValueError(f"must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {value:g}")
+    return value
 
 
 class AgentConfig(_Strict):
@@ -134,6 +148,11 @@ class AgentConfig(_Strict):
     max_tokens: int = Field(256, ge=1)
     seed: int | None = None
     ignore_eos: bool = Field(False, description="write max_tokens even past end-of-text (benchmarks)")
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature_not_tiny(cls, value: float) -> float:
+        return check_temperature(value)
 
 
 class StaircaseConfig(_Strict):

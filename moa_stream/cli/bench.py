@@ -1,4 +1,4 @@
-"""`moa-stream bench`: measure the engine (append vs re-prefill, batching) or MoA time-to-first-token per mode."""
+"""`moa-stream bench`: the engine (append vs re-prefill, batching), MoA time-to-first-token per mode, server load."""
 
 from __future__ import annotations
 
@@ -131,6 +131,64 @@ def _main_ttft(args: argparse.Namespace) -> int:
                           f"{stair['ttft_ratio_vs_single']:.2f} x single (target <= 3)")
     return 0
 
+# ---------------------------------------------------------------------------------------------- bench load
+
+
+def _add_load_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--config", default=None, help="MoA config file (YAML/TOML); default: 3 proposers, one model")
+    p.add_argument("--model", default=None, help="model of the default backend (default: the offline SmolLM2)")
+    p.add_argument("--mode", default=None, help="MoA mode the clients ask for (default: the config's)")
+    p.add_argument("--clients", type=positive_int, default=64, metavar="N", help="concurrent streaming clients (64)")
+    p.add_argument("--requests", type=positive_int, default=128, metavar="N", help="requests in all (128)")
+    p.add_argument("--max-tokens", type=positive_int, default=8, metavar="N",
+                   help="answer tokens per request; proposers too with the default config (8)")
+    p.add_argument("--max-concurrency", type=positive_int, default=None, metavar="N",
+                   help="server's requests in flight; more get 429 and retry (default: --clients)")
+    p.add_argument("--duration", type=float, default=600.0, metavar="S", help="stop sending after S seconds (600)")
+
+
+def _load_table(result: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"load: {result['clients']} streaming clients, {result['requests']} requests")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key in ("duration_s", "completed", "rate_limited", "errors", "ttft_p50_s", "ttft_p99_s", "back_to_baseline"):
+        table.add_row(key, str(result[key]))
+    for moment in ("before", "after"):
+        table.add_row(moment, ", ".join(f"{k} {v}" for k, v in result[moment].items()))
+    return table
+
+
+def _main_load(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from moa_stream import MoA, MoAConfig
+    from moa_stream.server.load import run_load
+
+    cfg = MoAConfig.load(args.config) if args.config else MoAConfig.default(max_tokens=args.max_tokens)
+    model = f"moa-stream:{args.mode}" if args.mode else "moa-stream"
+
+    async def go() -> dict[str, Any]:
+        moa = MoA.from_config(cfg, model=args.model)
+        try:
+            report = await run_load(moa, clients=args.clients, requests=args.requests, max_tokens=args.max_tokens,
+                                    max_concurrency=args.max_concurrency, duration_s=args.duration, model=model)
+            return report.to_dict()
+        finally:
+            await moa.aclose()
+
+    result = asyncio.run(go())
+    if args.json:
+        print(json.dumps(result))
+    else:
+        from rich.console import Console
+
+        Console().print(_load_table(result))
+    return 0 if result["back_to_baseline"] and not result["errors"] else 1
+
+
 # ---------------------------------------------------------------------------------------------- wiring
 
 # name -> (add_arguments, main, one-line help)
@@ -138,6 +196,8 @@ SUBCOMMANDS: dict[str, tuple[Any, Any, str]] = {
     "engine": (_add_engine_arguments, _main_engine,
                "append vs re-prefill of a long sequence, and decode tokens/s at 1/4/8 streams"),
     "ttft": (_add_ttft_arguments, _main_ttft, "time to first token and total time of every MoA mode"),
+    "load": (_add_load_arguments, _main_load,
+             "concurrent streaming clients against the server on loopback: TTFT p50/p99, 429s, leaks"),
 }
 
 

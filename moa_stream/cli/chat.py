@@ -3,6 +3,11 @@
 In a terminal every turn is a live view (a panel per proposer, the answer, a status line with TTFT). Piped,
 answers go to stdout as plain text and TTFT/status lines to stderr. Ctrl-C during an answer cancels it and
 returns to the prompt; Ctrl-C at the prompt right after another Ctrl-C exits.
+
+Ctrl-C is an event of the chat's one event loop (`loop.add_signal_handler`), never an exception raised at a random
+point: the prompt line is read through the same loop, so a Ctrl-C that lands just before the read (where a blocking
+`input()` would lose it until Enter) still wakes the prompt, and one that lands while a notice prints cannot escape
+the loop half-handled.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
+import signal
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
@@ -38,6 +45,46 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hide-proposers", action="store_true", help="start with the proposer panels hidden")
 
 
+class Interrupt:
+    """What the prompt returns when Ctrl-C came before a line."""
+
+
+INTERRUPT = Interrupt()
+
+
+class LineReader:
+    """Lines from a file descriptor, awaited on the event loop (so a Ctrl-C event can interrupt the wait)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buf = b""
+        self._eof = False
+
+    async def readline(self) -> str | None:
+        """The next line without its newline; None at the end of input."""
+        while b"\n" not in self._buf and not self._eof:
+            await self._readable()
+            chunk = os.read(self.fd, 65536)
+            self._eof = not chunk
+            self._buf += chunk
+        if not self._buf:
+            return None
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode("utf-8", errors="replace")
+
+    async def _readable(self) -> None:
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        try:
+            loop.add_reader(self.fd, lambda: ready.done() or ready.set_result(None))
+        except PermissionError:  # a regular file: epoll refuses it, and reading it never blocks
+            return
+        try:
+            await ready
+        finally:
+            loop.remove_reader(self.fd)
+
+
 @dataclass
 class ChatState:
     """What slash commands change."""
@@ -50,7 +97,7 @@ class ChatState:
 
 
 class ChatSession:
-    """The prompt loop; one asyncio runner (one event loop) lives across turns, so agents stay warm."""
+    """The prompt loop; one event loop lives across turns, so agents stay warm."""
 
     def __init__(self, moa: MoA, state: ChatState, console: Console | None, out: TextIO, err: TextIO) -> None:
         self.moa = moa
@@ -59,6 +106,10 @@ class ChatSession:
         self.out, self.err = out, err
         self.conv: Conversation = moa.conversation(mode=state.mode)
         self.interactive = sys.stdin.isatty()
+        self.lines = LineReader(sys.stdin.fileno())
+        self._turn: asyncio.Future[None] | None = None
+        self._interrupted = asyncio.Event()  # wakes the prompt; `_interrupts` says how many Ctrl-C came
+        self._interrupts = 0
 
     # ------------------------------------------------------------------ output
 
@@ -70,58 +121,93 @@ class ChatSession:
             self.err.write(text + "\n")
             self.err.flush()
 
-    def _read(self) -> str:
+    async def _read(self) -> str | Interrupt:
+        """The next line, or Interrupt when Ctrl-C came first; raises EOFError at the end of input."""
         if self.console is not None:
-            return self.console.input("[bold green]you>[/] ")
-        if self.interactive:
+            self.console.print("[bold green]you>[/] ", end="")
+        elif self.interactive:
             self.err.write("you> ")
             self.err.flush()
-        line = sys.stdin.readline()
-        if not line:
+        if self._interrupts:  # Ctrl-C while the prompt was printing
+            self._interrupts -= 1
+            return INTERRUPT
+        self._interrupted.clear()
+        read = asyncio.ensure_future(self.lines.readline())
+        interrupt = asyncio.ensure_future(self._interrupted.wait())
+        try:
+            await asyncio.wait({read, interrupt}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            interrupt.cancel()
+            if not read.done():
+                read.cancel()
+            await asyncio.gather(read, interrupt, return_exceptions=True)
+        if not read.done() or read.cancelled():  # only a Ctrl-C woke us (a typed line wins; the Ctrl-C stays counted)
+            self._interrupts -= 1
+            return INTERRUPT
+        line = read.result()
+        if line is None:
             raise EOFError
-        return line.rstrip("\n")
+        return line
+
+    def _on_sigint(self) -> None:
+        """Ctrl-C: cancel the answer being written, else wake the prompt."""
+        if self._turn is not None and not self._turn.done():
+            self._turn.cancel()
+        else:  # counted, so two quick presses are two
+            self._interrupts += 1
+            self._interrupted.set()
 
     # ------------------------------------------------------------------ loop
 
     def loop(self) -> int:
         """Read, answer, repeat until /quit, end of input or a second Ctrl-C."""
-        if self.console is not None:
-            self.info(f"moa-stream chat | mode {self.state.mode} | {self._agents_line()} | /help for commands")
-        last_was_interrupt = False
-        with asyncio.Runner() as runner:
-            try:
-                while True:
-                    try:
-                        line = self._read()
-                    except EOFError:
-                        break
-                    except KeyboardInterrupt:
-                        if last_was_interrupt:
-                            break
-                        last_was_interrupt = True
-                        self.info("\n(Ctrl-C again or /quit to leave)")
-                        continue
-                    last_was_interrupt = False
-                    text = line.strip()
-                    if not text:
-                        continue
-                    if text.startswith("/"):
-                        if not self.command(text, runner):
-                            break
-                        continue
-                    try:
-                        runner.run(self.turn(text))
-                    except KeyboardInterrupt:
-                        last_was_interrupt = True
-                        self.info("answer cancelled (Ctrl-C); ask again, or Ctrl-C once more to leave", "yellow")
-            finally:
-                # A Ctrl-C here would leave sequences open; the engine shutdown below frees them anyway.
-                with contextlib.suppress(KeyboardInterrupt):
-                    runner.run(self.conv.close())
-                    runner.run(self.moa.aclose())
+        asyncio.run(self.aloop())
         if self.console is not None:
             self.info("bye")
         return 0
+
+    async def aloop(self) -> None:
+        """The prompt loop on one event loop, so agents stay warm across turns."""
+        if self.console is not None:
+            self.info(f"moa-stream chat | mode {self.state.mode} | {self._agents_line()} | /help for commands")
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, self._on_sigint)
+        last_was_interrupt = False
+        try:
+            while True:
+                try:
+                    line = await self._read()
+                except EOFError:
+                    break
+                if isinstance(line, Interrupt):
+                    if last_was_interrupt:
+                        break
+                    last_was_interrupt = True
+                    self.info("\n(Ctrl-C again or /quit to leave)")
+                    continue
+                last_was_interrupt = False
+                text = line.strip()
+                if not text:
+                    continue
+                if text.startswith("/"):
+                    if not await self.command(text):
+                        break
+                    continue
+                self._turn = asyncio.ensure_future(self.turn(text))
+                try:
+                    await self._turn
+                except asyncio.CancelledError:
+                    if not self._turn.cancelled():  # we ourselves are being cancelled, not the answer
+                        raise
+                    last_was_interrupt = True
+                    self.info("answer cancelled (Ctrl-C); ask again, or Ctrl-C once more to leave", "yellow")
+                finally:
+                    self._turn = None
+        finally:
+            # Ctrl-C is only an event now, so this cleanup runs to its end and frees every sequence.
+            await self.conv.close()
+            await self.moa.aclose()
+            loop.remove_signal_handler(signal.SIGINT)
 
     async def turn(self, text: str) -> None:
         """One answer, streamed into the live view (or as plain text)."""
@@ -160,7 +246,7 @@ class ChatSession:
 
     # ------------------------------------------------------------------ slash commands
 
-    def command(self, text: str, runner: asyncio.Runner) -> bool:
+    async def command(self, text: str) -> bool:
         """Run a slash command; False means leave."""
         from moa_stream import MODES
 
@@ -194,7 +280,7 @@ class ChatSession:
                 st.show_proposers = not st.show_proposers if not arg else arg == "on"
                 self.info(f"proposers: {'shown' if st.show_proposers else 'hidden'}")
         elif name == "reset":
-            runner.run(self.conv.reset())
+            await self.conv.reset()
             st.last = None
             self.info("conversation reset")
         elif name == "stats":

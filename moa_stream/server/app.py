@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from moa_stream import MODES, AgentError, AggregatorDelta, Done, MoA, Mode
 
+from .admission import check_context_length, tenant_salt
 from .errors import APIError, install_error_handlers
 from .jobs import END, Failure, Job, produce, split_messages, wait_disconnect
 from .schema import (
@@ -35,6 +36,10 @@ from .schema import (
     sse,
 )
 from .settings import ServerSettings
+
+MAX_TEMPERATURE_VARIANTS = 32  # aggregator-temperature pipelines kept; the oldest goes first
+STREAM_BUFFER_EVENTS = 64  # events a stream holds for a slow client; past it the run waits for the client
+SEND_GRACE_S = 10.0  # a response still sending this long past the request timeout is cut (a client not reading)
 
 
 class Limiter:
@@ -59,13 +64,15 @@ class Limiter:
 class ReleasingStreamingResponse(StreamingResponse):
     """A streaming response that gives its concurrency slot back however the stream ends."""
 
-    def __init__(self, content: AsyncIterator[str], release: Callable[[], None]) -> None:
+    def __init__(self, content: AsyncIterator[str], release: Callable[[], None], limit_s: float) -> None:
         super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         self._release = release
+        self._limit_s = limit_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            with anyio.move_on_after(self._limit_s):  # a client that stops reading cannot hold the slot forever
+                await super().__call__(scope, receive, send)
         finally:
             self._release()
 
@@ -75,20 +82,23 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     app = FastAPI(title="moa-stream", description=__doc__.splitlines()[0], version="0.1.0")
     limiter = Limiter(settings.max_concurrency)
-    by_temperature: dict[float, MoA] = {}
+    by_temperature: dict[float, MoA] = {}  # bounded: a client choosing temperatures must not grow it forever
+    buffers: set[asyncio.Queue[object]] = set()  # each live stream's queue, for the stats
     model_ids = [settings.model_id, *(f"{settings.model_id}:{m}" for m in MODES)]
     created = int(time.time())
     app.state.moa, app.state.settings, app.state.limiter = moa, settings, limiter
     install_error_handlers(app)
 
-    async def authorize(request: Request) -> None:
+    async def authorize(request: Request) -> str | None:
+        """The caller's API key (None when keys are off); a 401 APIError when it is missing or wrong."""
         if settings.api_key is None:
-            return
+            return None
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), settings.api_key):
             raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
                            "authentication_error", code="invalid_api_key")
+        return token.strip()
 
     def model_card(model_id: str) -> dict[str, Any]:
         return {"id": model_id, "object": "model", "created": created, "owned_by": "moa-stream"}
@@ -111,17 +121,21 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
     @app.get("/v1/moa/stats", dependencies=[Depends(authorize)])
     async def stats() -> dict[str, Any]:
         engines = {name: dataclasses.asdict(s) for name, s in moa.engine_stats().items()}
-        return {"in_flight": limiter.in_flight, "max_concurrency": limiter.limit, "engines": engines}
+        buffered = {"events": sum(q.qsize() for q in buffers), "per_stream_limit": STREAM_BUFFER_EVENTS}
+        return {"in_flight": limiter.in_flight, "max_concurrency": limiter.limit, "stream_buffer": buffered,
+                "engines": engines}
 
     def moa_for(temperature: float | None) -> MoA:
         if temperature is None or temperature == moa.config.aggregator.temperature:
             return moa
         if temperature not in by_temperature:  # same engines, only the aggregator's sampling differs
+            if len(by_temperature) >= MAX_TEMPERATURE_VARIANTS:
+                del by_temperature[next(iter(by_temperature))]
             agg = moa.config.aggregator.model_copy(update={"temperature": temperature})
             by_temperature[temperature] = MoA(moa.config.model_copy(update={"aggregator": agg}), moa.engines)
         return by_temperature[temperature]
 
-    def make_job(req: ChatCompletionRequest) -> Job:
+    def make_job(req: ChatCompletionRequest, api_key: str | None) -> Job:
         if req.model not in model_ids:
             raise APIError(404, f"model {req.model!r} does not exist; use one of {model_ids}", param="model",
                            code="model_not_found")
@@ -132,16 +146,20 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
         mode: Mode = suffix or moa.config.mode  # type: ignore[assignment]
         question, history = split_messages(req.messages)
         max_tokens = req.max_completion_tokens or req.max_tokens
-        return Job(moa_for(req.temperature), req.model, mode, question, history, max_tokens,
-                   max_tokens or moa.config.aggregator.max_tokens)
+        answer_limit = max_tokens or moa.config.aggregator.max_tokens
+        check_context_length(moa, question, history, answer_limit)
+        return Job(moa_for(req.temperature), req.model, mode, question, history, max_tokens, answer_limit,
+                   tenant_salt(api_key, req.cache_salt))
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)], response_model=None)
-    async def chat_completions(req: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
-        job = make_job(req)
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(req: ChatCompletionRequest, request: Request,
+                               api_key: str | None = Depends(authorize)) -> JSONResponse | StreamingResponse:
+        job = make_job(req, api_key)
         limiter.acquire()
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return ReleasingStreamingResponse(stream(job, include_usage), limiter.release)
+            return ReleasingStreamingResponse(stream(job, include_usage), limiter.release,
+                                              settings.request_timeout_s + SEND_GRACE_S)
         try:
             return await complete(job, request.receive)
         finally:
@@ -149,7 +167,11 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
 
     async def complete(job: Job, receive: Receive) -> JSONResponse:
         items: list[object] = []
-        producer = asyncio.create_task(produce(job, settings.request_timeout_s, items.append))
+
+        async def keep(item: object) -> None:
+            items.append(item)
+
+        producer = asyncio.create_task(produce(job, settings.request_timeout_s, keep))
         watcher = asyncio.create_task(wait_disconnect(receive))
         try:
             await asyncio.wait({producer, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -159,7 +181,7 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
             await asyncio.gather(producer, watcher, return_exceptions=True)
         failure = next((i for i in items if isinstance(i, Failure)), None)
         if failure is not None:
-            raise failure.error
+            raise failure.error.with_agent_errors([i for i in items if isinstance(i, AgentError)])
         done = next((i for i in items if isinstance(i, Done)), None)
         if done is None:  # the client left; nobody reads this
             return APIError(499, "client closed the request").response()
@@ -172,8 +194,9 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
         return JSONResponse(answer.model_dump(mode="json"))
 
     async def stream(job: Job, include_usage: bool) -> AsyncIterator[str]:
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        producer = asyncio.create_task(produce(job, settings.request_timeout_s, queue.put_nowait))
+        queue: asyncio.Queue[object] = asyncio.Queue(maxsize=STREAM_BUFFER_EVENTS)
+        buffers.add(queue)
+        producer = asyncio.create_task(produce(job, settings.request_timeout_s, queue.put))
         cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(delta: dict[str, str] | None, finish: str | None = None, **extra: Any) -> ChatCompletionChunk:
@@ -189,7 +212,7 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
                 elif isinstance(item, AgentError):
                     errors.append(item)
                 elif isinstance(item, Failure):
-                    yield sse(item.error.body())
+                    yield sse(item.error.with_agent_errors(errors).body())
                 elif isinstance(item, Done):
                     usage, info = Usage.of(item.metrics), MoAInfo.of(item.metrics, errors)
                     finish = job.finish_reason(item.metrics)
@@ -205,5 +228,6 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
             # agents' cleanup short and leak their sequences, so wait for it shielded.
             with anyio.CancelScope(shield=True):
                 await asyncio.gather(producer, return_exceptions=True)
+            buffers.discard(queue)
 
     return app

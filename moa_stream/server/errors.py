@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine import CapacityError, InvalidTokensError
-from moa_stream import MoAError, MoAStreamError
+from moa_stream import AgentError, MoAError, MoAStreamError
 
 
 class APIError(MoAStreamError):
@@ -22,6 +23,13 @@ class APIError(MoAStreamError):
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
         self.headers = headers
 
+    def with_agent_errors(self, errors: Sequence[AgentError]) -> APIError:
+        """This error with the agents' own failures appended to its message (they say why the run failed)."""
+        if not errors:
+            return self
+        why = "; ".join(f"{e.agent}: {e.error}" for e in errors)
+        return APIError(self.status, f"{self.message} ({why})", self.type, self.param, self.code, self.headers)
+
     def body(self) -> dict[str, Any]:
         """The JSON error body."""
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -31,13 +39,24 @@ class APIError(MoAStreamError):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and the exceptions it was raised from, nearest first (bounded: chains can loop)."""
+    chain: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in chain and len(chain) < 16:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return chain
+
+
 def failure_of(exc: BaseException) -> APIError:
     """The HTTP answer to a run that failed: timeout 504, too long 400, no KV room 503, no answer 500."""
     if isinstance(exc, TimeoutError):
         return APIError(504, "the request ran past the server's per-request timeout", "timeout_error",
                         code="timeout")
-    if isinstance(exc, InvalidTokensError):
-        return APIError(400, str(exc), code="context_length_exceeded")
+    too_long = next((e for e in _causes(exc) if isinstance(e, InvalidTokensError)), None)
+    if too_long is not None:  # also when the pipeline's failure was caused by one (every proposer hit the limit)
+        return APIError(400, str(too_long), param="messages", code="context_length_exceeded")
     if isinstance(exc, CapacityError):
         return APIError(503, str(exc), "server_error", code="capacity")
     if isinstance(exc, MoAError):

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -18,6 +19,8 @@ from moa_stream import EngineError, Metrics, MoA, MoAError, Mode
 
 from .errors import APIError, failure_of
 from .schema import ChatMessage
+
+log = logging.getLogger(__name__)
 
 END: Final = object()  # the last item `produce` hands over
 
@@ -33,6 +36,7 @@ class Job:
     history: list[dict[str, str]]
     max_tokens: int | None
     answer_limit: int
+    cache_salt: str | None = None
 
     def finish_reason(self, metrics: Metrics) -> str:
         """'stop' or 'length', as the aggregator finished (or from the answer's length when it did not say)."""
@@ -81,18 +85,25 @@ def split_messages(messages: list[ChatMessage]) -> tuple[str, list[dict[str, str
     return last["content"], history
 
 
-async def produce(job: Job, timeout_s: float, put: Callable[[object], None]) -> None:
-    """Run the pipeline, handing each event (or a Failure) to `put`, then END; cancelling this frees every agent."""
+async def produce(job: Job, timeout_s: float, put: Callable[[object], Awaitable[None]]) -> None:
+    """Run the pipeline, awaiting `put` for each event (or a Failure), then END; cancelling this frees every agent.
+
+    `put` may wait (a full bounded queue): the run is then paced by the client reading the answer.
+    """
     try:
         async with asyncio.timeout(timeout_s):
-            events = job.moa.stream(job.question, job.history, mode=job.mode, max_tokens=job.max_tokens)
+            # No salt, no keyword: requests without a tenant share the cache as before.
+            salt = {} if job.cache_salt is None else {"cache_salt": job.cache_salt}
+            events = job.moa.stream(job.question, job.history, mode=job.mode, max_tokens=job.max_tokens, **salt)
             async with contextlib.aclosing(events):
                 async for ev in events:
-                    put(ev)
+                    await put(ev)
     except (TimeoutError, EngineError, MoAError, ValueError) as exc:
-        put(Failure(failure_of(exc)))
-    finally:
-        put(END)
+        await put(Failure(failure_of(exc)))
+    except Exception as exc:  # a bug stays in its request: a 500 on this stream, the server keeps serving
+        log.exception("request failed")
+        await put(Failure(failure_of(exc)))
+    await put(END)
 
 
 async def wait_disconnect(receive: Receive) -> None:

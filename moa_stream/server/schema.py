@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from moa_stream import AgentError, AgentMetrics, Metrics, Mode
+from moa_stream.config import check_temperature
 
 # ---------------------------------------------------------------------------------------------- requests
 
@@ -52,9 +53,16 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
+    temperature: float | None = Field(None, ge=0, le=2, description="0 (greedy) or 1e-5 to 2")
     n: int | None = None
     stream_options: StreamOptions | None = None
+    cache_salt: str | None = Field(None, min_length=1, max_length=256,
+                                   description="prefix-cache salt: only requests with the same salt share cached KV")
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature_not_tiny(cls, value: float | None) -> float | None:
+        return None if value is None else check_temperature(value)
 
 
 # ---------------------------------------------------------------------------------------------- responses

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pexpect
 
@@ -95,6 +96,22 @@ def test_two_ctrl_c_at_the_prompt_leave(tmp_path):
         child.expect(PROMPT)
         child.sendintr()
         child.expect("Ctrl-C again")
+        child.sendintr()
+        child.expect("bye")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+
+
+def test_a_second_ctrl_c_while_the_hint_prints_still_leaves(tmp_path):
+    # The second press lands while the first is being handled (hint printing, prompt about to be read): the
+    # window where a blocking input() lost it, or where KeyboardInterrupt escaped the loop half-handled.
+    child = spawn_chat("--config", str(small_config(tmp_path)))
+    try:
+        child.expect(PROMPT)
+        child.sendintr()
+        time.sleep(0.05)
         child.sendintr()
         child.expect("bye")
         child.expect(pexpect.EOF)
