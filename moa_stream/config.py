@@ -131,6 +131,11 @@ class AgentConfig(_Strict):
     system_prompt: str | None = None
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
+    min_p: float = Field(0.0, ge=0, le=1, description="drop tokens below min_p x the top token's probability")
+    repetition_penalty: float = Field(1.0, gt=0, le=10, description="HF/llama.cpp: tokens already in the context "
+                                      "(1 = off)")
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI: per repeat of a generated token")
+    presence_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI: once a token was generated")
     max_tokens: int = Field(256, ge=1)
     seed: int | None = None
     ignore_eos: bool = Field(False, description="write max_tokens even past end-of-text (benchmarks)")
