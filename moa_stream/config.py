@@ -151,7 +151,8 @@ class StaircaseConfig(_Strict):
     start_policy: Literal["all", "quorum", "first"] = "all"
     quorum: int | None = Field(None, ge=1, description="with start_policy=quorum: proposers needed to start")
     aggregator_tokens_per_intake: int = Field(16, ge=1, description="answer tokens between two intakes")
-    resume_cue: bool = Field(True, description="blocks layout: repeat the answer's last words after each block")
+    resume_cue: bool = Field(True, description="append-only layouts: repeat the answer's last words after "
+                             "each intake (after a block; at the start of the next assistant turn)")
     read_every_proposal: bool = Field(True, description="interleaved layout: after an EOS, wait for the chunks "
                                       "still to come and let the aggregator go on (False: an EOS with nothing "
                                       "pending ends the answer)")

@@ -14,7 +14,7 @@ from .. import prompts
 from ..agents import AgentSlot
 from ..context import Message
 from .base import IncrementalLayout
-from .references import references_block
+from .references import escape_delimiters, references_block
 
 if TYPE_CHECKING:
     from ..turn import TurnInput
@@ -30,6 +30,14 @@ def staircase_user(question: str, references: str) -> str:
 def staircase_references(first_chunks: Sequence[str | None]) -> str:
     """The first chunk of each proposal that has one, labelled by proposer."""
     return references_block(first_chunks, "staircase_reference") or "(none yet)"
+
+
+def resume_cue(answer: str, max_chars: int = 48) -> str:
+    """The end of the partial answer, from a word boundary: repeated after an intake so the answer resumes."""
+    tail = answer[-max_chars:]
+    if len(answer) > max_chars and " " in tail:
+        tail = tail[tail.index(" ") + 1:]
+    return escape_delimiters(tail)
 
 
 class AppendOnlyLayout(IncrementalLayout):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from .. import prompts
 from ..agents import Chunk
-from .append_only import AppendOnlyLayout
+from .append_only import AppendOnlyLayout, resume_cue
 from .base import Answer, register_layout
 from .references import escape_delimiters
 
@@ -25,14 +25,6 @@ def staircase_more(index: int, text: str) -> str:
 def block_markers() -> tuple[str, ...]:
     """Strings that open or close a staircase block: the aggregator must never write them itself."""
     return tuple(line for line in prompts.template("more_marker").splitlines() if line)
-
-
-def resume_cue(answer: str, max_chars: int = 48) -> str:
-    """The end of the partial answer, from a word boundary: repeated after a block so the answer resumes."""
-    tail = answer[-max_chars:]
-    if len(answer) > max_chars and " " in tail:
-        tail = tail[tail.index(" ") + 1:]
-    return escape_delimiters(tail)
 
 
 @register_layout

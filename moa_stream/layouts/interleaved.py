@@ -3,8 +3,10 @@ assistant turn goes on with the answer.
 
 The chat template's own turn glue (ChatFormat.next_turn_split) separates the model's text from the proposals,
 so there is no in-turn block for the model to imitate and nothing to hide or ban. The answer shown is the
-concatenation of the assistant turns. An EOS ends only a turn: while chunks remain, the driver hands them in
-and the aggregator may go on (StaircaseConfig.read_every_proposal says whether it must wait for them).
+concatenation of the assistant turns; each new turn opens with the answer's last words (the resume cue, not
+shown twice) so that the model goes on instead of starting over. An EOS ends only a turn: while chunks remain,
+the driver hands them in and the aggregator may go on (StaircaseConfig.read_every_proposal says whether it must
+wait for them).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import ClassVar
 
 from .. import prompts
 from ..agents import Chunk
-from .append_only import AppendOnlyLayout
+from .append_only import AppendOnlyLayout, resume_cue
 from .base import Answer, register_layout
 from .references import references_block
 
@@ -41,6 +43,10 @@ class InterleavedLayout(AppendOnlyLayout):
         slot = self.agg
         assert slot.seq is not None
         head, tail = slot.fmt.next_turn_split(interleaved_more(chunks), slot.after_eos)
-        await slot.engine.append(slot.seq, head + tail)
+        # The new turn opens with the answer's last words (not shown again): the model resumes the sentence
+        # or list item where it stopped instead of starting its answer over.
+        cue = slot.fmt.encode_text(slot.fmt.neutralize(resume_cue(answer.text))) if self.inp.knobs.resume_cue else []
+        await slot.engine.append(slot.seq, head + tail + cue)
         slot.after_eos = False
-        self.filter.at_turn()
+        if not cue:
+            self.filter.at_turn()
