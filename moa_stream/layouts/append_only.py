@@ -27,9 +27,9 @@ def staircase_user(question: str, references: str) -> str:
     return prompts.render("staircase_user", question=question, references=references)
 
 
-def staircase_references(first_chunks: Sequence[str | None]) -> str:
+def staircase_references(first_chunks: Sequence[str | None], item_template: str = "staircase_reference") -> str:
     """The first chunk of each proposal that has one, labelled by proposer."""
-    return references_block(first_chunks, "staircase_reference") or "(none yet)"
+    return references_block(first_chunks, item_template) or "(none yet)"
 
 
 def resume_cue(answer: str, max_chars: int = 48) -> str:
@@ -44,6 +44,7 @@ class AppendOnlyLayout(IncrementalLayout):
     """Head prefilled early, first chunks appended to the user turn; subclasses say how later chunks enter."""
 
     system_template: ClassVar[str]  # the prompts/ template of the aggregator's system prompt
+    reference_template: ClassVar[str]  # the prompts/ template of one proposal's first chunk
 
     def __init__(self, agg: AgentSlot, inp: TurnInput) -> None:
         super().__init__(agg, inp)
@@ -60,5 +61,6 @@ class AppendOnlyLayout(IncrementalLayout):
         """Append the first chunks and the rest of the user turn, up to the answer."""
         slot = self.agg
         assert slot.seq is not None
-        await slot.engine.append(slot.seq, slot.fmt.encode_text(staircase_references(texts)) + self._tail)
+        await slot.engine.append(slot.seq, slot.fmt.encode_text(staircase_references(texts, self.reference_template))
+                                 + self._tail)
         slot.layout = self.name

@@ -33,6 +33,7 @@ class BlocksLayout(AppendOnlyLayout):
 
     name = "blocks"
     system_template = "staircase_system"
+    reference_template = "staircase_reference"
 
     def markers(self) -> tuple[str, ...]:
         """The block markers: a model that writes one wants more to read."""

@@ -3,8 +3,8 @@ assistant turn goes on with the answer.
 
 The chat template's own turn glue (ChatFormat.next_turn_split) separates the model's text from the proposals,
 so there is no in-turn block for the model to imitate and nothing to hide or ban. The answer shown is the
-concatenation of the assistant turns; each new turn opens with the answer's last words (the resume cue, not
-shown twice) so that the model goes on instead of starting over. An EOS ends only a turn: while chunks remain,
+concatenation of the assistant turns; each new turn opens with the answer's unfinished line (the resume cue,
+not shown twice) so that the model goes on instead of starting over. An EOS ends only a turn: while chunks remain,
 the driver hands them in and the aggregator may go on (StaircaseConfig.read_every_proposal says whether it must
 wait for them).
 """
@@ -27,7 +27,7 @@ def interleaved_more(chunks: Sequence[Chunk]) -> str:
     for c in chunks:
         texts.extend([None] * (c.proposer + 1 - len(texts)))
         texts[c.proposer] = (texts[c.proposer] or "") + c.text
-    return prompts.render("interleaved_more", references=references_block(texts, "staircase_reference"))
+    return prompts.render("interleaved_more", references=references_block(texts, "interleaved_continued"))
 
 
 @register_layout
@@ -36,6 +36,8 @@ class InterleavedLayout(AppendOnlyLayout):
 
     name = "interleaved"
     system_template = "interleaved_system"
+    # Plain labels: a bracketed one such as "[model 2]" is a pattern the model copies into its answer.
+    reference_template = "interleaved_reference"
     eos_ends_turn_only: ClassVar[bool] = True
 
     async def intake(self, chunks: Sequence[Chunk], texts: Sequence[str], answer: Answer) -> None:
@@ -43,9 +45,11 @@ class InterleavedLayout(AppendOnlyLayout):
         slot = self.agg
         assert slot.seq is not None
         head, tail = slot.fmt.next_turn_split(interleaved_more(chunks), slot.after_eos)
-        # The new turn opens with the answer's last words (not shown again): the model resumes the sentence
-        # or list item where it stopped instead of starting its answer over.
-        cue = slot.fmt.encode_text(slot.fmt.neutralize(resume_cue(answer.text))) if self.inp.knobs.resume_cue else []
+        # The new turn opens with the unfinished line of the answer (not shown again), so that the model ends
+        # that line instead of starting its answer over. Only that line: repeating whole earlier lines makes the
+        # context repeat itself, which a small model then loops on.
+        line = (answer.text + self.filter.held).rsplit("\n", 1)[-1]
+        cue = slot.fmt.encode_text(slot.fmt.neutralize(resume_cue(line))) if self.inp.knobs.resume_cue else []
         await slot.engine.append(slot.seq, head + tail + cue)
         slot.after_eos = False
         if not cue:
