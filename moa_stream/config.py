@@ -237,7 +237,11 @@ class MoAConfig(_Strict):
         return cls(
             backends={"default": TransformersBackend(model=model)},
             layers=[agents],
-            aggregator=AgentConfig(name="aggregator", temperature=0.0, max_tokens=max_tokens),
+            # Greedy, with HF's repetition penalty over its whole context: measured on SmolLM2-135M (issue 10), a
+            # greedy aggregator loops once its context repeats itself, and 1.1 stops that without leaving the
+            # proposals' wording (frequency/presence penalties count one generate call only: a staircase answer
+            # is several, so they cannot see a loop across intakes).
+            aggregator=AgentConfig(name="aggregator", temperature=0.0, repetition_penalty=1.1, max_tokens=max_tokens),
         )
 
     @classmethod
