@@ -7,6 +7,7 @@ the two answers), and a mode whose answer is under 80% of classic's is flagged.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,14 +58,16 @@ async def timed_run(moa: MoA, question: str, mode: str) -> TimedRun:
     tok = next(iter(moa.engines.values())).tokenizer
     text = ""
     times: list[float] = []
-    async for ev in moa.stream(question, mode=mode):
-        if isinstance(ev, AggregatorDelta):
-            text += ev.text
-            n = len(tok.encode(text, add_special_tokens=False))
-            times.extend([ev.t] * (n - len(times)))
-            del times[n:]
-        elif isinstance(ev, Done):
-            return TimedRun(ev.metrics, ev.answer, times)
+    # aclosing: the stream's agents are freed here, not by a finalizer that may run after the engine is shut.
+    async with contextlib.aclosing(moa.stream(question, mode=mode)) as events:
+        async for ev in events:
+            if isinstance(ev, AggregatorDelta):
+                text += ev.text
+                n = len(tok.encode(text, add_special_tokens=False))
+                times.extend([ev.t] * (n - len(times)))
+                del times[n:]
+            elif isinstance(ev, Done):
+                return TimedRun(ev.metrics, ev.answer, times)
     raise RuntimeError("the turn ended without a Done event")
 
 
