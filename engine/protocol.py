@@ -33,6 +33,11 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     banned_token_ids: tuple[int, ...] = ()  # never sampled (OpenAI's logit_bias of -100)
+    # Against loops, as transformers / llama.cpp / OpenAI define them (1.0 and 0.0 are off):
+    repetition_penalty: float = 1.0  # HF: logits of tokens in the context (prompt + generated) /= p if > 0 else *= p
+    frequency_penalty: float = 0.0  # OpenAI: logit -= f * count of the token among the generated ones
+    presence_penalty: float = 0.0  # OpenAI: logit -= p once the token was generated at all
+    min_p: float = 0.0  # drop tokens whose probability is below min_p x the most likely one's
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -48,6 +53,14 @@ class SamplingParams:
             raise InvalidSamplingError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise InvalidSamplingError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+        if not 0.0 < self.repetition_penalty <= 10.0:
+            raise InvalidSamplingError(f"repetition_penalty must be in (0, 10], got {self.repetition_penalty!r}")
+        if not -2.0 <= self.frequency_penalty <= 2.0:
+            raise InvalidSamplingError(f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty!r}")
+        if not -2.0 <= self.presence_penalty <= 2.0:
+            raise InvalidSamplingError(f"presence_penalty must be in [-2, 2], got {self.presence_penalty!r}")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise InvalidSamplingError(f"min_p must be in [0, 1], got {self.min_p!r}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise InvalidSamplingError(f"stop strings must be non-empty strings, got {self.stop!r}")
         if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
@@ -57,6 +70,11 @@ class SamplingParams:
     def greedy(self) -> bool:
         """True when sampling reduces to argmax."""
         return self.temperature == 0.0 or self.top_k == 1
+
+    @property
+    def penalized(self) -> bool:
+        """True when a penalty reads the token history (the sampler then needs it)."""
+        return self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
 
 
 @dataclass(frozen=True)

@@ -33,11 +33,13 @@ class AgentSlot:
     closed_stats: list[SequenceStats] = field(default_factory=list)
     prompt_tokens: int = 0  # context length when the turn's first sequence was ready
 
-    def sampling(self, max_tokens: int | None = None, banned: tuple[int, ...] = ()) -> SamplingParams:
+    def sampling(self, max_tokens: int | None = None) -> SamplingParams:
         """SamplingParams from the agent's config."""
         return SamplingParams(max_tokens=max_tokens or self.cfg.max_tokens, temperature=self.cfg.temperature,
-                              top_p=self.cfg.top_p, seed=self.cfg.seed, ignore_eos=self.cfg.ignore_eos,
-                              banned_token_ids=banned)
+                              top_p=self.cfg.top_p, min_p=self.cfg.min_p,
+                              repetition_penalty=self.cfg.repetition_penalty,
+                              frequency_penalty=self.cfg.frequency_penalty, presence_penalty=self.cfg.presence_penalty,
+                              seed=self.cfg.seed, ignore_eos=self.cfg.ignore_eos)
 
     async def start(self, messages: list[Message], question: str, reuse: bool, marker: str | None = None) -> list[int]:
         """Make `seq` end with the assistant prompt for `question`: append a turn if possible, else open.

@@ -145,6 +145,11 @@ class AgentConfig(_Strict):
     system_prompt: str | None = None
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
+    min_p: float = Field(0.0, ge=0, le=1, description="drop tokens below min_p x the top token's probability")
+    repetition_penalty: float = Field(1.0, gt=0, le=10, description="HF/llama.cpp: tokens already in the context "
+                                      "(1 = off)")
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI: per repeat of a generated token")
+    presence_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI: once a token was generated")
     max_tokens: int = Field(256, ge=1)
     seed: int | None = None
     ignore_eos: bool = Field(False, description="write max_tokens even past end-of-text (benchmarks)")
@@ -165,7 +170,11 @@ class StaircaseConfig(_Strict):
     start_policy: Literal["all", "quorum", "first"] = "all"
     quorum: int | None = Field(None, ge=1, description="with start_policy=quorum: proposers needed to start")
     aggregator_tokens_per_intake: int = Field(16, ge=1, description="answer tokens between two intakes")
-    resume_cue: bool = Field(True, description="repeat the answer's last words after each block")
+    resume_cue: bool = Field(True, description="append-only layouts: repeat the answer's last words after "
+                             "each intake (after a block; at the start of the next assistant turn)")
+    read_every_proposal: bool = Field(True, description="interleaved layout: after an EOS, wait for the chunks "
+                                      "still to come and let the aggregator go on (False: an EOS with nothing "
+                                      "pending ends the answer)")
     pace: bool = Field(False, description="after each step, wait for a new chunk while proposals still stream")
     agent_timeout_s: float = Field(120.0, gt=0, description="a proposer silent this long is dropped")
 
@@ -247,7 +256,11 @@ class MoAConfig(_Strict):
         return cls(
             backends={"default": TransformersBackend(model=model)},
             layers=[agents],
-            aggregator=AgentConfig(name="aggregator", temperature=0.0, max_tokens=max_tokens),
+            # Greedy, with HF's repetition penalty over its whole context: measured on SmolLM2-135M (issue 10), a
+            # greedy aggregator loops once its context repeats itself, and 1.1 stops that without leaving the
+            # proposals' wording (frequency/presence penalties count one generate call only: a staircase answer
+            # is several, so they cannot see a loop across intakes).
+            aggregator=AgentConfig(name="aggregator", temperature=0.0, repetition_penalty=1.1, max_tokens=max_tokens),
         )
 
     @classmethod

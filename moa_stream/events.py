@@ -7,8 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-Mode = Literal["single", "classic", "staircase-reprefill", "staircase"]
-MODES: tuple[Mode, ...] = ("single", "classic", "staircase-reprefill", "staircase")
+# `staircase` is the default staircase mode: an alias of the best append-only layout (`blocks` or `interleaved`).
+Mode = Literal["single", "classic", "staircase-reprefill", "staircase", "blocks", "interleaved"]
+MODES: tuple[Mode, ...] = ("single", "classic", "staircase-reprefill", "staircase", "blocks", "interleaved")
 
 
 class AgentMetrics(BaseModel):

@@ -137,13 +137,17 @@ class Turn:
             step = budget if props.all_done else min(budget, self.inp.knobs.aggregator_tokens_per_intake)
             produced, reason = await self._answer(step)
             budget -= produced
+            eos = reason == "stop" and slot.after_eos
             asked = reason == "stop" and not slot.after_eos  # it wrote a block marker: it wants more to read
+            # An EOS that ends only a turn: the chunks still to come may continue the answer.
+            read_on = eos and layout.eos_ends_turn_only and self.inp.knobs.read_every_proposal
             # Pacing: while proposals stream, write at most one step ahead of what has been read.
-            wait = asked or (self.inp.knobs.pace and reason == "length")
+            wait = asked or read_on or (self.inp.knobs.pace and reason == "length")
             waited = await self._next_chunk(props) if wait and props.queue.empty() else []
             pending = waited + self._drain(props)
-            # EOS ends the answer even with chunks left: text after it would sit outside the answer turn.
-            if reason == "stop" and (slot.after_eos or not pending):
+            if reason == "stop" and not pending:
+                break
+            if eos and not layout.eos_ends_turn_only:  # text after the EOS would sit outside the answer's turn
                 break
             if pending:
                 await layout.intake(pending, props.texts, self.answer)
@@ -240,13 +244,13 @@ class Turn:
     async def _answer(self, max_tokens: int) -> tuple[int, str | None]:
         """Generate up to max_tokens answer tokens, emitting deltas; returns (tokens, finish reason).
 
-        A marker written by the model ends the step with reason "stop" (in the staircase: it wants more to read)."""
+        A marker written by the model ends the step with reason "stop" (in `blocks`: it wants more to read)."""
         slot = self.agg
         assert slot.seq is not None
         produced, reason = 0, None
         delta: TokenDelta
         text_filter = self.layout.filter
-        sampling = slot.sampling(max_tokens, self.layout.banned())
+        sampling = slot.sampling(max_tokens)
         async with contextlib.aclosing(slot.engine.generate(slot.seq, sampling)) as stream:
             async for delta in stream:
                 produced += len(delta.token_ids)

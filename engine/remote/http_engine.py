@@ -107,6 +107,15 @@ def sampling_body(params: SamplingParams, eos_token_ids: frozenset[int]) -> dict
         body["top_k"] = params.top_k  # vLLM, SGLang and llama.cpp accept it; OpenAI does not
     if params.stop_token_ids:
         body["stop_token_ids"] = list(params.stop_token_ids)
+    if params.frequency_penalty:
+        body["frequency_penalty"] = params.frequency_penalty
+    if params.presence_penalty:
+        body["presence_penalty"] = params.presence_penalty
+    if params.repetition_penalty != 1.0:
+        body["repetition_penalty"] = params.repetition_penalty  # vLLM, SGLang; llama.cpp reads repeat_penalty
+        body["repeat_penalty"] = params.repetition_penalty
+    if params.min_p > 0.0:
+        body["min_p"] = params.min_p  # vLLM, SGLang and llama.cpp
     banned = set(params.banned_token_ids)
     if params.ignore_eos:
         body["ignore_eos"] = True  # vLLM/SGLang; the logit bias below does it on the others

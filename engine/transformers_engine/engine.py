@@ -303,7 +303,7 @@ class TransformersEngine:
         for s in self._table:
             gen = s.generation
             if gen is not None and gen.produced == 0 and s.pending == 0 and s.last_logits is not None:
-                self._emit(s, gen, sample(s.last_logits, gen.params, gen.generator))
+                self._emit(s, gen, sample(s.last_logits, gen.params, gen.generator, s.tokens, gen.produced))
 
     def _refuse(self, s: SeqState) -> None:
         """The sequence cannot get KV even with every idle sequence evicted: end or fail what waits on it."""

@@ -104,7 +104,7 @@ class ModelRunner:
                 result.logits[s.id] = logits[row]
                 gen = None if s.closed else s.generation
                 if gen is not None:
-                    result.sampled[s.id] = sample(logits[row], gen.params, gen.generator)
+                    result.sampled[s.id] = sample(logits[row], gen.params, gen.generator, s.tokens, gen.produced)
         return result
 
     def shutdown(self) -> None:

@@ -4,6 +4,8 @@ A layout decides what the aggregator's context holds: how it is opened from the 
 later chunks enter it. The driver (moa_stream/turn.py) runs the proposers, applies the start policy, samples
 the answer and calls the layout at these points only:
 
+Every layout samples the answer exactly like the others (the aggregator's own SamplingParams, nothing banned).
+
 1. `prime()` while the proposers write their first chunks (compute what does not depend on them);
 2. `start(texts)` once the start policy holds (every proposal over, for a layout that is not incremental);
 3. `intake(chunks, texts, answer)` whenever later chunks arrived (incremental layouts only).
@@ -50,10 +52,6 @@ class AggregatorLayout(ABC):
         """Strings the answer must never show (the filter holds them back and ends the step at one)."""
         return ()
 
-    def banned(self) -> tuple[int, ...]:
-        """Token ids the aggregator may not sample."""
-        return ()
-
     def reusable(self) -> bool:
         """Whether the aggregator's live sequence is this layout's context of the conversation so far."""
         return self.inp.reuse and self.agg.layout == self.name
@@ -68,6 +66,10 @@ class AggregatorLayout(ABC):
 
 class IncrementalLayout(AggregatorLayout):
     """A layout that starts on the first chunks and takes in later ones while the answer is written."""
+
+    # True: an EOS ends only the aggregator's turn and chunks still to come may continue the answer;
+    # False: an EOS ends the answer (text after it would sit outside the answer's turn).
+    eos_ends_turn_only: ClassVar[bool] = False
 
     @abstractmethod
     async def intake(self, chunks: Sequence[Chunk], texts: Sequence[str], answer: Answer) -> None:
@@ -88,6 +90,15 @@ def register_layout(cls: L) -> L:
         raise ValueError(f"layout name {name!r} is taken by {LAYOUTS[name].__name__}")
     LAYOUTS[name] = cls
     return cls
+
+
+def alias_layout(alias: str, cls: type[AggregatorLayout]) -> None:
+    """Make `alias` select the registered layout `cls` too (`staircase` names the default append-only layout)."""
+    if LAYOUTS.get(cls.name) is not cls:
+        raise ValueError(f"{cls.__name__} is not registered")
+    if LAYOUTS.get(alias, cls) is not cls:
+        raise ValueError(f"layout name {alias!r} is taken by {LAYOUTS[alias].__name__}")
+    LAYOUTS[alias] = cls
 
 
 def layout_class(name: str) -> type[AggregatorLayout]:

@@ -20,6 +20,8 @@ class MarkerFilter:
         self.markers = tuple(markers)
         self._stops = StopMatcher(self.markers)
         self._blank = ""  # held whitespace, before the matcher's held tail
+        self._shown = ""  # the last character shown (a new turn's first word may need a space after it)
+        self._new_turn = False
 
     @property
     def held(self) -> str:
@@ -30,18 +32,36 @@ class MarkerFilter:
         """Text safe to show now, and whether a whole marker was written (text after it is dropped)."""
         if self.held == " " and text[:1].isspace():  # the same blank lines after the block
             text = text.lstrip()
+        if self._new_turn and text:
+            text = self._join(text)
         out, hit = self._stops.push(text)
         out, self._blank = self._blank + out, ""
         if hit:
-            return out.rstrip(), True
+            return self._show(out.rstrip()), True
         shown = out.rstrip()
         self._blank = out[len(shown):]
-        return shown, False
+        return self._show(shown), False
+
+    def _show(self, text: str) -> str:
+        self._shown = text[-1:] or self._shown
+        return text
+
+    def _join(self, text: str) -> str:
+        # A new assistant turn starts its first word without the space that would follow the previous turn's
+        # last word: put one back, unless either side already breaks the text (whitespace, punctuation).
+        self._new_turn = False
+        if self.held or not self._shown or self._shown.isspace() or text[0].isspace() or text[0] in ".,;:!?)]}'\"":
+            return text
+        return " " + text
 
     def at_intake(self) -> None:
         """A block was just read: blank lines the model wrote before it (where a block would go) become a space."""
         if self.held and not self.held.strip():
             self._blank = " "
+
+    def at_turn(self) -> None:
+        """A new assistant turn continues the answer: its first word is joined to the text shown so far."""
+        self._new_turn = True
 
     def flush(self) -> str:
         """What is still held when the answer ends, minus a trailing partial marker."""

@@ -11,7 +11,9 @@ from moa_stream import MODES, ConfigError, MoA
 from moa_stream.layouts import (
     LAYOUTS,
     AggregatorLayout,
+    BlocksLayout,
     ClassicLayout,
+    InterleavedLayout,
     ReprefillLayout,
     SingleLayout,
     StaircaseLayout,
@@ -25,10 +27,12 @@ from tests.moa_stream.test_moa import LONG_QUESTION, small_config
 
 def test_each_mode_selects_its_layout_class_by_name() -> None:
     expected = {"single": SingleLayout, "classic": ClassicLayout, "staircase-reprefill": ReprefillLayout,
-                "staircase": StaircaseLayout}
-    assert set(expected) == set(MODES)
+                "blocks": BlocksLayout, "interleaved": InterleavedLayout}
+    assert set(expected) | {"staircase"} == set(MODES)
     for mode, cls in expected.items():
         assert layout_class(mode) is cls and cls.name == mode
+    # `staircase` names the default append-only layout (issue 10): an alias, not a layout of its own.
+    assert layout_class("staircase") is StaircaseLayout and StaircaseLayout.name in ("blocks", "interleaved")
     with pytest.raises(ConfigError, match="mode must be one of single, classic, staircase-reprefill, staircase"):
         layout_class("ladder")
 
@@ -40,7 +44,7 @@ def test_a_layout_name_can_be_registered_once() -> None:
         async def start(self, texts: Sequence[str]) -> None:
             """Never run."""
 
-    with pytest.raises(ValueError, match="taken by StaircaseLayout"):
+    with pytest.raises(ValueError, match=f"taken by {StaircaseLayout.__name__}"):
         register_layout(Other)
 
 
