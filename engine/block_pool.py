@@ -132,6 +132,10 @@ class BlockPool:
         """References to one block (tests and stats)."""
         return self._refs[block]
 
+    def is_cached(self, block: int) -> bool:
+        """Whether the block is registered in the prefix cache (then its KV must never be written)."""
+        return self._key_of[block] is not None
+
     def _canonical(self, block: int) -> int:
         """The block lookups return for the same content as `block` (itself unless another copy came first)."""
         key = self._key_of[block]

@@ -41,15 +41,6 @@ def rand_tokens(n: int, seed: int) -> list[int]:
     return [rng.randrange(1, VOCAB - 1) for _ in range(n)]
 
 
-@pytest.fixture(scope="module")
-def ref_model() -> Any:
-    """The same tiny random weights as tiny_engine's model, left with transformers' own attention."""
-    model = tiny_llama().model
-    model.set_attn_implementation("sdpa")
-    model.generation_config.eos_token_id = None  # the engine side runs with ignore_eos
-    return model
-
-
 def hf_generate(model: Any, tokens: list[int], n: int) -> list[int]:
     """transformers' own greedy generate() on the whole input."""
     with torch.inference_mode():
