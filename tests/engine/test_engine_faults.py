@@ -4,6 +4,7 @@ fail-before-evict, counters measured at the model, and the generate/cancel and r
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -239,19 +240,37 @@ async def test_counters_equal_model_positions_under_eviction(ref_model: Any) -> 
 
 
 async def test_restarted_generation_never_gets_the_old_settings_token(tiny_engine: TransformersEngine) -> None:
-    """Cancel a generation while its next token is being computed and start another at once: the token drawn
+    """Cancel a generation after the worker sampled its next token and start another at once: the token drawn
     with the old settings is dropped, never handed to the new generation."""
     only = 7
     old = SamplingParams(max_tokens=100, ignore_eos=True, banned_token_ids=tuple(t for t in range(VOCAB) if t != only))
     new = SamplingParams(max_tokens=3, ignore_eos=True, banned_token_ids=(only,))
     seq = await tiny_engine.open(rand_tokens(10, seed=31))
-    stream = tiny_engine.generate(seq, old)
-    first = await stream.__anext__()
-    assert first.token_ids == (only,)
-    while seq.id not in tiny_engine._in_step:  # wait until the next token's forward is in flight
+    loop, runner = asyncio.get_running_loop(), tiny_engine._runner
+    original = runner.execute
+    sampled, proceed = asyncio.Event(), threading.Event()
+
+    def execute(step: Any) -> Any:
+        out = original(step)  # the next token is sampled here, with the settings of the generation running now
+        if not proceed.is_set():
+            loop.call_soon_threadsafe(sampled.set)
+            proceed.wait(GUARD_S)  # hold the step's result back until the generation was swapped
+        return out
+
+    runner.execute = execute
+    try:
+        stream = tiny_engine.generate(seq, old)
+        first = await stream.__anext__()  # from the stored logits; the next token's forward starts now
+        assert first.token_ids == (only,)
+        await asyncio.wait_for(sampled.wait(), GUARD_S)
+        await stream.aclose()
+        restarted = asyncio.ensure_future(guarded(tiny_engine, seq, new))
         await asyncio.sleep(0)
-    await stream.aclose()
-    ids, _, _ = await guarded(tiny_engine, seq, new)  # started before that forward returns
+        proceed.set()
+        ids, _, _ = await restarted
+    finally:
+        proceed.set()
+        runner.execute = original
     assert only not in ids, f"the new generation got {ids}: a token sampled with the cancelled one's settings"
     await tiny_engine.close(seq)
 
