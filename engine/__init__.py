@@ -8,6 +8,7 @@ every engine shares (`sequence_table`, `block_pool`, `detokenizer`). The engines
 from .errors import (
     BackendError,
     CapacityError,
+    ContextLengthError,
     EngineError,
     EngineStoppedError,
     InvalidSamplingError,
@@ -32,6 +33,7 @@ from .stop_matcher import StopMatcher
 __all__ = [
     "BackendError",
     "CapacityError",
+    "ContextLengthError",
     "Engine",
     "EngineError",
     "EngineStats",

@@ -37,7 +37,12 @@ class Detokenizer:
         return out, hit
 
     def flush(self) -> str:
-        """Release text held back for stop-string matching (the generation ended without a stop)."""
-        out = self._stops.flush()
+        """Release all text held back (the generation ended without a stop): the stop-string tail, and tokens
+        that end inside a character, decoded as they stand (so the whole text equals the full decode)."""
+        prefix_text = self._tok.decode(self._ids[self._prefix:self._read], skip_special_tokens=True)
+        full = self._tok.decode(self._ids[self._prefix:], skip_special_tokens=True)
+        self._prefix = self._read = len(self._ids)
+        out, hit = self._stops.push(full[len(prefix_text):]) if len(full) > len(prefix_text) else ("", False)
+        out += "" if hit else self._stops.flush()
         self.text += out
         return out

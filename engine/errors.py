@@ -18,6 +18,10 @@ class InvalidTokensError(EngineError, ValueError):
     """A token list is empty, too long, or holds ids outside the vocabulary."""
 
 
+class ContextLengthError(InvalidTokensError):
+    """A sequence would grow beyond the model's context (max_model_len); the message gives both numbers."""
+
+
 class InvalidSamplingError(EngineError, ValueError):
     """Sampling parameters are out of range."""
 

@@ -11,6 +11,9 @@ from .errors import InvalidSamplingError
 
 FinishReason = Literal["stop", "length", "abort"]
 
+# Temperatures below this sample greedily (as vLLM's _SAMPLING_EPS): dividing logits by them overflows to inf.
+GREEDY_TEMPERATURE = 1e-5
+
 
 @dataclass(frozen=True)
 class Sequence:
@@ -65,11 +68,13 @@ class SamplingParams:
             raise InvalidSamplingError(f"stop strings must be non-empty strings, got {self.stop!r}")
         if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
             raise InvalidSamplingError(f"stop_token_ids must be non-negative ints, got {self.stop_token_ids!r}")
+        if any(not isinstance(t, int) or t < 0 for t in self.banned_token_ids):
+            raise InvalidSamplingError(f"banned_token_ids must be non-negative ints, got {self.banned_token_ids!r}")
 
     @property
     def greedy(self) -> bool:
-        """True when sampling reduces to argmax."""
-        return self.temperature == 0.0 or self.top_k == 1
+        """True when sampling reduces to argmax (temperature below GREEDY_TEMPERATURE counts as 0, as in vLLM)."""
+        return self.temperature < GREEDY_TEMPERATURE or self.top_k == 1
 
     @property
     def penalized(self) -> bool:
@@ -143,7 +148,8 @@ class Engine(Protocol):
     @property
     def model_name(self) -> str: ...
 
-    async def open(self, tokens: Seq[int], parent: Sequence | None = None) -> Sequence: ...
+    async def open(self, tokens: Seq[int], parent: Sequence | None = None, *,
+                   cache_salt: str | None = None) -> Sequence: ...
 
     async def append(self, seq: Sequence, tokens: Seq[int]) -> None: ...
 

@@ -14,13 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from .errors import (
+    ContextLengthError,
+    EngineError,
     EngineStoppedError,
+    InvalidSamplingError,
     InvalidTokensError,
     SequenceBusyError,
     SequenceClosedError,
     UnknownSequenceError,
 )
-from .protocol import EngineStats, Sequence, SequenceStats
+from .protocol import EngineStats, SamplingParams, Sequence, SequenceStats
 
 _engine_ids = itertools.count(1)
 
@@ -130,10 +133,23 @@ class SequenceTable(Generic[E]):
         return out
 
     def check_length(self, n: int) -> None:
-        """Raise InvalidTokensError if a sequence of n tokens would not fit the model."""
+        """Raise ContextLengthError if a sequence of n tokens would not fit the model."""
         if n > self.max_model_len:
-            raise InvalidTokensError(f"sequence of {n} tokens exceeds max_model_len={self.max_model_len}"
-                                     f"{self._length_hint}")
+            raise ContextLengthError(f"sequence of {n} tokens exceeds max_model_len={self.max_model_len} "
+                                     f"by {n - self.max_model_len}{self._length_hint}")
+
+    def check_sampling(self, params: SamplingParams) -> None:
+        """Raise InvalidSamplingError naming the field if a token id in the params is outside the vocabulary."""
+        for name in ("banned_token_ids", "stop_token_ids"):
+            bad = [t for t in getattr(params, name) if not 0 <= t < self.vocab_size]
+            if bad:
+                raise InvalidSamplingError(f"{name} {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
+
+    @staticmethod
+    def check_salt(given: str | None, parent: str | None) -> None:
+        """Raise EngineError if a fork asks for another cache salt than its parent's (it shares the parent's KV)."""
+        if given is not None and given != parent:
+            raise EngineError("a fork shares its parent's KV and keeps its cache_salt; pass no cache_salt")
 
     # ---------------------------------------------------------------- what sequences cost
 

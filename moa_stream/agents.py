@@ -32,6 +32,7 @@ class AgentSlot:
     turn_base: dict[int, SequenceStats] = field(default_factory=dict)
     closed_stats: list[SequenceStats] = field(default_factory=list)
     prompt_tokens: int = 0  # context length when the turn's first sequence was ready
+    cache_salt: str | None = None  # the tenant's prefix-cache salt, passed to every engine.open
 
     def sampling(self, max_tokens: int | None = None) -> SamplingParams:
         """SamplingParams from the agent's config."""
@@ -66,7 +67,7 @@ class AgentSlot:
     async def open_fresh(self, tokens: list[int]) -> Sequence:
         """Replace `seq` with a new sequence of these tokens (layouts that rewrite the prompt)."""
         await self.reset()
-        self.seq = await self.engine.open(tokens)
+        self.seq = await self.engine.open(tokens, cache_salt=self.cache_salt)
         self._track(self.seq, fresh=True)
         self.prompt_tokens = self.prompt_tokens or len(tokens)
         return self.seq

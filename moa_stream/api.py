@@ -55,15 +55,18 @@ class MoA:
         layers = [[slot(a, i) for a in layer] for i, layer in enumerate(self.config.layers)]
         return layers, slot(self.config.aggregator, len(layers))
 
-    def conversation(self, mode: str | None = None) -> Conversation:
-        """A multi-turn chat whose agents keep their sequences alive between turns."""
-        return Conversation(self, mode)
+    def conversation(self, mode: str | None = None, cache_salt: str | None = None) -> Conversation:
+        """A multi-turn chat whose agents keep their sequences alive between turns (salted per tenant)."""
+        return Conversation(self, mode, cache_salt=cache_salt)
 
     async def stream(self, question: str, history: Sequence[Message | dict[str, str]] | None = None, *,
                      mode: str | None = None, staircase: StaircaseConfig | None = None,
-                     max_tokens: int | None = None) -> AsyncIterator[Event]:
-        """Answer one question, yielding typed events; leaving the loop cancels every agent."""
-        conv = Conversation(self, mode, history=as_messages(history))
+                     max_tokens: int | None = None, cache_salt: str | None = None) -> AsyncIterator[Event]:
+        """Answer one question, yielding typed events; leaving the loop cancels every agent.
+
+        cache_salt keeps this request's prefix-cache blocks apart from other tenants' (same salt: shared).
+        """
+        conv = Conversation(self, mode, history=as_messages(history), cache_salt=cache_salt)
         try:
             async for ev in conv.stream(question, mode=mode, staircase=staircase, max_tokens=max_tokens):
                 yield ev
@@ -72,10 +75,10 @@ class MoA:
 
     async def run(self, question: str, history: Sequence[Message | dict[str, str]] | None = None, *,
                   mode: str | None = None, staircase: StaircaseConfig | None = None,
-                  max_tokens: int | None = None) -> RunResult:
+                  max_tokens: int | None = None, cache_salt: str | None = None) -> RunResult:
         """Answer one question; returns the answer, its metrics and any agent errors."""
         return await collect(self.stream(question, history, mode=mode, staircase=staircase,
-                                          max_tokens=max_tokens))
+                                          max_tokens=max_tokens, cache_salt=cache_salt))
 
     def prompt_tokens(self, question: str,
                       history: Sequence[Message | dict[str, str]] | None = None) -> dict[str, int]:
@@ -102,8 +105,10 @@ class MoA:
 class Conversation:
     """Turns of one chat; turn n+1 appends only its new tokens to each agent's live sequence."""
 
-    def __init__(self, moa: MoA, mode: str | None = None, history: list[Message] | None = None) -> None:
+    def __init__(self, moa: MoA, mode: str | None = None, history: list[Message] | None = None,
+                 cache_salt: str | None = None) -> None:
         self.moa = moa
+        self.cache_salt = cache_salt
         self.mode: str = _check_mode(mode or moa.config.mode)
         self.history: list[Message] = list(history or [])
         self._layers, self._agg = moa._slots()
@@ -117,7 +122,7 @@ class Conversation:
             raise ValueError("the question is empty: pass some text")
         turn_mode = _check_mode(mode or self.mode)
         inp = TurnInput(user_text, list(self.history), turn_mode, staircase or self.moa.config.staircase,
-                        max_tokens, reuse=self._live)
+                        max_tokens, reuse=self._live, cache_salt=self.cache_salt)
         async with self._lock:
             queue: asyncio.Queue[Any] = asyncio.Queue()
             turn = Turn(self._layers, self._agg, inp, queue.put_nowait)

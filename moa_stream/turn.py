@@ -34,6 +34,7 @@ class TurnInput:
     knobs: StaircaseConfig
     max_tokens: int | None = None
     reuse: bool = False  # a conversation: agents' live sequences may be extended instead of re-opened
+    cache_salt: str | None = None  # only sequences of the same salt (tenant) share prefix-cache blocks
 
 
 @dataclass
@@ -96,6 +97,7 @@ class Turn:
         """Run the turn to its Done event (also emitted)."""
         for slot in [*(s for layer in self.layers for s in layer), self.agg]:
             slot.begin_turn()
+            slot.cache_salt = self.inp.cache_salt
         try:
             if self.layout.reads_proposals:
                 await self._aggregate()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -29,6 +32,32 @@ async def collect(eng: TransformersEngine, seq: Sequence, params: SamplingParams
 
     await asyncio.wait_for(run(), GUARD_S)
     return ids, text, reason
+
+
+@dataclass
+class ModelPositions:
+    """Token positions the model really computed, counted by a hook on its input embedding."""
+
+    count: int = 0
+
+
+@contextmanager
+def count_model_positions(eng: TransformersEngine) -> Iterator[ModelPositions]:
+    """Count every token position fed to the engine's model while the block runs (measured at the model).
+
+    A forward pre-hook on the input embedding sees each forward pass's input_ids, so the count is what the
+    model computed, independent of the counters the scheduler keeps.
+    """
+    seen = ModelPositions()
+
+    def hook(_module: Any, args: tuple[Any, ...]) -> None:
+        seen.count += int(args[0].numel())
+
+    handle = eng.model.get_input_embeddings().register_forward_pre_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 def tiny_llama(seed: int = 0, vocab: int = 512) -> models.LoadedModel:

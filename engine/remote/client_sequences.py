@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidTokensError
-from ..protocol import EngineStats, Sequence, SequenceStats, Tokenizer
+from ..protocol import EngineStats, SamplingParams, Sequence, SequenceStats, Tokenizer
 from ..sequence_table import SequenceEntry, SequenceTable
 
 
@@ -21,6 +21,7 @@ class ClientSeq(SequenceEntry):
     """One sequence: its token history, its cost, and the request streaming now (if any)."""
 
     generating: bool = False
+    cache_salt: str | None = None  # sent with each request so only same-salt requests share the backend's cache
     cancel: Callable[[], Awaitable[None]] | None = None  # what close() and abort() call to cut the request
 
     @property
@@ -66,17 +67,20 @@ class ClientSequences:
         """The model the backend serves, as configured (or as the server named it)."""
         return self._model_name
 
-    async def open(self, tokens: Seq[int], parent: Sequence | None = None) -> Sequence:
-        """New sequence (parent's tokens, then these); computes nothing until generate."""
+    async def open(self, tokens: Seq[int], parent: Sequence | None = None, *,
+                   cache_salt: str | None = None) -> Sequence:
+        """New sequence (parent's tokens, then these); computes nothing until generate. A fork keeps its salt."""
         self._table.check_alive()
         new = self._table.check_tokens(tokens, allow_empty=parent is not None)
         base: list[int] = []
         if parent is not None:
             p = self._table.get(parent)
+            self._table.check_salt(cache_salt, p.cache_salt)
             self._table.check_idle(p, "fork")
             base = list(p.tokens)
+            cache_salt = p.cache_salt
         self._table.check_length(len(base) + len(new))
-        return self._table.add(ClientSeq(self._table.new_id(), base + new))
+        return self._table.add(ClientSeq(self._table.new_id(), base + new, cache_salt=cache_salt))
 
     async def append(self, seq: Sequence, tokens: Seq[int]) -> None:
         """Extend the sequence's history; the backend computes the new tokens on the next request."""
@@ -120,10 +124,11 @@ class ClientSequences:
 
     # ---------------------------------------------------------------- helpers for subclasses
 
-    def _start(self, seq: Sequence) -> ClientSeq:
-        """The sequence, marked generating (raises if it cannot generate now)."""
+    def _start(self, seq: Sequence, params: SamplingParams) -> ClientSeq:
+        """The sequence, marked generating (raises if it cannot generate now or the params name bad ids)."""
         s = self._table.get(seq)
         self._table.check_idle(s, "generate on")
+        self._table.check_sampling(params)
         if not s.tokens:
             raise InvalidTokensError(f"sequence {s.id} is empty: append a prompt before generating")
         s.generating = True

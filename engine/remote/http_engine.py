@@ -29,7 +29,7 @@ import httpx
 
 from .. import models
 from ..errors import BackendError, ModelLoadError
-from ..protocol import FinishReason, SamplingParams, Sequence, TokenDelta
+from ..protocol import GREEDY_TEMPERATURE, FinishReason, SamplingParams, Sequence, TokenDelta
 from ..stop_matcher import StopMatcher
 from .client_sequences import ClientSeq, ClientSequences
 
@@ -98,7 +98,9 @@ def sampling_body(params: SamplingParams, eos_token_ids: frozenset[int]) -> dict
 
     Stop strings are matched on the client (see HttpEngine.generate), so they are not sent.
     """
-    body: dict[str, Any] = {"max_tokens": params.max_tokens, "temperature": params.temperature}
+    # A temperature below GREEDY_TEMPERATURE is greedy here too, whatever the server would make of it.
+    temperature = 0.0 if params.temperature < GREEDY_TEMPERATURE else params.temperature
+    body: dict[str, Any] = {"max_tokens": params.max_tokens, "temperature": temperature}
     if params.top_p < 1.0:
         body["top_p"] = params.top_p
     if params.seed is not None:
@@ -218,7 +220,8 @@ class HttpEngine(ClientSequences):
 
     def generate(self, seq: Sequence, sampling: SamplingParams | None = None) -> AsyncIterator[TokenDelta]:
         """Stream a completion of the sequence, appending each token to it; stop iterating to cancel."""
-        return self._stream(self._start(seq), sampling or SamplingParams())
+        params = sampling or SamplingParams()
+        return self._stream(self._start(seq, params), params)
 
     async def shutdown(self) -> None:
         """Cut running requests, forget every sequence and close the connection pool."""
@@ -229,6 +232,8 @@ class HttpEngine(ClientSequences):
 
     def _body(self, s: ClientSeq, params: SamplingParams, api: Api) -> tuple[str, dict[str, Any]]:
         body = sampling_body(params, self._eos)
+        if s.cache_salt is not None:
+            body["cache_salt"] = s.cache_salt  # vLLM's per-tenant prefix-cache salt
         if self._served_model is not None:
             body["model"] = self._served_model
         body["stream"] = True

@@ -62,9 +62,12 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
     return kw
 
 
-def tokens_prompt(tokens: Seq[int]) -> dict[str, list[int]]:
-    """A vLLM TokensPrompt (a TypedDict, so a plain dict is one)."""
-    return {"prompt_token_ids": [int(t) for t in tokens]}
+def tokens_prompt(tokens: Seq[int], cache_salt: str | None = None) -> dict[str, Any]:
+    """A vLLM TokensPrompt (a TypedDict, so a plain dict is one); the salt keeps tenants' prefix caches apart."""
+    prompt: dict[str, Any] = {"prompt_token_ids": [int(t) for t in tokens]}
+    if cache_salt is not None:
+        prompt["cache_salt"] = cache_salt
+    return prompt
 
 
 def session_blocker(params: SamplingParams) -> str | None:
@@ -178,8 +181,8 @@ class VllmEngine(ClientSequences):
 
     def generate(self, seq: Sequence, sampling: SamplingParams | None = None) -> AsyncIterator[TokenDelta]:
         """Stream a completion of the sequence, appending each token to it; stop iterating to cancel."""
-        s = self._start(seq)
         params = sampling or SamplingParams()
+        s = self._start(seq, params)
         if self._input_cls is not None and session_blocker(params) is None:
             return self._session_stream(s, params)
         return self._request_stream(s, params)
@@ -211,7 +214,7 @@ class VllmEngine(ClientSequences):
             await self._llm.abort(rid)
 
         s.cancel = cancel
-        outputs = self._llm.generate(tokens_prompt(s.tokens), self._sampling(params), rid)
+        outputs = self._llm.generate(tokens_prompt(s.tokens, s.cache_salt), self._sampling(params), rid)
         try:
             async for out in outputs:
                 od = read_output(out)
@@ -241,7 +244,8 @@ class VllmEngine(ClientSequences):
         if session is None:
             session = self._open_session(s, params)
         new = session_input(s.tokens, session.sent)
-        session.inputs.put_nowait(self._input_cls(prompt=tokens_prompt(new), sampling_params=self._sampling(params)))
+        prompt = tokens_prompt(new, s.cache_salt)
+        session.inputs.put_nowait(self._input_cls(prompt=prompt, sampling_params=self._sampling(params)))
         session.chunks += 1
         produced, cached, done = 0, None, False
 

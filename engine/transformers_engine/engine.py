@@ -77,6 +77,11 @@ class TransformersEngine:
         return self._loaded.tokenizer
 
     @property
+    def model(self) -> Any:
+        """The transformers model the engine runs (for hooks and inspection; do not call it directly)."""
+        return self._loaded.model
+
+    @property
     def eos_token_ids(self) -> frozenset[int]:
         """Token ids that end a generation unless SamplingParams.ignore_eos."""
         return self._eos
@@ -107,16 +112,21 @@ class TransformersEngine:
 
     # ---------------------------------------------------------------- public API
 
-    async def open(self, tokens: Seq[int], parent: Sequence | None = None) -> Sequence:
-        """New sequence holding parent's tokens (shared, not copied or recomputed) followed by tokens."""
+    async def open(self, tokens: Seq[int], parent: Sequence | None = None, *,
+                   cache_salt: str | None = None) -> Sequence:
+        """New sequence holding parent's tokens (shared, not copied or recomputed) followed by tokens.
+
+        Only sequences opened with the same cache_salt share prefix-cache blocks; a fork keeps its parent's.
+        """
         table = self._table
         table.check_alive()
         new = table.check_tokens(tokens, allow_empty=parent is not None)
         if parent is None:
-            s = SeqState(table.new_id(), new)
+            s = SeqState(table.new_id(), new, cache_salt=cache_salt)
             self._kv.match_prefix(s)
         else:
             p = table.get(parent)
+            table.check_salt(cache_salt, p.cache_salt)
             table.check_idle(p, "fork")
             await self._wait_out_of_step(p)
             table.check_length(len(p.tokens) + len(new))
@@ -150,16 +160,21 @@ class TransformersEngine:
         """Decode from the sequence, appending each token to it; stop iterating to cancel."""
         s = self._table.get(seq)
         self._table.check_idle(s, "generate on")
+        params = sampling or SamplingParams()
+        self._table.check_sampling(params)
+        gen = Generation(params, make_generator(params, self.device), Detokenizer(self.tokenizer, params.stop))
+        stream = TokenStream(gen, functools.partial(self._cancel, s, gen))
+        if len(s.tokens) >= self.max_model_len:  # no room for one more token: end at once, like vLLM
+            gen.queue.put_nowait(TokenDelta((), "", "length"))
+            return stream
         if s.pending == 0 and s.last_logits is None and s.num_computed > 0:
             # Nothing left to compute and no logits kept (an append failed and was rolled back): without this
             # the generation would wait forever. Recomputing the last token yields them.
-            s.num_computed -= 1
-        params = sampling or SamplingParams()
-        gen = Generation(params, make_generator(params, self.device), Detokenizer(self.tokenizer, params.stop))
+            self._rewind_last_token(s)
         s.generation = gen
         self._kv.touch(s)
         self._kick()
-        return TokenStream(gen, functools.partial(self._cancel, s, gen))
+        return stream
 
     async def abort(self, seq: Sequence) -> None:
         """Stop a running generation of this sequence (no-op if idle)."""
@@ -221,6 +236,14 @@ class TransformersEngine:
         child.sampled_pos = p.sampled_pos
         child.last_logits = p.last_logits
         return child
+
+    def _rewind_last_token(self, s: SeqState) -> None:
+        if s.num_computed % self.block_size:
+            s.num_computed -= 1  # the last block is partial, so this sequence's own: rewriting it is safe
+        else:
+            # The last block is full, registered and maybe shared: never write into it (copy-on-write by
+            # recomputing its tokens into a fresh block of this sequence's own).
+            self._kv.drop_last_full_block(s)
 
     def _kick(self) -> None:
         self._table.check_alive()
@@ -303,7 +326,12 @@ class TransformersEngine:
         for s in self._table:
             gen = s.generation
             if gen is not None and gen.produced == 0 and s.pending == 0 and s.last_logits is not None:
-                self._emit(s, gen, sample(s.last_logits, gen.params, gen.generator, s.tokens, gen.produced))
+                try:
+                    token = sample(s.last_logits, gen.params, gen.generator, s.tokens, gen.produced)
+                except Exception as exc:  # this generation's sampling failed: it fails alone, the loop goes on
+                    self._fail_generation(s, gen, exc)
+                    continue
+                self._emit(s, gen, token)
 
     def _refuse(self, s: SeqState) -> None:
         """The sequence cannot get KV even with every idle sequence evicted: end or fail what waits on it."""
@@ -341,8 +369,12 @@ class TransformersEngine:
             s.waiters = [w for w in s.waiters if w.target > s.num_computed]
             if s.id in output.logits:
                 s.last_logits = output.logits[s.id]
-                gen = s.generation
-                if gen is not None and s.id in output.sampled:
+                gen = c.gen
+                if gen is None or s.generation is not gen:
+                    continue  # cancelled meanwhile: a new generation samples afresh from last_logits
+                if s.id in output.errors:
+                    self._fail_generation(s, gen, output.errors[s.id])
+                elif s.id in output.sampled:
                     self._emit(s, gen, output.sampled[s.id])
 
     def _emit(self, s: SeqState, gen: Generation, token: int) -> None:
@@ -362,6 +394,15 @@ class TransformersEngine:
         else:
             gen.queue.put_nowait(TokenDelta((token,), text))
             self._kv.touch(s)
+
+    def _fail_generation(self, s: SeqState, gen: Generation, exc: Exception) -> None:
+        log.warning("sampling failed for sequence %d: %s", s.id, exc)
+        err = exc if isinstance(exc, EngineError) else EngineError(
+            f"sampling failed for sequence {s.id}: {exc}; check the sampling parameters")
+        gen.queue.put_nowait(err)
+        if s.generation is gen:
+            s.generation = None
+        self._kv.touch(s)
 
     def _fail_step(self, step: ScheduledStep, exc: Exception) -> None:
         err = exc if isinstance(exc, EngineError) else EngineError(f"forward pass failed: {exc}")

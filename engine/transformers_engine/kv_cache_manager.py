@@ -46,18 +46,23 @@ class KVCacheManager:
         return -(-(s.num_computed + count) // self.block_size) - len(s.blocks)
 
     def match_prefix(self, s: SeqState) -> None:
-        """Start the sequence on the longest run of cached blocks matching its tokens (counted as reused)."""
+        """Start the sequence on the longest run of cached blocks matching its tokens (counted as reused).
+
+        Tokens below `recompute_until` were counted once already (computed or reused before an eviction), so a
+        re-match after an eviction counts only what lies beyond them.
+        """
         # Keep at least the last token to compute: its logits are what generation starts from.
         n = (len(s.tokens) - 1) // self.block_size
-        found = self.pool.lookup(self._full_hashes(s, n)) if n > 0 else []
+        found = self.pool.lookup(self._full_hashes(s, n), self._block_tokens(s, n), s.cache_salt) if n > 0 else []
         s.blocks = found
         s.registered = len(found)
         s.num_computed = len(found) * self.block_size
-        self._table.account(s, reused=s.num_computed)
+        self._table.account(s, reused=max(0, s.num_computed - s.recompute_until))
 
     def fork(self, parent: SeqState, child: SeqState, protect: Collection[int]) -> BlockCopy | None:
         """Give child the parent's computed KV: full blocks shared, the partial last block copied."""
         bs = self.block_size
+        child.cache_salt = parent.cache_salt
         child.hashes, child.registered = list(parent.hashes), parent.registered
         n_full = parent.num_computed // bs
         child.blocks = list(parent.blocks[:n_full])
@@ -82,12 +87,27 @@ class KVCacheManager:
         got = self.pool.allocate(n)
         if got is not None:
             return got
+        if not self.can_fit(n, protect):
+            return None  # evicting would not be enough: keep every idle sequence's KV
         idle = sorted((s for s in self._table if s.evictable and s.id not in protect), key=lambda s: s.last_used)
         for victim in idle:
             self.evict(victim)
             if self.pool.free_count >= n:
                 return self.pool.allocate(n)
-        return None
+        return None  # pragma: no cover - can_fit said evicting every idle sequence frees enough
+
+    def can_fit(self, n: int, protect: Collection[int]) -> bool:
+        """Whether n blocks are free now or would be after evicting every idle sequence not in protect."""
+        if self.pool.free_count >= n:
+            return True
+        refs: dict[int, int] = {}
+        for s in self._table:
+            if s.evictable and s.id not in protect:
+                for b in s.blocks:
+                    refs[b] = refs.get(b, 0) + 1
+        # A block shared with a busy sequence stays referenced: only blocks whose every holder goes come back.
+        freed = sum(1 for b, k in refs.items() if self.pool.refcount(b) == k)
+        return self.pool.free_count + freed >= n
 
     def evict(self, s: SeqState) -> None:
         """Drop the sequence's KV; it is recomputed from its tokens when the sequence is used again."""
@@ -96,8 +116,7 @@ class KVCacheManager:
         s.recompute_until = max(s.recompute_until, s.num_computed)
         s.num_computed = 0
         s.registered = 0
-        s.last_logits = None
-        s.sampled_pos = None
+        s.last_logits = None  # sampled_pos stays: that token is still uncomputed, a decode when computed
         self.evictions += 1
 
     def free(self, s: SeqState) -> None:
@@ -110,17 +129,34 @@ class KVCacheManager:
         n_full = s.num_computed // self.block_size
         if n_full > s.registered:
             hashes = self._full_hashes(s, n_full)
+            tokens = self._block_tokens(s, n_full)
             for i in range(s.registered, n_full):
-                self.pool.register(s.blocks[i], hashes[i])
+                self.pool.register(s.blocks[i], hashes[i], tokens[i], s.blocks[i - 1] if i else None, s.cache_salt)
             s.registered = n_full
+
+    def drop_last_full_block(self, s: SeqState) -> None:
+        """Give back the block holding the sequence's last computed token, to be recomputed into a fresh one.
+
+        Used when that token must be computed again: its full block is registered and may be shared, so it is
+        never written; the sequence recomputes the block's tokens into a block of its own instead.
+        """
+        keep = s.num_computed // self.block_size - 1
+        self.pool.release(s.blocks[keep:])
+        del s.blocks[keep:]
+        s.registered = min(s.registered, keep)
+        s.num_computed = keep * self.block_size
 
     def drop_stale_hashes(self, s: SeqState) -> None:
         """Forget hashes of blocks beyond the sequence's tokens (after tokens were rolled back)."""
         del s.hashes[len(s.tokens) // self.block_size:]
 
-    def _full_hashes(self, s: SeqState, n_blocks: int) -> list[int]:
+    def _block_tokens(self, s: SeqState, n_blocks: int) -> list[list[int]]:
+        bs = self.block_size
+        return [s.tokens[i * bs:(i + 1) * bs] for i in range(n_blocks)]
+
+    def _full_hashes(self, s: SeqState, n_blocks: int) -> list[bytes]:
         bs = self.block_size
         while len(s.hashes) < n_blocks:
             i = len(s.hashes)
-            s.hashes.append(chain_hash(s.hashes[-1] if i else 0, s.tokens[i * bs:(i + 1) * bs]))
+            s.hashes.append(chain_hash(s.hashes[-1] if i else None, s.tokens[i * bs:(i + 1) * bs], s.cache_salt))
         return s.hashes[:n_blocks]

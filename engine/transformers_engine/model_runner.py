@@ -19,8 +19,7 @@ from . import paged_attention
 from .kv_cache_manager import BlockCopy
 from .paged_attention import KVPool, PackedBatch, SeqSlice
 from .sampler import sample
-from .scheduler import ScheduledStep
-from .sequence_state import SeqState
+from .scheduler import ScheduledChunk, ScheduledStep
 
 
 @dataclass
@@ -29,6 +28,7 @@ class StepOutput:
 
     logits: dict[int, torch.Tensor] = field(default_factory=dict)  # seq id -> logits after its last token
     sampled: dict[int, int] = field(default_factory=dict)  # seq id -> sampled token (generating sequences only)
+    errors: dict[int, Exception] = field(default_factory=dict)  # seq id -> why sampling failed for it alone
 
 
 class ModelRunner:
@@ -74,7 +74,7 @@ class ModelRunner:
         write: list[int] = []
         slices: list[SeqSlice] = []
         keep: list[int] = []
-        keep_seqs: list[SeqState] = []
+        keep_chunks: list[ScheduledChunk] = []
         for c in step.chunks:
             s = c.seq
             q0 = len(ids)
@@ -86,7 +86,7 @@ class ModelRunner:
             slices.append(SeqSlice(q0, len(ids), kv_slots.to(self.device)))
             if c.end == len(s.tokens):
                 keep.append(len(ids) - 1)
-                keep_seqs.append(s)
+                keep_chunks.append(c)
         dev = self.device
         batch = PackedBatch(slices, torch.tensor(write, dtype=torch.long, device=dev))
         with torch.inference_mode():
@@ -100,11 +100,15 @@ class ModelRunner:
             )
             logits = out.logits[0].float()
             result = StepOutput()
-            for row, s in enumerate(keep_seqs):
+            for row, c in enumerate(keep_chunks):
+                s, gen = c.seq, c.gen
                 result.logits[s.id] = logits[row]
-                gen = None if s.closed else s.generation
-                if gen is not None:
+                if gen is None or s.closed:
+                    continue
+                try:
                     result.sampled[s.id] = sample(logits[row], gen.params, gen.generator, s.tokens, gen.produced)
+                except Exception as exc:  # one sequence's bad sampling fails only that sequence
+                    result.errors[s.id] = exc
         return result
 
     def shutdown(self) -> None:

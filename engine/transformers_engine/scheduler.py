@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from ..sequence_table import SequenceTable
 from .kv_cache_manager import KVCacheManager
-from .sequence_state import SeqState
+from .sequence_state import Generation, SeqState
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,9 @@ class ScheduledChunk:
     seq: SeqState
     start: int
     count: int
+    # The generation a token sampled after this chunk belongs to, fixed when scheduled: if it was cancelled and
+    # another started meanwhile, the token (drawn with the old settings) is dropped, never handed to the new one.
+    gen: Generation | None = None
 
     @property
     def end(self) -> int:
@@ -61,13 +64,16 @@ class Scheduler:
             if s.num_computed == 0 and not s.blocks:
                 self._kv.match_prefix(s)
             count = min(s.pending, budget)
-            blocks = self._kv.allocate(self._kv.blocks_needed(s, count), protect=chosen | {s.id})
+            protect = chosen | {s.id}
+            # Judge the whole sequence, not this chunk: a prompt that can never fit fails before any eviction.
+            fits = self._kv.can_fit(self._kv.blocks_needed(s, s.pending), protect)
+            blocks = self._kv.allocate(self._kv.blocks_needed(s, count), protect) if fits else None
             if blocks is None:
                 if not chunks:
                     return ScheduledStep(unfit=s)
                 continue  # others run this step; their blocks come back or they finish, then we retry
             s.blocks.extend(blocks)
-            chunks.append(ScheduledChunk(s, s.num_computed, count))
+            chunks.append(ScheduledChunk(s, s.num_computed, count, s.generation))
             chosen.add(s.id)
             budget -= count
         return ScheduledStep(chunks)

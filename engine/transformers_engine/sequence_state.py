@@ -41,7 +41,8 @@ class SeqState(SequenceEntry):
     """One sequence of the embedded engine."""
 
     blocks: list[int] = field(default_factory=list)
-    hashes: list[int] = field(default_factory=list)  # chain hashes of the full blocks known so far
+    cache_salt: str | None = None  # mixed into its prefix-cache keys: only sequences with the same salt share KV
+    hashes: list[bytes] = field(default_factory=list)  # chain keys of the full blocks known so far
     registered: int = 0  # full blocks already entered in the prefix cache
     num_computed: int = 0
     last_logits: torch.Tensor | None = None

@@ -10,7 +10,7 @@ import torch
 
 from engine import SamplingParams
 from engine.transformers_engine import TransformersEngine
-from tests.conftest import collect
+from tests.conftest import collect, count_model_positions
 
 
 @pytest.fixture(scope="module")
@@ -84,17 +84,24 @@ async def test_append_and_fork_cost_on_real_model(engine: TransformersEngine) ->
     other = None
     try:
         eng0 = engine.stats()
-        await engine.append(seq, delta)
+        with count_model_positions(engine) as fed:
+            await engine.append(seq, delta)
         assert engine.stats().prefill_computed - eng0.prefill_computed == len(delta) <= len(delta) + engine.block_size
-        child = await engine.fork(seq)
+        assert fed.count == len(delta), "measured at the model: the append fed exactly its Δ tokens"
+        with count_model_positions(engine) as fed:
+            child = await engine.fork(seq)
         assert engine.seq_stats(child).prefill_computed == 0
+        assert fed.count == 0, "measured at the model: a fork computes nothing"
         await engine.close(child)
 
-        other = await engine.open(base + delta[:3])
+        eng1 = engine.stats()
+        with count_model_positions(engine) as fed:
+            other = await engine.open(base + delta[:3])
         st = engine.seq_stats(other)
         bs = engine.block_size
         assert st.prefill_reused == (len(base) + 3 - 1) // bs * bs
         assert st.prefill_computed == len(base) + 3 - st.prefill_reused <= bs
+        assert fed.count == st.prefill_computed == engine.stats().prefill_computed - eng1.prefill_computed
     finally:
         await engine.close(seq)
         if other is not None:

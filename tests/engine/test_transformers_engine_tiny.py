@@ -23,7 +23,7 @@ from engine import (
     UnknownSequenceError,
 )
 from engine.transformers_engine import TransformersEngine
-from tests.conftest import collect, tiny_llama
+from tests.conftest import collect, count_model_positions, tiny_llama
 
 VOCAB = 512  # tiny_llama's vocabulary; its EOS is VOCAB - 1
 BS = 4  # the tiny_engine fixture's block size
@@ -39,15 +39,6 @@ def rand_tokens(n: int, seed: int) -> list[int]:
     """n random non-EOS ids of the tiny vocabulary."""
     rng = random.Random(seed)
     return [rng.randrange(1, VOCAB - 1) for _ in range(n)]
-
-
-@pytest.fixture(scope="module")
-def ref_model() -> Any:
-    """The same tiny random weights as tiny_engine's model, left with transformers' own attention."""
-    model = tiny_llama().model
-    model.set_attn_implementation("sdpa")
-    model.generation_config.eos_token_id = None  # the engine side runs with ignore_eos
-    return model
 
 
 def hf_generate(model: Any, tokens: list[int], n: int) -> list[int]:
@@ -110,9 +101,11 @@ async def test_append_computes_only_delta(tiny_engine: TransformersEngine) -> No
     assert tiny_engine.seq_stats(seq).prefill_computed == 37
     for delta in (1, 3, 4, 9):
         before, eng_before = tiny_engine.seq_stats(seq), tiny_engine.stats()
-        await tiny_engine.append(seq, rand_tokens(delta, seed=delta))
+        with count_model_positions(tiny_engine) as fed:
+            await tiny_engine.append(seq, rand_tokens(delta, seed=delta))
         computed = tiny_engine.seq_stats(seq).prefill_computed - before.prefill_computed
         assert computed == delta <= delta + BS
+        assert fed.count == delta, "measured at the model"
         assert tiny_engine.stats().prefill_computed - eng_before.prefill_computed == delta
 
     # After a generation the last sampled token has no KV yet: the next append computes it too (Δ + 1, the
@@ -120,8 +113,10 @@ async def test_append_computes_only_delta(tiny_engine: TransformersEngine) -> No
     ids, _, _ = await collect(tiny_engine, seq, greedy(5))
     st = tiny_engine.seq_stats(seq)
     assert st.decode_tokens == len(ids) - 1
-    await tiny_engine.append(seq, rand_tokens(6, seed=6))
+    with count_model_positions(tiny_engine) as fed:
+        await tiny_engine.append(seq, rand_tokens(6, seed=6))
     after = tiny_engine.seq_stats(seq)
+    assert fed.count == 7, "measured at the model: Δ plus the sampled token never computed"
     assert after.prefill_computed - st.prefill_computed == 6
     assert after.decode_tokens - st.decode_tokens == 1
     total = after.prefill_computed + after.decode_tokens - st.prefill_computed - st.decode_tokens
@@ -134,8 +129,10 @@ async def test_fork_computes_nothing_and_shares_blocks(tiny_engine: Transformers
     tokens = rand_tokens(30, seed=2)  # 7 full blocks + a partial one
     parent = await tiny_engine.open(tokens)
     before = tiny_engine.stats()
-    child = await tiny_engine.fork(parent)
+    with count_model_positions(tiny_engine) as fed:
+        child = await tiny_engine.fork(parent)
     after = tiny_engine.stats()
+    assert fed.count == 0, "measured at the model: a fork computes nothing"
     assert tiny_engine.seq_stats(child).prefill_computed == 0
     assert tiny_engine.seq_stats(child).prefill_reused == 30
     assert after.prefill_computed == before.prefill_computed
@@ -185,9 +182,11 @@ async def test_prefix_cache_reuse_across_sequences(tiny_engine: TransformersEngi
     assert tiny_engine.seq_stats(a).prefill_reused == 0
     tail = rand_tokens(7, seed=13)
     before = tiny_engine.stats()
-    b = await tiny_engine.open(prefix + tail)
+    with count_model_positions(tiny_engine) as fed:
+        b = await tiny_engine.open(prefix + tail)
     st = tiny_engine.seq_stats(b)
     assert (st.prefill_reused, st.prefill_computed) == (32, 7)
+    assert fed.count == 7, "measured at the model: the cached prefix is not fed again"
     assert tiny_engine.stats().prefill_reused - before.prefill_reused == 32
     ids, _, _ = await collect(tiny_engine, b, greedy(6))
     assert ids == hf_generate(ref_model, prefix + tail, 6)
@@ -225,7 +224,10 @@ async def test_lru_eviction_and_transparent_recompute(ref_model: Any) -> None:
         extra = rand_tokens(3, seed=7)
         await eng.append(a, extra)
         st_a = eng.seq_stats(a)
-        assert st_a.recomputed_after_eviction == 24
+        # Issue 11 (tail-first freeing): `c` reused the tail of a's freed chain, so a's first 4 blocks are still
+        # cached and only the last 8 of its 24 tokens are recomputed (before, the head went first: all 24).
+        assert st_a.recomputed_after_eviction == 8
+        assert st_a.prefill_reused == 0, "re-matched tokens were counted once already, before the eviction"
         assert eng.stats().evictions == 2
         ids, _, _ = await collect(eng, a, greedy(6))
         assert ids == hf_generate(ref_model, toks["a"] + extra, 6)
