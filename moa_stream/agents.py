@@ -131,6 +131,7 @@ class Failure:
 
     proposer: int
     error: str
+    cause: Exception | None = None  # what stopped it: a run whose proposers all failed is raised from the last one
 
 
 @dataclass
@@ -179,7 +180,7 @@ async def run_proposer(slot: AgentSlot, idx: int, messages: list[Message], quest
         why = f"no output for {knobs.agent_timeout_s:g} s" if timed_out else f"{type(exc).__name__}: {exc}"
         result.error = why
         emit(AgentError(name, layer, why, "timeout" if timed_out else "exception"))
-        out.put_nowait(Failure(idx, why))
+        out.put_nowait(Failure(idx, why, exc))
         failed = True
     finally:
         if gen is not None:

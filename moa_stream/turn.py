@@ -47,6 +47,7 @@ class _Proposals:
     ready: set[int] = field(default_factory=set)  # has a first chunk (or finished)
     done: set[int] = field(default_factory=set)  # finished or failed
     failed: set[int] = field(default_factory=set)
+    last_failure: Failure | None = None
 
     def __post_init__(self) -> None:
         self.texts = [""] * self.n
@@ -58,6 +59,7 @@ class _Proposals:
     def take(self, item: Chunk | Failure) -> Chunk | None:
         if isinstance(item, Failure):
             self.failed.add(item.proposer)
+            self.last_failure = item
             self.done.add(item.proposer)
             return None
         self.ready.add(item.proposer)
@@ -67,7 +69,9 @@ class _Proposals:
 
     def check_alive(self) -> None:
         if len(self.failed) == self.n:
-            raise MoAError(f"all {self.n} proposers failed; see the agent_error events for why")
+            cause = self.last_failure.cause if self.last_failure else None
+            # Chained, so callers (the server) can tell a prompt that cannot fit from a broken backend.
+            raise MoAError(f"all {self.n} proposers failed; see the agent_error events for why") from cause
 
 
 class Turn:

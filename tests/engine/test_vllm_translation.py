@@ -60,6 +60,9 @@ def test_sampling_params_translate_field_by_field() -> None:
                                           stop=("[more",), stop_token_ids=(2,), ignore_eos=True))
     assert full == {"max_tokens": 3, "temperature": 0.7, "top_p": 0.9, "ignore_eos": True,
                     "skip_special_tokens": True, "top_k": 20, "seed": 5, "stop": ["[more"], "stop_token_ids": [2]}
+    penalised = sampling_kwargs(SamplingParams(repetition_penalty=1.1, frequency_penalty=0.5, min_p=0.05))
+    assert penalised["repetition_penalty"] == 1.1 and penalised["frequency_penalty"] == 0.5
+    assert penalised["min_p"] == 0.05 and "presence_penalty" not in penalised
 
 
 def test_prompts_and_session_inputs() -> None:
