@@ -229,26 +229,26 @@ async def test_a_hundred_requests_cancelled_at_random_points_leak_nothing(tiny):
                 delay, lines = rng.uniform(0, 1.0), rng.randint(0, 12)
                 payload = {"model": "moa-stream", "messages": HI, "stream": stream}
 
-                async def go() -> None:
+                async def go() -> str:
                     if not stream:
                         await http.post("/v1/chat/completions", json=payload)
-                        cancelled_at["finished"] += 1
-                        return
+                        return "finished"
                     async with http.stream("POST", "/v1/chat/completions", json=payload) as r:
                         n = 0
                         async for _ in r.aiter_lines():
                             n += 1
                             if n >= lines:
-                                cancelled_at["mid_stream"] += 1
-                                return  # leave mid-stream: the connection closes
-                        cancelled_at["finished"] += 1
+                                return "mid_stream"  # leave mid-stream: the connection closes
+                    return "finished"
 
                 task = asyncio.create_task(go())
-                done, _ = await asyncio.wait({task}, timeout=delay)
-                if not done:
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
+                await asyncio.wait({task}, timeout=delay)
+                task.cancel()  # no-op when it is over; the task's own outcome decides what is counted, once
+                await asyncio.gather(task, return_exceptions=True)
+                if task.cancelled():
                     cancelled_at["waiting_whole_answer" if not stream else "before_headers"] += 1
+                else:
+                    cancelled_at[task.result()] += 1
 
             for batch in range(10):
                 await asyncio.gather(*(one(batch * 10 + i) for i in range(10)))
