@@ -53,12 +53,6 @@ class ChatFormat:
                 text = text.replace(s, s[0] + "\u200b" + s[1:])
         return text
 
-    @cached_property
-    def bracket_tokens(self) -> tuple[int, ...]:
-        """Ids of every token whose text holds '[': banning them keeps the aggregator from opening a block."""
-        vocab = self.tok.get_vocab()
-        return tuple(sorted(i for t, i in vocab.items() if "[" in self.tok.convert_tokens_to_string([t])))
-
     def encode_text(self, text: str) -> list[int]:
         """Token ids of free text (model output, references): special-token strings stay plain text."""
         return list(self.tok.encode(text, add_special_tokens=False, split_special_tokens=True))
