@@ -15,29 +15,36 @@ Request formats, tried in this order and remembered once one works:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
-import re
 from collections.abc import AsyncIterator
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any
 
 import httpx
 
 from .. import models
 from ..errors import BackendError, ModelLoadError
-from ..protocol import GREEDY_TEMPERATURE, FinishReason, SamplingParams, Sequence, TokenDelta
+from ..protocol import FinishReason, SamplingParams, Sequence, TokenDelta
 from ..stop_matcher import StopMatcher
 from .client_sequences import ClientSeq, ClientSequences
+from .openai_wire import (
+    Api,
+    chat_messages,
+    choice_text,
+    describe,
+    error_detail,
+    error_message,
+    finish_reason,
+    normalize_base_url,
+    sampling_body,
+    sse_events,
+)
 
 log = logging.getLogger(__name__)
 
-Api = Literal["tokens", "text", "chat"]
 _RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
-_CHATML = re.compile(r"<\|im_start\|>(\w+)\n(.*?)(?:<\|im_end\|>\s*|$)", re.DOTALL)
 
 
 @dataclass
@@ -80,75 +87,6 @@ class TextToIds:
             return []
         self._pending = self._pending[len(covered):]
         return keep
-
-
-def normalize_base_url(base_url: str) -> str:
-    """`http://host:port` -> `http://host:port/v1`; a URL with a path is kept as given (without a trailing /)."""
-    if not isinstance(base_url, str) or not base_url.strip():
-        raise BackendError("base_url is empty: give the server root, e.g. http://127.0.0.1:8080/v1")
-    url = base_url.strip().rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise BackendError(f"base_url {base_url!r} is not an http(s) URL: use e.g. http://127.0.0.1:8080/v1")
-    return url if parts.path not in ("", "/") else url + "/v1"
-
-
-def sampling_body(params: SamplingParams, eos_token_ids: frozenset[int]) -> dict[str, Any]:
-    """OpenAI request fields for SamplingParams; non-standard fields only when they are needed.
-
-    Stop strings are matched on the client (see HttpEngine.generate), so they are not sent.
-    """
-    # A temperature below GREEDY_TEMPERATURE is greedy here too, whatever the server would make of it.
-    temperature = 0.0 if params.temperature < GREEDY_TEMPERATURE else params.temperature
-    body: dict[str, Any] = {"max_tokens": params.max_tokens, "temperature": temperature}
-    if params.top_p < 1.0:
-        body["top_p"] = params.top_p
-    if params.seed is not None:
-        body["seed"] = params.seed
-    if params.top_k > 0:
-        body["top_k"] = params.top_k  # vLLM, SGLang and llama.cpp accept it; OpenAI does not
-    if params.stop_token_ids:
-        body["stop_token_ids"] = list(params.stop_token_ids)
-    if params.frequency_penalty:
-        body["frequency_penalty"] = params.frequency_penalty
-    if params.presence_penalty:
-        body["presence_penalty"] = params.presence_penalty
-    if params.repetition_penalty != 1.0:
-        body["repetition_penalty"] = params.repetition_penalty  # vLLM, SGLang; llama.cpp reads repeat_penalty
-        body["repeat_penalty"] = params.repetition_penalty
-    if params.min_p > 0.0:
-        body["min_p"] = params.min_p  # vLLM, SGLang and llama.cpp
-    banned = set(params.banned_token_ids)
-    if params.ignore_eos:
-        body["ignore_eos"] = True  # vLLM/SGLang; the logit bias below does it on the others
-        banned |= eos_token_ids
-    if banned:
-        body["logit_bias"] = {str(t): -100 for t in sorted(banned)}
-    return body
-
-
-def chat_messages(text: str) -> tuple[list[dict[str, str]], bool]:
-    """Split a ChatML history into messages; returns (messages, whether the last one is a partial answer)."""
-    turns = [(m.group(1), m.group(2), m.group(0).rstrip().endswith("<|im_end|>")) for m in _CHATML.finditer(text)]
-    if not turns:
-        return [{"role": "user", "content": text}], False
-    messages = [{"role": role, "content": content} for role, content, _ in turns]
-    last_role, last_content, last_closed = turns[-1]
-    if last_role == "assistant" and not last_closed:
-        if not last_content:
-            messages.pop()  # the bare generation prompt: the server adds its own
-            return messages, False
-        return messages, True
-    return messages, False
-
-
-def finish_reason(raw: Any) -> FinishReason:
-    """Map a server's finish_reason onto the engine's three."""
-    if raw == "length":
-        return "length"
-    if raw in ("abort", "cancelled"):
-        return "abort"
-    return "stop"
 
 
 class HttpEngine(ClientSequences):
@@ -293,19 +231,19 @@ class HttpEngine(ClientSequences):
                     await self._backoff(attempt, None)
                     attempt += 1
                     continue
-                raise BackendError(f"{url}: cannot connect ({_describe(exc)}) after {attempt + 1} attempts; "
+                raise BackendError(f"{url}: cannot connect ({describe(exc)}) after {attempt + 1} attempts; "
                                    "is the server running?") from exc
             except httpx.TimeoutException as exc:
                 # Not retried: a server that stalls one request most likely stalls the next one too.
-                raise BackendError(f"{url}: no response within {self.timeout_s:g} s ({_describe(exc)})") from exc
+                raise BackendError(f"{url}: no response within {self.timeout_s:g} s ({describe(exc)})") from exc
             except httpx.HTTPError as exc:
-                raise BackendError(f"{url}: request failed ({_describe(exc)})") from exc
+                raise BackendError(f"{url}: request failed ({describe(exc)})") from exc
             if resp.status_code == 200:
                 if self._api != api:
                     self._api = api
                     self.http.api = api
                 return resp, api
-            detail = await _error_detail(resp)
+            detail = await error_detail(resp)
             status = resp.status_code
             if api == "tokens" and self._api != "tokens" and not self._api_fixed and status not in (404, 405, 429, 503):
                 # Servers reject token-id prompts in different ways (vLLM would not; llama-cpp-python answers
@@ -354,18 +292,18 @@ class HttpEngine(ClientSequences):
             start = len(s.tokens)
             emitted = ""  # text handed out so far
             final: TokenDelta | None = None
-            events = _sse_events(resp, url, self.timeout_s)
+            events = sse_events(resp, url, self.timeout_s)
             try:
                 async for event in events:
                     if event.get("usage"):
                         usage = event["usage"]
                     if event.get("error"):
-                        raise BackendError(f"{url}: the server reported an error mid-stream: {_message(event)}")
+                        raise BackendError(f"{url}: the server reported an error mid-stream: {error_message(event)}")
                     choices = event.get("choices") or []
                     if not choices or final is not None:
                         continue  # after the finish chunk only usage is of interest
                     choice = choices[0]
-                    text = _choice_text(choice, api)
+                    text = choice_text(choice, api)
                     ids: list[int] = []
                     if isinstance(choice.get("token_ids"), list):
                         server_ids = True
@@ -450,82 +388,6 @@ class HttpEngine(ClientSequences):
                 cached = min(int(details["cached_tokens"]), prompt)
                 self.http.cache_reported = True
         self._account(s, prompt - cached, cached, decoded)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _message(event: dict[str, Any]) -> str:
-    err = event.get("error")
-    if isinstance(err, dict):
-        return str(err.get("message") or err)
-    return str(err)
-
-
-async def _error_detail(resp: httpx.Response) -> str:
-    """The server's error message from a non-200 response (first 300 characters), closing the response."""
-    try:
-        raw = await resp.aread()
-    except httpx.HTTPError as exc:
-        return f"(could not read the error body: {_describe(exc)})"
-    finally:
-        await resp.aclose()
-    text = raw.decode("utf-8", "replace").strip()
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text[:300] or resp.reason_phrase
-    if isinstance(data, dict):
-        if "error" in data:
-            return _message(data)[:300]
-        if "detail" in data:  # FastAPI validation errors
-            return str(data["detail"])[:300]
-    return text[:300]
-
-
-def _choice_text(choice: dict[str, Any], api: Api) -> str:
-    if api == "chat":
-        delta = choice.get("delta") or {}
-        return str(delta.get("content") or "")
-    return str(choice.get("text") or "")
-
-
-async def _sse_events(resp: httpx.Response, url: str, timeout_s: float) -> AsyncIterator[dict[str, Any]]:
-    """JSON payloads of a server-sent-events stream, until [DONE]; transport failures become BackendError."""
-    data: list[str] = []
-    try:
-        async for line in resp.aiter_lines():
-            if line.startswith(":"):
-                continue  # a comment / keep-alive ping
-            if line.startswith("data:"):
-                data.append(line[5:].lstrip())
-                continue
-            if line.strip() or not data:
-                continue  # other fields (event:, id:, retry:) carry nothing we use
-            payload, data = "\n".join(data), []
-            if payload == "[DONE]":
-                return
-            yield _parse_event(payload, url)
-        if data and (payload := "\n".join(data)) != "[DONE]":
-            yield _parse_event(payload, url)
-    except httpx.TimeoutException as exc:
-        raise BackendError(f"{url}: the stream stalled: no data for {timeout_s:g} s") from exc
-    except (httpx.StreamClosed, httpx.StreamConsumed) as exc:
-        raise BackendError(f"{url}: the stream was closed") from exc
-    except httpx.TransportError as exc:
-        raise BackendError(f"{url}: the stream was cut mid-way ({_describe(exc)})") from exc
-
-
-def _parse_event(payload: str, url: str) -> dict[str, Any]:
-    try:
-        event = json.loads(payload)
-    except ValueError as exc:
-        raise BackendError(f"{url}: the server sent an event that is not JSON: {payload[:200]!r}") from exc
-    if not isinstance(event, dict):
-        raise BackendError(f"{url}: the server sent an event that is not a JSON object: {payload[:200]!r}")
-    return event
 
 
 def _load_tokenizer(name: str | None) -> Any:
