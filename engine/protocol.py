@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from .errors import InvalidSamplingError
+from .structured_output import Grammar, JsonObject, JsonSchema, StructuredOutput
 
 FinishReason = Literal["stop", "length", "abort"]
 
@@ -41,6 +42,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0  # OpenAI: logit -= f * count of the token among the generated ones
     presence_penalty: float = 0.0  # OpenAI: logit -= p once the token was generated at all
     min_p: float = 0.0  # drop tokens whose probability is below min_p x the most likely one's
+    structured: StructuredOutput | None = None  # constrain the output (JSON schema, any JSON object, grammar)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -68,6 +70,8 @@ class SamplingParams:
             raise InvalidSamplingError(f"stop strings must be non-empty strings, got {self.stop!r}")
         if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
             raise InvalidSamplingError(f"stop_token_ids must be non-negative ints, got {self.stop_token_ids!r}")
+        if self.structured is not None and not isinstance(self.structured, JsonSchema | JsonObject | Grammar):
+            raise InvalidSamplingError(f"structured must be JsonSchema, JsonObject or Grammar, got {self.structured!r}")
         if any(not isinstance(t, int) or t < 0 for t in self.banned_token_ids):
             raise InvalidSamplingError(f"banned_token_ids must be non-negative ints, got {self.banned_token_ids!r}")
 
@@ -160,6 +164,18 @@ class Engine(Protocol):
     async def abort(self, seq: Sequence) -> None: ...
 
     async def close(self, seq: Sequence) -> None: ...
+
+    async def pin(self, seq: Sequence, ttl: float | None = None) -> None:
+        """Keep the sequence's KV resident (never evicted) for `ttl` seconds (None: until unpin)."""
+        ...
+
+    async def unpin(self, seq: Sequence) -> None:
+        """Make a pinned sequence evictable again (it is recomputed transparently if evicted)."""
+        ...
+
+    async def score(self, seq: Sequence, tokens: Seq[int]) -> list[float]:
+        """Log-probability of each of `tokens` as a continuation of `seq`, leaving `seq` unchanged."""
+        ...
 
     def tokens(self, seq: Sequence) -> list[int]: ...
 

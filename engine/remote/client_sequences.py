@@ -11,7 +11,7 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InvalidTokensError
+from ..errors import InvalidTokensError, UnsupportedFeatureError
 from ..protocol import EngineStats, SamplingParams, Sequence, SequenceStats, Tokenizer
 from ..sequence_table import SequenceEntry, SequenceTable
 
@@ -105,6 +105,20 @@ class ClientSequences:
         s = self._table.close(seq)
         if s is not None and s.cancel is not None:
             await s.cancel()
+
+    async def pin(self, seq: Sequence, ttl: float | None = None) -> None:
+        """No-op: a remote sequence is a client-side token list the server may cache but we cannot pin."""
+        self._table.get(seq)
+
+    async def unpin(self, seq: Sequence) -> None:
+        """No-op, as pin."""
+        self._table.get(seq)
+
+    async def score(self, seq: Sequence, tokens: Seq[int]) -> list[float]:
+        """Not available: remote servers do not return prompt log-probabilities through this client."""
+        raise UnsupportedFeatureError(
+            f"{type(self).__name__} cannot score tokens; use a local engine (transformers or llamacpp) for "
+            "log-likelihood scoring")
 
     def tokens(self, seq: Sequence) -> list[int]:
         """A copy of the sequence's tokens (prompt, appends and generated)."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
+import time
 from collections.abc import AsyncIterator
 from collections.abc import Sequence as Seq
 from dataclasses import replace
@@ -18,12 +20,12 @@ from typing import Any
 from .. import models
 from ..block_pool import BlockPool
 from ..detokenizer import Detokenizer
-from ..errors import CapacityError, EngineError, SequenceClosedError
+from ..errors import CapacityError, EngineError, SequenceClosedError, UnsupportedFeatureError
 from ..protocol import EngineStats, FinishReason, SamplingParams, Sequence, SequenceStats, TokenDelta, Tokenizer
+from ..sampler import make_generator, sample
 from ..sequence_table import SequenceTable
 from .kv_cache_manager import KVCacheManager
 from .model_runner import ModelRunner, StepOutput
-from .sampler import make_generator, sample
 from .scheduler import ScheduledStep, Scheduler
 from .sequence_state import Generation, SeqState, Waiter
 from .token_stream import TokenStream
@@ -193,6 +195,20 @@ class TransformersEngine:
         # A step in flight may still write into its blocks: free them once that step is over.
         await self._wait_out_of_step(s)
         self._kv.free(s)
+
+    async def pin(self, seq: Sequence, ttl: float | None = None) -> None:
+        """Keep the sequence's KV resident for `ttl` seconds (None: until unpin); past the TTL it is evictable."""
+        if ttl is not None and not ttl > 0:
+            raise EngineError(f"pin ttl must be > 0 seconds or None, got {ttl!r}")
+        self._table.get(seq).pinned_until = math.inf if ttl is None else time.monotonic() + ttl
+
+    async def unpin(self, seq: Sequence) -> None:
+        """Make the sequence evictable again (no-op if it was not pinned)."""
+        self._table.get(seq).pinned_until = None
+
+    async def score(self, seq: Sequence, tokens: Seq[int]) -> list[float]:
+        """Log-probability of each of `tokens` after `seq` (not built yet on this engine)."""
+        raise UnsupportedFeatureError("scoring is not available on the transformers engine yet")
 
     def tokens(self, seq: Sequence) -> list[int]:
         """A copy of the sequence's tokens (prompt, appends and generated)."""

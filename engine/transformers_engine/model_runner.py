@@ -15,10 +15,10 @@ from typing import Any
 import torch
 
 from ..errors import ModelLoadError
+from ..sampler import sample
 from . import paged_attention
 from .kv_cache_manager import BlockCopy
 from .paged_attention import KVPool, PackedBatch, SeqSlice
-from .sampler import sample
 from .scheduler import ScheduledChunk, ScheduledStep
 
 

@@ -7,6 +7,7 @@ only its own fields (the manager the block fields, the engine progress and gener
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -51,6 +52,7 @@ class SeqState(SequenceEntry):
     waiters: list[Waiter] = field(default_factory=list)
     last_used: int = 0
     recompute_until: int = 0  # tokens below this were computed before an eviction
+    pinned_until: float | None = None  # time.monotonic() deadline of a pin (inf: until unpinned)
 
     @property
     def busy(self) -> bool:
@@ -68,6 +70,11 @@ class SeqState(SequenceEntry):
         return self.pending > 0 and (bool(self.waiters) or self.generation is not None)
 
     @property
+    def pinned(self) -> bool:
+        """Whether a pin (an agent waiting on a tool, say) still holds its KV in place."""
+        return self.pinned_until is not None and time.monotonic() < self.pinned_until
+
+    @property
     def evictable(self) -> bool:
-        """Whether its KV may be dropped to make room (it holds blocks and nobody is using it)."""
-        return bool(self.blocks) and self.generation is None and not self.waiters
+        """Whether its KV may be dropped to make room (it holds blocks, nobody is using it, it is not pinned)."""
+        return bool(self.blocks) and self.generation is None and not self.waiters and not self.pinned

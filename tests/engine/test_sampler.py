@@ -13,8 +13,8 @@ from transformers import AutoTokenizer
 
 from engine import InvalidSamplingError, SamplingParams, models
 from engine.remote.http_engine import HttpEngine
+from engine.sampler import apply_penalties, sample
 from engine.transformers_engine import TransformersEngine
-from engine.transformers_engine.sampler import apply_penalties, sample
 from tests.conftest import collect, tiny_llama
 from tests.misbehaving_server import MisbehavingServer
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..protocol import SamplingParams
+from .protocol import SamplingParams
 
 
 def make_generator(params: SamplingParams, device: torch.device | str) -> torch.Generator | None:

@@ -1,0 +1,55 @@
+"""What a generation must conform to: a JSON schema, any JSON object, or a grammar (the request side only).
+
+These are plain values carried by `SamplingParams.structured`; an engine turns them into a token mask (the
+embedded engines compile them with xgrammar) or passes them to a server that accepts them (HTTP, vLLM).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidSamplingError
+
+
+@dataclass(frozen=True)
+class JsonSchema:
+    """Output must be JSON valid under `schema` (kept as canonical JSON text so params stay hashable)."""
+
+    schema: str
+
+    @classmethod
+    def of(cls, schema: dict[str, Any] | str) -> JsonSchema:
+        """From a schema dict or its JSON text (checked to parse as a JSON object)."""
+        if isinstance(schema, str):
+            try:
+                schema = json.loads(schema)
+            except json.JSONDecodeError as e:
+                raise InvalidSamplingError(f"JSON schema is not valid JSON: {e}; pass a JSON object") from e
+        if not isinstance(schema, dict):
+            raise InvalidSamplingError(f"a JSON schema must be a JSON object, got {type(schema).__name__}")
+        return cls(json.dumps(schema, sort_keys=True, separators=(",", ":")))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The schema as a dict."""
+        return json.loads(self.schema)
+
+
+@dataclass(frozen=True)
+class JsonObject:
+    """Output must be one JSON object of any shape (OpenAI's `response_format: json_object`)."""
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """Output must match this EBNF grammar (GBNF as llama.cpp and xgrammar read it; the start rule is `root`)."""
+
+    ebnf: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.ebnf, str) or "root" not in self.ebnf:
+            raise InvalidSamplingError("a grammar must be EBNF text with a `root` rule")
+
+
+StructuredOutput = JsonSchema | JsonObject | Grammar
