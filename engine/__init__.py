@@ -30,7 +30,7 @@ from .protocol import (
     Tokenizer,
 )
 from .stop_matcher import StopMatcher
-from .structured_output import Grammar, JsonObject, JsonSchema, StructuredOutput
+from .structured_output import Grammar, JsonObject, JsonSchema, StructuralTag, StructuredOutput
 
 __all__ = [
     "BackendError",
@@ -53,6 +53,7 @@ __all__ = [
     "SequenceClosedError",
     "SequenceStats",
     "StopMatcher",
+    "StructuralTag",
     "StructuredOutput",
     "TokenDelta",
     "Tokenizer",

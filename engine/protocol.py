@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from .errors import InvalidSamplingError
-from .structured_output import Grammar, JsonObject, JsonSchema, StructuredOutput
+from .structured_output import StructuredOutput
 
 FinishReason = Literal["stop", "length", "abort"]
 
@@ -70,8 +70,9 @@ class SamplingParams:
             raise InvalidSamplingError(f"stop strings must be non-empty strings, got {self.stop!r}")
         if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
             raise InvalidSamplingError(f"stop_token_ids must be non-negative ints, got {self.stop_token_ids!r}")
-        if self.structured is not None and not isinstance(self.structured, JsonSchema | JsonObject | Grammar):
-            raise InvalidSamplingError(f"structured must be JsonSchema, JsonObject or Grammar, got {self.structured!r}")
+        if self.structured is not None and not isinstance(self.structured, StructuredOutput):
+            kinds = "JsonSchema, JsonObject, Grammar or StructuralTag"
+            raise InvalidSamplingError(f"structured must be a {kinds}, got {self.structured!r}")
         if any(not isinstance(t, int) or t < 0 for t in self.banned_token_ids):
             raise InvalidSamplingError(f"banned_token_ids must be non-negative ints, got {self.banned_token_ids!r}")
 

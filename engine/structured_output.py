@@ -52,4 +52,31 @@ class Grammar:
             raise InvalidSamplingError("a grammar must be EBNF text with a `root` rule")
 
 
-StructuredOutput = JsonSchema | JsonObject | Grammar
+@dataclass(frozen=True)
+class StructuralTag:
+    """Free text with tagged, schema-constrained regions (xgrammar's structural tag, as vLLM's `structural_tag`).
+
+    Tool calling uses it: text is free until a trigger such as `<tool_call>`, then a JSON call valid under the
+    tool's schema, then the end tag. `spec` is the canonical JSON of `{"type": "structural_tag", "format": ...}`.
+    """
+
+    spec: str
+
+    @classmethod
+    def of(cls, spec: dict[str, Any] | str) -> StructuralTag:
+        """From a structural-tag dict or its JSON text (checked to be a `structural_tag` object)."""
+        if isinstance(spec, str):
+            try:
+                spec = json.loads(spec)
+            except json.JSONDecodeError as e:
+                raise InvalidSamplingError(f"structural tag is not valid JSON: {e}") from e
+        if not isinstance(spec, dict) or spec.get("type") != "structural_tag" or "format" not in spec:
+            raise InvalidSamplingError('a structural tag must be {"type": "structural_tag", "format": {...}}')
+        return cls(json.dumps(spec, sort_keys=True, separators=(",", ":")))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The structural tag as a dict."""
+        return json.loads(self.spec)
+
+
+StructuredOutput = JsonSchema | JsonObject | Grammar | StructuralTag
