@@ -1,0 +1,45 @@
+"""The response cache's keying, bounds and counters (pure; engine wiring is tested with the engines)."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine import EngineError, SamplingParams
+from engine.response_cache import CachedResponse, ResponseCache
+
+ANSWER = CachedResponse((5, 6, 7), "abc", "stop")
+
+
+def test_an_exact_greedy_repeat_hits_and_anything_else_misses() -> None:
+    cache = ResponseCache()
+    greedy = SamplingParams(max_tokens=8)
+    cache.put("m", [1, 2, 3], greedy, ANSWER)
+    assert cache.get("m", [1, 2, 3], greedy) == ANSWER
+    assert cache.get("m", [1, 2, 3], SamplingParams(max_tokens=8)) == ANSWER  # equal params, another object
+    assert cache.get("m", [1, 2], greedy) is None  # another context
+    assert cache.get("other", [1, 2, 3], greedy) is None  # another model
+    assert cache.get("m", [1, 2, 3], SamplingParams(max_tokens=9)) is None  # another budget
+    assert cache.get("m", [1, 2, 3], SamplingParams(max_tokens=8, stop=("x",))) is None
+    assert (cache.stats.hits, cache.stats.misses, cache.stats.entries) == (2, 4, 1)
+
+
+def test_sampled_requests_and_aborted_answers_are_never_stored() -> None:
+    cache = ResponseCache()
+    sampled = SamplingParams(temperature=0.8, seed=1)
+    cache.put("m", [1], sampled, ANSWER)
+    assert cache.get("m", [1], sampled) is None and cache.stats.uncacheable == 1
+    cache.put("m", [1], SamplingParams(), CachedResponse((1,), "x", "abort"))
+    assert cache.get("m", [1], SamplingParams()) is None and cache.stats.entries == 0
+
+
+def test_the_least_recently_used_entry_goes_first() -> None:
+    cache = ResponseCache(max_entries=2)
+    greedy = SamplingParams()
+    for context in ([1], [2]):
+        cache.put("m", context, greedy, ANSWER)
+    assert cache.get("m", [1], greedy) == ANSWER  # [1] is now the most recent
+    cache.put("m", [3], greedy, ANSWER)
+    assert cache.get("m", [2], greedy) is None and cache.get("m", [1], greedy) == ANSWER
+    assert cache.stats.entries == 2
+    with pytest.raises(EngineError, match="max_entries"):
+        ResponseCache(max_entries=0)
