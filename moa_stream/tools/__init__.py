@@ -1,0 +1,48 @@
+"""Tools for agents: `Tool` (from a function, an OpenAI tool JSON or BFCL's classes), `ToolSet`, call formats.
+
+```python
+from moa_stream.tools import Tool, ToolSet, toolset
+
+def add(a: int, b: int) -> int:
+    '''Add two integers.'''
+    return a + b
+
+tools = ToolSet([Tool.from_function(add, pure=True)]) | toolset("bfcl:GorillaFileSystem")
+```
+"""
+
+from . import hermes_format  # noqa: F401  (registers the default call format)
+from .bfcl import BFCL_CLASSES, PURE_METHODS, bfcl_schema, bfcl_tools, bfcl_toolset
+from .call_format import CALL_FORMATS, CallFormat, ForceTool, ToolChoice, call_format, register_call_format
+from .calls import ParsedCall, ToolCall, ToolResult
+from .errors import ToolArgumentsError, ToolError, ToolLoadError, ToolSchemaError
+from .hermes_format import HermesFormat
+from .loading import toolset
+from .tool import Tool
+from .toolset import ToolSet, result_text
+
+__all__ = [
+    "BFCL_CLASSES",
+    "CALL_FORMATS",
+    "PURE_METHODS",
+    "CallFormat",
+    "ForceTool",
+    "HermesFormat",
+    "ParsedCall",
+    "Tool",
+    "ToolArgumentsError",
+    "ToolCall",
+    "ToolChoice",
+    "ToolError",
+    "ToolLoadError",
+    "ToolResult",
+    "ToolSchemaError",
+    "ToolSet",
+    "bfcl_schema",
+    "bfcl_tools",
+    "bfcl_toolset",
+    "call_format",
+    "register_call_format",
+    "result_text",
+    "toolset",
+]

@@ -1,0 +1,116 @@
+"""The default call format: calls as `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` (Hermes/Qwen style).
+
+Results return as `<tool_response>{"name": ..., "content": ...}</tool_response>` blocks in one user turn. A result
+is always valid JSON, so a `<` can only stand inside a JSON string: writing it `\\u003c` in front of our tag
+names keeps the value and makes the format's own delimiters impossible to forge from a result. Special-token
+strings are neutralised by the chat format when the turn is appended.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from engine import StructuralTag
+
+from ..prompts import render
+from .call_format import CallFormat, ForceTool, ToolChoice, register_call_format
+from .calls import ParsedCall, ToolCall, ToolResult
+from .errors import ToolSchemaError
+from .toolset import ToolSet
+
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
+_DELIMITER = re.compile(r"<(?=/?tool_(?:call|response)>)")
+_BLOCK = re.compile(re.escape(OPEN) + r".*?(?:" + re.escape(CLOSE) + r"|(?=" + re.escape(OPEN) + r")|\Z)", re.S)
+DEFAULT_INSTRUCTIONS = "You are a helpful assistant that uses tools to do what the user asks."
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=str)
+
+
+@register_call_format
+class HermesFormat(CallFormat):
+    """`<tool_call>` JSON blocks in the model's text; `<tool_response>` JSON blocks in the user turn after them."""
+
+    name = "hermes"
+
+    def system_prompt(self, tools: ToolSet, instructions: str | None = None) -> str:
+        """Instructions, the tools one JSON line each, and the call syntax."""
+        lines = "\n".join(_json({"name": t.name, "description": t.description, "parameters": t.parameters})
+                          for t in tools)
+        return render("tool_system", instructions=instructions or DEFAULT_INSTRUCTIONS, tools=lines)
+
+    def _begin(self, name: str) -> str:
+        return f'{OPEN}\n{{"name": {_json(name)}, "arguments": '
+
+    def structured(self, tools: ToolSet, choice: ToolChoice = "auto") -> StructuralTag | None:
+        """Free text until `<tool_call>`, then a call valid under one tool's schema (several calls allowed)."""
+        if choice == "none" or len(tools) == 0:
+            return None
+        names = tools.names
+        if isinstance(choice, ForceTool):
+            if choice.name not in tools:
+                raise ToolSchemaError(f"tool_choice names {choice.name!r}, which is not among the tools: {names}")
+            names = [choice.name]
+        elif choice not in ("auto", "required"):
+            raise ToolSchemaError(f"tool_choice must be auto, required, none or a named tool; got {choice!r}")
+        tags = [{"type": "tag", "begin": self._begin(n), "end": "}\n" + CLOSE,
+                 "content": {"type": "json_schema", "json_schema": tools.get(n).parameters}}  # type: ignore[union-attr]
+                for n in names]
+        return StructuralTag.of({"type": "structural_tag", "format": {
+            "type": "triggered_tags", "triggers": [OPEN], "tags": tags,
+            "at_least_one": choice != "auto", "stop_after_first": False}})
+
+    def parse(self, text: str) -> list[ParsedCall]:
+        """Each `<tool_call>` block (an unclosed last one too) read as JSON; junk around them is ignored."""
+        calls = []
+        for m in _BLOCK.finditer(text):
+            body = m.group(0)[len(OPEN):].removesuffix(CLOSE)
+            calls.append(self._read(body))
+        return calls
+
+    def _read(self, body: str) -> ParsedCall:
+        start = body.find("{")
+        if start < 0:
+            return ParsedCall("", error="a <tool_call> block holds no JSON object")
+        try:
+            obj, _ = json.JSONDecoder().raw_decode(body[start:])
+        except json.JSONDecodeError as e:
+            return ParsedCall("", error=f"the call is not valid JSON: {e.msg} at char {e.pos}")
+        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+            return ParsedCall("", error='a call must be {"name": "<function>", "arguments": {...}}')
+        args = obj.get("arguments", obj.get("parameters", {}))
+        if isinstance(args, str):  # some models write the arguments as a JSON string, as OpenAI's wire format does
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except json.JSONDecodeError:
+                pass
+        if not isinstance(args, dict):
+            return ParsedCall(obj["name"], error="the call's arguments must be a JSON object")
+        return ParsedCall(obj["name"], args)
+
+    def render_call(self, call: ToolCall) -> str:
+        """The call exactly as the constrained model writes it."""
+        return f"{self._begin(call.name)}{_json(call.arguments)}}}\n{CLOSE}"
+
+    def render_results(self, results: Sequence[ToolResult]) -> str:
+        """Each result as a `<tool_response>` block holding JSON; `<` before our tag names is escaped."""
+        blocks = []
+        for r in results:
+            body: dict[str, Any] = {"name": r.name}
+            if r.error is not None:
+                body["error"] = r.error
+            else:
+                try:
+                    body["content"] = json.loads(r.result)
+                except (json.JSONDecodeError, ValueError):
+                    body["content"] = r.result
+            blocks.append(render("tool_response", body=_DELIMITER.sub(r"\\u003c", _json(body))))
+        return "\n".join(blocks)
+
+    def strip_calls(self, text: str) -> str:
+        """The text with every call block removed."""
+        return _BLOCK.sub("", text).strip()
