@@ -34,6 +34,8 @@ class CallFormat(ABC):
     """One way to show tools, write calls and append results (see the module docstring)."""
 
     name: ClassVar[str]
+    call_open: ClassVar[str]  # the text that opens a call block in the model's output
+    call_close: ClassVar[str]  # the text that closes it
 
     @abstractmethod
     def system_prompt(self, tools: ToolSet, instructions: str | None = None) -> str:
