@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -83,9 +83,14 @@ class Structurer:
                 self._cache.popitem(last=False)
         return compiled
 
-    def start(self, structured: StructuredOutput) -> StructuredState:
-        """A fresh state for one generation under `structured`."""
-        return StructuredState(self.compile(structured), self.vocab_size)
+    def start(self, structured: StructuredOutput, resume: Sequence[int] = ()) -> StructuredState:
+        """The state of one generation under `structured`, past the tokens `resume` says are already written."""
+        state = StructuredState(self.compile(structured), self.vocab_size)
+        for i, token in enumerate(resume):
+            if not state.accept(token):
+                raise InvalidSamplingError(f"structured_resume[{i}] (token {token}) does not fit the grammar there; "
+                                           "resume with exactly the tokens generated under it")
+        return state
 
     def _compile(self, structured: StructuredOutput) -> xgr.CompiledGrammar:
         try:

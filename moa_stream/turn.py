@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
-from engine import TokenDelta
+from engine import StructuredOutput, TokenDelta
 
 from .agents import AgentSlot, Chunk, Emit, Failure, ProposalResult, run_proposer
 from .config import StaircaseConfig
@@ -35,6 +36,7 @@ class TurnInput:
     max_tokens: int | None = None
     reuse: bool = False  # a conversation: agents' live sequences may be extended instead of re-opened
     cache_salt: str | None = None  # only sequences of the same salt (tenant) share prefix-cache blocks
+    structured: StructuredOutput | None = None  # the answer's constraint (a response format, tool calls)
 
 
 @dataclass
@@ -257,6 +259,12 @@ class Turn:
         delta: TokenDelta
         text_filter = self.layout.filter
         sampling = slot.sampling(max_tokens)
+        if self.inp.structured is not None:
+            # An answer written over several generations (intakes between them) is one output to its grammar:
+            # each generation resumes it after the answer so far (an end-of-turn token only ended a turn).
+            eos = slot.engine.eos_token_ids
+            sampling = dataclasses.replace(sampling, structured=self.inp.structured,
+                                           structured_resume=tuple(t for t in self.answer.ids if t not in eos))
         async with contextlib.aclosing(slot.engine.generate(slot.seq, sampling)) as stream:
             async for delta in stream:
                 produced += len(delta.token_ids)

@@ -270,7 +270,7 @@ class TransformersEngine:
             return None
         if self._structurer is None:
             self._structurer = structurer_for(self.tokenizer, self.vocab_size, self._eos)
-        return self._structurer.start(params.structured)
+        return self._structurer.start(params.structured, params.structured_resume)
 
     def _kick(self) -> None:
         self._table.check_alive()

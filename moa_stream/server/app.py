@@ -19,8 +19,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from moa_stream import MODES, AgentError, AggregatorDelta, Done, IncrementalLayout, MoA, Mode
-from moa_stream.layouts import layout_class
+from moa_stream import MODES, AgentError, AggregatorDelta, Done, MoA, Mode
 
 from .admission import check_context_length, tenant_salt
 from .errors import APIError, install_error_handlers
@@ -149,11 +148,6 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
         _, _, suffix = req.model.partition(":")
         mode: Mode = suffix or moa.config.mode  # type: ignore[assignment]
         structured = answer_structure(moa, req.response_format)
-        if structured is not None and issubclass(layout_class(mode), IncrementalLayout):
-            # An incremental layout writes the answer in several generations with intakes between them, and
-            # each generation starts its grammar afresh: a structured answer is written in one generation
-            # (classic: the response's `moa.mode` says so) until the turn carries one grammar across steps.
-            mode = "classic"
         question, history = split_messages(req.messages)
         max_tokens = req.max_completion_tokens or req.max_tokens
         answer_limit = max_tokens or moa.config.aggregator.max_tokens

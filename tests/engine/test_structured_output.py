@@ -141,3 +141,27 @@ def test_mask_covers_padded_and_short_vocabularies() -> None:
     row = torch.zeros(512)
     short.mask(row)
     assert 0 < int(torch.isfinite(row).sum()) < 512
+
+
+async def test_a_grammar_resumes_across_generations_with_appends_between() -> None:
+    """Output written in two generations, other tokens appended between them, is one output of its grammar."""
+    eng = TransformersEngine(tiny_llama(), block_size=4, kv_cache_bytes=4 << 20)
+    try:
+        tok = eng.tokenizer
+        grammar = Grammar('root ::= "[" ("a" | "b" | "c")+ "]"')
+        seq = await eng.open(list(range(5, 14)))
+        first, _, reason = await collect(eng, seq, SamplingParams(max_tokens=3, structured=grammar))
+        assert reason == "length"
+        await eng.append(seq, list(range(20, 27)))  # an intake between the generations
+        params = SamplingParams(max_tokens=40, structured=grammar, structured_resume=tuple(first))
+        rest, _, reason = await collect(eng, seq, params)
+        text = tok.decode([t for t in first + rest if t not in eng.eos_token_ids])
+        assert reason == "stop" and text.startswith("[") and text.endswith("]")
+        assert set(text[1:-1]) <= {"a", "b", "c"} and len(text) > 2
+        with pytest.raises(InvalidSamplingError, match="structured_resume"):
+            eng.generate(seq, SamplingParams(max_tokens=4, structured=grammar, structured_resume=tuple(first[1:])))
+        with pytest.raises(InvalidSamplingError, match="structured_resume"):
+            SamplingParams(structured_resume=(1,))
+        await eng.close(seq)
+    finally:
+        await eng.shutdown()
