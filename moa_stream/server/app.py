@@ -20,11 +20,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from moa_stream import MODES, AgentError, AggregatorDelta, Done, MoA, Mode
+from moa_stream.tools import call_format
 
 from .admission import check_context_length, tenant_salt
 from .errors import APIError, install_error_handlers
 from .jobs import END, Failure, Job, produce, split_messages, wait_disconnect
-from .response_format import answer_structure
+from .response_format import answer_structure, check_compiles
 from .schema import (
     AssistantMessage,
     ChatCompletion,
@@ -37,6 +38,7 @@ from .schema import (
     sse,
 )
 from .settings import ServerSettings
+from .tool_calls import ToolRequest
 
 MAX_SAMPLING_VARIANTS = 32  # pipelines kept per aggregator sampling (temperature, penalties); the oldest goes first
 STREAM_BUFFER_EVENTS = 64  # events a stream holds for a slow client; past it the run waits for the client
@@ -147,13 +149,18 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
                            param="n")
         _, _, suffix = req.model.partition(":")
         mode: Mode = suffix or moa.config.mode  # type: ignore[assignment]
-        structured = answer_structure(moa, req.response_format)
-        question, history = split_messages(req.messages)
+        tools = ToolRequest.of(req.tools, req.tool_choice, req.parallel_tool_calls, call_format(settings.call_format))
+        if tools is not None and req.response_format is not None and req.response_format.type != "text":
+            raise APIError(400, "response_format and tools cannot be combined: the answer is either calls or JSON",
+                           param="response_format")
+        structured = check_compiles(moa, tools.structured(), "tools") if tools else answer_structure(
+            moa, req.response_format)
+        question, history = split_messages(req.messages, tools)
         max_tokens = req.max_completion_tokens or req.max_tokens
         answer_limit = max_tokens or moa.config.aggregator.max_tokens
         check_context_length(moa, question, history, answer_limit)
         return Job(moa_for(req.aggregator_overrides()), req.model, mode, question, history, max_tokens, answer_limit,
-                   tenant_salt(api_key, req.cache_salt), structured)
+                   tenant_salt(api_key, req.cache_salt), structured, tools)
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(req: ChatCompletionRequest, request: Request,
@@ -190,10 +197,11 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
         if done is None:  # the client left; nobody reads this
             return APIError(499, "client closed the request").response()
         errors = [i for i in items if isinstance(i, AgentError)]
+        content, calls = job.tools.calls_of(done.answer) if job.tools else (done.answer, [])
         answer = ChatCompletion(
             id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=job.model,
-            choices=[Choice(message=AssistantMessage(content=done.answer),
-                            finish_reason=job.finish_reason(done.metrics))],
+            choices=[Choice(message=AssistantMessage(content=content, tool_calls=calls or None),
+                            finish_reason=job.finish_reason(done.metrics, bool(calls)))],
             usage=Usage.of(done.metrics), moa=MoAInfo.of(done.metrics, errors))
         return JSONResponse(answer.model_dump(mode="json"))
 
@@ -203,23 +211,27 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
         producer = asyncio.create_task(produce(job, settings.request_timeout_s, queue.put))
         cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
-        def chunk(delta: dict[str, str] | None, finish: str | None = None, **extra: Any) -> ChatCompletionChunk:
+        def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> ChatCompletionChunk:
             choices = [] if delta is None else [ChunkChoice(delta=delta, finish_reason=finish)]
             return ChatCompletionChunk(id=cid, created=now, model=job.model, choices=choices, **extra)
 
         errors: list[AgentError] = []
+        calls = job.tools.deltas() if job.tools else None  # content and tool-call deltas of the answer
         try:
             yield sse(chunk({"role": "assistant", "content": ""}))
             while (item := await queue.get()) is not END:
                 if isinstance(item, AggregatorDelta) and item.text:
-                    yield sse(chunk({"content": item.text}))
+                    for delta in calls.feed(item.text) if calls else [{"content": item.text}]:
+                        yield sse(chunk(delta))
                 elif isinstance(item, AgentError):
                     errors.append(item)
                 elif isinstance(item, Failure):
                     yield sse(item.error.with_agent_errors(errors).body())
                 elif isinstance(item, Done):
+                    for delta in calls.finish() if calls else []:
+                        yield sse(chunk(delta))
                     usage, info = Usage.of(item.metrics), MoAInfo.of(item.metrics, errors)
-                    finish = job.finish_reason(item.metrics)
+                    finish = job.finish_reason(item.metrics, bool(calls and calls.calls))
                     if include_usage:  # OpenAI's layout: usage in a last chunk with no choices
                         yield sse(chunk({}, finish))
                         yield sse(chunk(None, usage=usage, moa=info))

@@ -20,6 +20,7 @@ from moa_stream import EngineError, Metrics, MoA, MoAError, Mode
 
 from .errors import APIError, failure_of
 from .schema import ChatMessage
+from .tool_calls import ToolRequest, assistant_text, tool_results_text
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,13 @@ class Job:
     max_tokens: int | None
     answer_limit: int
     cache_salt: str | None = None
-    structured: StructuredOutput | None = None  # the answer's response_format
+    structured: StructuredOutput | None = None  # the answer's response_format or tool-call constraint
+    tools: ToolRequest | None = None
 
-    def finish_reason(self, metrics: Metrics) -> str:
-        """'stop' or 'length', as the aggregator finished (or from the answer's length when it did not say)."""
+    def finish_reason(self, metrics: Metrics, called: bool = False) -> str:
+        """'tool_calls' when the answer calls tools, else 'stop' or 'length' as the aggregator finished."""
+        if called:
+            return "tool_calls"
         agg = next((a for a in metrics.agents.values() if a.role == "aggregator"), None)
         if agg is not None and agg.finish_reason in ("stop", "length"):
             return agg.finish_reason
@@ -70,15 +74,44 @@ def message_text(msg: ChatMessage, index: int) -> str:
     return "".join(texts)
 
 
-def split_messages(messages: list[ChatMessage]) -> tuple[str, list[dict[str, str]]]:
-    """The question (last user message) and the history before it."""
+def split_messages(messages: list[ChatMessage], tools: ToolRequest | None = None) -> tuple[str, list[dict[str, str]]]:
+    """The question (last user message, or the results of the last calls) and the history before it.
+
+    With tools, the system prompt carries them, assistant calls are written in the call format and each run of
+    `tool` messages becomes the one turn of results the model reads after its calls.
+    """
     history: list[dict[str, str]] = []
+    waiting: dict[str, str] = {}  # id -> function name of the calls not answered yet
+    results: list[tuple[str, str, str]] = []
     for i, msg in enumerate(messages):
-        if msg.role in ("tool", "function"):
-            raise APIError(400, f"messages[{i}].role {msg.role!r} is not supported: the MoA pipeline has no tools",
-                           param=f"messages[{i}].role")
+        if msg.role == "function" or (tools is None and (msg.role == "tool" or msg.tool_calls)):
+            what = "function messages are not supported (use tool)" if msg.role == "function" else \
+                "tool calls and results need the request's `tools`"
+            raise APIError(400, f"messages[{i}]: {what}", param=f"messages[{i}]")
+        if msg.role == "tool":
+            assert tools is not None
+            if msg.tool_call_id not in waiting:
+                raise APIError(400, f"messages[{i}].tool_call_id {msg.tool_call_id!r} answers no earlier assistant "
+                               "tool call (or answers one twice)", param=f"messages[{i}].tool_call_id")
+            results.append((msg.tool_call_id, waiting.pop(msg.tool_call_id), message_text(msg, i)))
+            continue
+        if results:
+            history.append({"role": "user", "content": tool_results_text(results, tools.fmt)})  # type: ignore[union-attr]
+            results = []
         role = "system" if msg.role == "developer" else msg.role
-        history.append({"role": role, "content": message_text(msg, i)})
+        content = message_text(msg, i)
+        if msg.tool_calls:
+            assert tools is not None
+            content = assistant_text(content, msg.tool_calls, tools.fmt, i)
+            waiting.update({c.id: c.function.name for c in msg.tool_calls})
+        history.append({"role": role, "content": content})
+    if results:
+        history.append({"role": "user", "content": tool_results_text(results, tools.fmt)})  # type: ignore[union-attr]
+    if tools is not None:
+        if history and history[0]["role"] == "system":
+            history[0] = {"role": "system", "content": tools.system_prompt(history[0]["content"])}
+        else:
+            history.insert(0, {"role": "system", "content": tools.system_prompt(None)})
     last = history.pop()
     if last["role"] != "user":
         raise APIError(400, "the last message must come from the user (role 'user')", param="messages")

@@ -71,16 +71,25 @@ ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Fie
 
 
 def answer_structure(moa: MoA, response_format: ResponseFormat | None) -> StructuredOutput | None:
-    """The answer's structured output, compiled once for the aggregator's tokenizer so a schema it cannot follow
-    is a 400 before any agent runs (the engine's grammar cache then holds it for the run)."""
+    """The answer's structured output, checked to compile (a 400 otherwise)."""
     if response_format is None:
         return None
     try:
         structured = response_format.structured()
-        if structured is not None:
-            engine = moa.engines[moa.config.aggregator.backend]
-            structurer_for(engine.tokenizer, engine.vocab_size, engine.eos_token_ids).compile(structured)
     except InvalidSamplingError as exc:
         raise APIError(400, f"response_format: {exc}", param="response_format",
                        code="invalid_response_format") from exc
+    return check_compiles(moa, structured, "response_format")
+
+
+def check_compiles(moa: MoA, structured: StructuredOutput | None, param: str) -> StructuredOutput | None:
+    """Compile `structured` once for the aggregator's tokenizer, so a schema it cannot follow is a 400 before any
+    agent runs (the engine's grammar cache then holds it for the run)."""
+    if structured is None:
+        return None
+    engine = moa.engines[moa.config.aggregator.backend]
+    try:
+        structurer_for(engine.tokenizer, engine.vocab_size, engine.eos_token_ids).compile(structured)
+    except InvalidSamplingError as exc:
+        raise APIError(400, f"{param}: {exc}", param=param, code=f"invalid_{param}") from exc
     return structured

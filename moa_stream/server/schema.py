@@ -15,6 +15,7 @@ from moa_stream import AgentError, AgentMetrics, Metrics, Mode
 from moa_stream.config import check_temperature
 
 from .response_format import ResponseFormat
+from .tool_calls import MessageToolCall, ToolChoiceSpec, ToolSpec
 
 # ---------------------------------------------------------------------------------------------- requests
 
@@ -35,6 +36,8 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[MessageToolCall] | None = None  # an assistant's calls
+    tool_call_id: str | None = None  # the call a `tool` message answers
 
 
 class StreamOptions(BaseModel):
@@ -61,6 +64,9 @@ class ChatCompletionRequest(BaseModel):
     cache_salt: str | None = Field(None, min_length=1, max_length=256,
                                    description="prefix-cache salt: only requests with the same salt share cached KV")
     response_format: ResponseFormat | None = Field(None, description="text, json_object or json_schema (the answer)")
+    tools: list[ToolSpec] | None = None
+    tool_choice: ToolChoiceSpec | None = None
+    parallel_tool_calls: bool | None = None
     # Against loops, for the answer (OpenAI's names and ranges; repetition_penalty and min_p as vLLM takes them):
     frequency_penalty: float | None = Field(None, ge=-2, le=2, description="per repeat of a generated token")
     presence_penalty: float | None = Field(None, ge=-2, le=2, description="once a token was generated")
@@ -127,10 +133,11 @@ class MoAInfo(BaseModel):
 
 
 class AssistantMessage(BaseModel):
-    """The answer as an assistant message."""
+    """The answer as an assistant message: its text, and the calls it makes when tools were offered."""
 
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[MessageToolCall] | None = None
 
 
 class Choice(BaseModel):
@@ -158,7 +165,7 @@ class ChunkChoice(BaseModel):
     """The one choice of a streamed chunk: a delta of the answer, and the finish reason on the last one."""
 
     index: int = 0
-    delta: dict[str, str]
+    delta: dict[str, Any]
     finish_reason: str | None = None
     logprobs: None = None
 
