@@ -169,6 +169,12 @@ class Conversation:
             await self._reset_agents()
             self.history = []
 
+    async def pin(self, ttl: float | None) -> None:
+        """Keep every agent's sequence resident for `ttl` seconds (None: until closed), as a server session does."""
+        for slot in [*(s for layer in self._layers for s in layer), self._agg]:
+            if slot.seq is not None:
+                await slot.engine.pin(slot.seq, ttl)
+
     async def close(self) -> None:
         """Free every agent's sequence (the conversation can still be used; it restarts from its history)."""
         await self._reset_agents()

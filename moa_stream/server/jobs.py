@@ -9,18 +9,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from starlette.types import Receive
 
 from engine import StructuredOutput
-from moa_stream import EngineError, Metrics, MoA, MoAError, Mode
+from moa_stream import Conversation, EngineError, Metrics, MoA, MoAError, Mode
 
 from .errors import APIError, failure_of
 from .schema import ChatMessage
-from .tool_calls import ToolRequest, assistant_text, tool_results_text
+from .tool_calls import MessageToolCall, ToolRequest, assistant_text, tool_results_text
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,13 @@ class Job:
     cache_salt: str | None = None
     structured: StructuredOutput | None = None  # the answer's response_format or tool-call constraint
     tools: ToolRequest | None = None
+    conversation: Conversation | None = None  # a session's kept conversation (the X-Session-Id header)
+    session: tuple[str | None, str] | None = None  # its key: (tenant salt, session id)
+
+    def delivered(self, content: str, calls: Sequence[MessageToolCall]) -> list[dict[str, str]]:
+        """The history the client holds once it has this answer: what it sent, then the answer as it got it."""
+        answer = assistant_text(content, calls, self.tools.fmt, -1) if self.tools else content
+        return [*self.history, {"role": "user", "content": self.question}, {"role": "assistant", "content": answer}]
 
     def finish_reason(self, metrics: Metrics, called: bool = False) -> str:
         """'tool_calls' when the answer calls tools, else 'stop' or 'length' as the aggregator finished."""
@@ -131,7 +138,12 @@ async def produce(job: Job, timeout_s: float, put: Callable[[object], Awaitable[
             extra: dict[str, object] = {} if job.cache_salt is None else {"cache_salt": job.cache_salt}
             if job.structured is not None:
                 extra["structured"] = job.structured
-            events = job.moa.stream(job.question, job.history, mode=job.mode, max_tokens=job.max_tokens, **extra)
+            if job.conversation is not None:  # a session: only the new turn is appended to its agents' sequences
+                events = job.conversation.stream(job.question, mode=job.mode, max_tokens=job.max_tokens,
+                                                 structured=job.structured)
+            else:
+                events = job.moa.stream(job.question, job.history, mode=job.mode, max_tokens=job.max_tokens,
+                                        **extra)
             async with contextlib.aclosing(events):
                 async for ev in events:
                     await put(ev)

@@ -60,3 +60,29 @@ async def test_bad_tools_and_malformed_tool_messages_get_clear_400s(live, extra,
     body = {"model": "moa-stream", "messages": ASK, **extra}
     with pytest.raises(openai.BadRequestError, match=needle.replace("[", r"\[").replace("]", r"\]")):
         await live.client().chat.completions.create(**body)
+
+
+async def test_a_session_keeps_its_sequences_between_requests_and_appends_only_the_new_turn(live, engine):
+    client, headers = live.client(), {"X-Session-Id": "chat-1"}
+    ask = [{"role": "user", "content": "Name a color."}]
+    first = await client.chat.completions.create(model="moa-stream", messages=ask, max_tokens=6,
+                                                 extra_headers=headers)
+    assert engine.stats().sequences_open == 3  # both proposers and the aggregator stay, pinned for the next turn
+    again = [*ask, {"role": "assistant", "content": first.choices[0].message.content},
+             {"role": "user", "content": "And another one?"}]
+    second = await client.chat.completions.create(model="moa-stream", messages=again, max_tokens=6,
+                                                  extra_headers=headers)
+    # Only the new turn was computed on each kept sequence: the history was neither re-read nor looked up.
+    for name, agent in second.model_extra["moa"]["agents"].items():
+        assert agent["prefill_reused"] == 0 and 0 < agent["prefill_computed"] < agent["prompt_tokens"], name
+    assert engine.stats().sequences_open == 3
+    # A history the client did not get from us (an edited answer) starts the session afresh.
+    edited = [*ask, {"role": "assistant", "content": "Purple."}, {"role": "user", "content": "And another one?"}]
+    third = await client.chat.completions.create(model="moa-stream", messages=edited, max_tokens=6,
+                                                 extra_headers=headers)
+    agg = third.model_extra["moa"]["agents"]["aggregator"]
+    assert agg["prefill_computed"] + agg["prefill_reused"] >= agg["prompt_tokens"] - 1
+    sessions = live.app.state.sessions
+    assert len(sessions) == 1
+    await sessions.close()
+    assert engine.stats().sequences_open == 0
