@@ -9,6 +9,8 @@ import jsonschema
 import openai
 import pytest
 
+from engine import Grammar, JsonSchema, SamplingParams, UnsupportedFeatureError
+from engine.remote.http_engine import HttpEngine
 from moa_stream import MoA
 
 from .live_server import server_config, serving
@@ -114,3 +116,24 @@ async def test_penalties_reach_the_aggregator_sampling(live, engine, monkeypatch
     assert (p.frequency_penalty, p.presence_penalty, p.repetition_penalty, p.min_p) == (0.5, 0.25, 1.3, 0.05)
     proposers = [s for s in seen if s is not None and s.max_tokens != 4]
     assert proposers and all(s.frequency_penalty == 0.0 for s in proposers), "the penalties are the answer's only"
+
+
+async def test_http_backend_passes_a_schema_through_and_reports_refusals(json_live, engine):
+    """HttpEngine on this server (OpenAI's dialect): a JsonSchema travels as response_format and constrains the
+    answer; a schema the server refuses (400) and a Grammar OpenAI's API cannot express are clear errors."""
+    eng = HttpEngine(f"{json_live.url}/v1", "moa-stream:classic", tokenizer=engine.tokenizer, api="chat")
+    try:
+        prompt = list(engine.tokenizer.apply_chat_template(ASK, add_generation_prompt=True, tokenize=True,
+                                                           return_dict=False))
+        seq = await eng.open(prompt)
+        out = [d async for d in eng.generate(seq, SamplingParams(max_tokens=48, structured=JsonSchema.of(PERSON)))]
+        jsonschema.validate(json.loads("".join(d.text for d in out)), PERSON)
+        other = await eng.open(prompt)
+        with pytest.raises(UnsupportedFeatureError, match=r"refused .*JsonSchema.*HTTP 400.*objectx"):
+            async for _ in eng.generate(other, SamplingParams(structured=JsonSchema.of({"type": "objectx"}))):
+                pass
+        with pytest.raises(UnsupportedFeatureError, match=r"Grammar .*openai server"):
+            async for _ in eng.generate(other, SamplingParams(structured=Grammar('root ::= "yes" | "no"'))):
+                pass
+    finally:
+        await eng.shutdown()
