@@ -124,8 +124,7 @@ def summarize(rows: Sequence[Row]) -> list[SystemSummary]:
             per_dataset={d: estimate([r.score for r in everything if r.dataset == d], proportion=True)
                          for d in dict.fromkeys(r.dataset for r in everything)},
             answer_tokens=estimate([r.answer_tokens for r in ok]),
-            rep4=estimate([r.scores.get("rep4") for r in ok]),
-            distinct2=estimate([r.scores.get("distinct2") for r in ok]),
+            rep4=estimate([r.rep4 for r in ok]), distinct2=estimate([r.distinct2 for r in ok]),
             p_correct=estimate([r.scores.get("p_correct") for r in ll if not r.error]),
             not_available=sum(1 for r in everything if r.na)))
     rank = {m: i for i, m in enumerate(MODES)}

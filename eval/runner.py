@@ -67,18 +67,23 @@ def _carried(m: Metrics) -> int:
 
 
 def rescore(rows: list[Row], samples: Sequence[Sample]) -> int:
-    """Recompute the automatic scores of rows whose sample is given (after a scorer fix); returns rows changed."""
+    """Recompute the automatic scores of rows whose sample is given (after a scorer fix), and the degeneration
+    scores rows lack; returns rows changed."""
     by_id = {s.id: s for s in samples}
     changed = 0
     for r in rows:
         sample = by_id.get(r.sample_id)
         if sample is None or sample.kind == "open" or r.error:
             continue
-        new = {**score(sample, r.answer), **degeneration(r.answer)}
-        if any(r.scores.get(k) != v for k, v in new.items()):
+        new = score(sample, r.answer)
+        if new.get("score") != r.score:
             changed += 1
         r.scores = {**r.scores, **new}
         r.score = new.get("score")
+    for r in rows:  # rows written before the degeneration scores existed get them
+        if r.rep4 is None and r.distinct2 is None and r.answer and not r.dataset.endswith(LOGLIK):
+            r.rep4, r.distinct2 = degeneration(r.answer)
+            changed += 1
     return changed
 
 
@@ -107,10 +112,12 @@ async def answer(moa: MoA, sample: Sample, system: System, max_tokens: int | Non
     finally:
         await conv.close()
     m = result.metrics
-    scores = {**score(sample, result.answer), **degeneration(result.answer)}
+    scores = score(sample, result.answer)
+    rep4, distinct2 = degeneration(result.answer)
     return Row(sample.id, sample.dataset, sample.kind, system.name, system.mode, system.chunk, result.answer,
                scores.get("score"), scores, m.ttft_s, m.total_s, m.answer_tokens, m.prefill_computed,
-               m.prefill_reused, m.chunks_ingested, prefill_carried=_carried(m), later_turns=later)
+               m.prefill_reused, m.chunks_ingested, prefill_carried=_carried(m), later_turns=later, rep4=rep4,
+               distinct2=distinct2)
 
 
 async def loglik(moa: MoA, sample: Sample, system: System, cache_salt: str | None = None) -> Row:

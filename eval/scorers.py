@@ -119,10 +119,9 @@ def distinct_n(text: str, n: int = 2) -> float | None:
     return len(set(grams)) / len(grams) if grams else None
 
 
-def degeneration(prediction: str) -> dict[str, float]:
-    """rep4 (repeated 4-gram fraction, 0 = no loop) and distinct2 (1 = no repeated bigram), where defined."""
-    out = {"rep4": repeated_ngrams(prediction, 4), "distinct2": distinct_n(prediction, 2)}
-    return {k: v for k, v in out.items() if v is not None}
+def degeneration(prediction: str) -> tuple[float | None, float | None]:
+    """(rep4, distinct2): repeated 4-gram fraction (0 = no loop) and distinct bigrams (1 = none repeated)."""
+    return repeated_ngrams(prediction, 4), distinct_n(prediction, 2)
 
 
 def score(sample: Sample, prediction: str) -> dict[str, float]:

@@ -133,7 +133,7 @@ def test_degeneration_scores_count_loops_against_an_answer():
     assert scorers.repeated_ngrams("a b a b a b", 2) == pytest.approx(1 - 2 / 5)
     assert scorers.distinct_n("a b a b", 2) == pytest.approx(2 / 3)
     assert scorers.repeated_ngrams("too short") is None and scorers.distinct_n("one") is None
-    assert scorers.degeneration("one") == {} and scorers.degeneration("a b c d") == {"rep4": 0.0, "distinct2": 1.0}
+    assert scorers.degeneration("one") == (None, None) and scorers.degeneration("a b c d") == (0.0, 1.0)
 
 
 def test_options_of_a_multiple_choice_prompt():
