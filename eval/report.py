@@ -17,6 +17,7 @@ from moa_stream import MODES
 from .rows import Row
 from .scorers import rouge_l
 
+MIN_PAIRS = 5  # fewer paired samples than this never count as separating two systems
 LOGLIK = "-loglik"  # the dataset suffix of option log-likelihood rows (eval.runner.LOGLIK)
 
 
@@ -141,9 +142,15 @@ class Comparison:
     mean_in_baseline_ci: bool  # the system's mean lies inside the baseline's 95% CI
 
     @property
+    def enough(self) -> bool:
+        """Whether there are enough pairs for the bootstrap CI to mean anything (with 1-4 it is degenerate)."""
+        return self.delta.n >= MIN_PAIRS
+
+    @property
     def separated(self) -> bool:
-        """Whether the paired 95% CI of the difference excludes 0."""
-        return self.delta.low is not None and self.delta.high is not None and not self.delta.contains(0.0)
+        """Whether the paired 95% CI of the difference excludes 0 (on at least MIN_PAIRS pairs)."""
+        return self.enough and self.delta.low is not None and self.delta.high is not None \
+            and not self.delta.contains(0.0)
 
 
 def _measures(rows: Sequence[Row]) -> dict[str, list[Row]]:
@@ -179,13 +186,14 @@ def compare(rows: Sequence[Row], system: str, baseline: str = "classic") -> list
 
 def verdict(rows: Sequence[Row]) -> str:
     """The negative control and, only where it separates classic from single, the staircase quality claims."""
-    systems = list(dict.fromkeys(r.system for r in rows))
+    systems = [s.system for s in summarize(rows)]
     if "classic" not in systems or "single" not in systems:
         return "Negative control: needs both `single` and `classic` in the run; no quality claim is made.\n"
     control = compare(rows, "classic", baseline="single")
     lines = ["### Negative control: does this run tell `classic` from `single`?", "",
              "| measure | classic - single [paired 95% CI] | separated |", "|---|---:|---|"]
-    lines += [f"| {c.measure} | {c.delta} | {'yes' if c.separated else 'no'} |" for c in control]
+    lines += [f"| {c.measure} | {c.delta} | {'yes' if c.separated else 'no' if c.enough else 'too few pairs'} |"
+              for c in control]
     separated = [c.measure for c in control if c.separated]
     lines.append("")
     if not separated:

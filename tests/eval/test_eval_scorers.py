@@ -191,6 +191,8 @@ def test_verdict_makes_a_quality_claim_only_when_classic_is_separated_from_singl
     assert "| mmlu quality | 0.000 [0.000, 0.000] | no |" in text and "supports **no** claim" in text
     assert "staircase@8 |" not in text
     assert "no quality claim" in report.verdict([_row("s0", "classic", 1.0)])
+    few = [_row(f"s{i}", sy, float(sy == "classic")) for i in range(4) for sy in ("single", "classic")]
+    assert "| mmlu quality | 1.000 [1.000, 1.000] | too few pairs |" in report.verdict(few)
     # The continuous log-likelihood measure is a measure of its own.
     ll = [_row(f"s{i}", sy, 1.0, "mmlu-loglik", p_correct=p) for i in range(n)
           for sy, p in (("single", 0.3 + i / 1000), ("classic", 0.5 + i / 1000))]
