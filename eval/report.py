@@ -290,13 +290,13 @@ def plot(summaries: Sequence[SystemSummary], path: Path, title: str = "quality v
         if base is not None and base.low is not None and base.high is not None:
             # The band a system's mean must fall in to count as "as good as classic".
             ax.axhspan(base.low, base.high, color="tab:gray", alpha=0.15, label="classic's 95% CI")
-        for s in summaries:
+        for i, s in enumerate(summaries):
             e = measure(s)
             if e.mean is None or s.ttft_s.mean is None:
                 continue
             marker = {"single": "s", "classic": "D", "staircase-reprefill": "^", "blocks": "v"}.get(s.mode, "o")
             ax.errorbar(s.ttft_s.mean, e.mean, xerr=err(s.ttft_s), yerr=err(e), fmt=marker, capsize=3,
-                        label=s.system)
+                        label=s.system, color=plt.get_cmap("tab20")(i % 20))  # the default cycle has only 10
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(ScalarFormatter())
