@@ -28,6 +28,7 @@ from .events import (
     RunResult,
 )
 from .layouts import AggregatorLayout, IncrementalLayout, register_layout
+from .option_scoring import OptionScores, UnsupportedFeatureError, score_options
 
 __all__ = [
     "MODES",
@@ -53,12 +54,15 @@ __all__ = [
     "MoAError",
     "MoAStreamError",
     "Mode",
+    "OptionScores",
     "ProposerDelta",
     "RunResult",
     "StaircaseConfig",
     "TransformersBackend",
+    "UnsupportedFeatureError",
     "VllmBackend",
     "collect",
     "events",
     "register_layout",
+    "score_options",
 ]

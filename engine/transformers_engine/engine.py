@@ -17,10 +17,12 @@ from collections.abc import Sequence as Seq
 from dataclasses import replace
 from typing import Any
 
+import torch
+
 from .. import models
 from ..block_pool import BlockPool
 from ..detokenizer import Detokenizer
-from ..errors import CapacityError, EngineError, SequenceClosedError, UnsupportedFeatureError
+from ..errors import CapacityError, EngineError, SequenceClosedError
 from ..protocol import EngineStats, FinishReason, SamplingParams, Sequence, SequenceStats, TokenDelta, Tokenizer
 from ..sampler import make_generator, sample
 from ..sequence_table import SequenceTable
@@ -210,8 +212,34 @@ class TransformersEngine:
         self._table.get(seq).pinned_until = None
 
     async def score(self, seq: Sequence, tokens: Seq[int]) -> list[float]:
-        """Log-probability of each of `tokens` after `seq` (not built yet on this engine)."""
-        raise UnsupportedFeatureError("scoring is not available on the transformers engine yet")
+        """Log-probability of each of `tokens` following `seq`'s tokens; `seq` is left as it was.
+
+        The tokens run through a fork (sharing the context's KV) with logits kept at every position; their
+        computation counts as prefill. The fork is closed afterwards.
+        """
+        table = self._table
+        s = table.get(seq)
+        table.check_idle(s, "score")
+        new = table.check_tokens(tokens, allow_empty=False)
+        table.check_length(len(s.tokens) + len(new))
+        fork = await self.fork(seq)
+        f = table.get(fork)
+        try:
+            if f.pending == 0 and f.last_logits is None:
+                self._rewind_last_token(f)  # no logits kept for the context's last token: recompute it
+            ctx = len(f.tokens)
+            found: list[tuple[int, torch.Tensor]] = [] if f.last_logits is None else [(ctx - 1, f.last_logits)]
+            self._runner.all_logits[f.id] = found
+            f.tokens.extend(new)
+            f.last_logits = None
+            await self._compute(f, rollback_to=ctx)
+            after = dict(found)  # position -> logits after it (a recomputed position keeps its last)
+            rows = torch.stack([after[p] for p in range(ctx - 1, ctx - 1 + len(new))]).float()
+            logp = torch.log_softmax(rows, dim=-1).gather(1, torch.tensor(new, device=rows.device)[:, None])
+            return [float(x) for x in logp[:, 0].tolist()]
+        finally:
+            self._runner.all_logits.pop(f.id, None)
+            await self.close(fork)
 
     def tokens(self, seq: Sequence) -> list[int]:
         """A copy of the sequence's tokens (prompt, appends and generated)."""

@@ -52,6 +52,8 @@ class ModelRunner:
         self.num_blocks = max((kv_cache_bytes or (2 << 30)) // per_block, 2)
         self.kv = KVPool(cfg.num_hidden_layers, self.num_blocks, block_size, kv_heads, head_dim, dtype, self.device)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moa-engine")
+        # Sequences being scored (engine.score): seq id -> (position, logits after it) for each position computed.
+        self.all_logits: dict[int, list[tuple[int, torch.Tensor]]] = {}
 
     @property
     def kv_bytes_budget(self) -> int:
@@ -75,6 +77,7 @@ class ModelRunner:
         slices: list[SeqSlice] = []
         keep: list[int] = []
         keep_chunks: list[ScheduledChunk] = []
+        every: list[tuple[int, int, int]] = []  # (packed row, seq id, position) of every row of a scored sequence
         for c in step.chunks:
             s = c.seq
             q0 = len(ids)
@@ -87,6 +90,8 @@ class ModelRunner:
             if c.end == len(s.tokens):
                 keep.append(len(ids) - 1)
                 keep_chunks.append(c)
+            if s.id in self.all_logits:
+                every.extend((q0 + i, s.id, p) for i, p in enumerate(range(c.start, c.end)))
         dev = self.device
         batch = PackedBatch(slices, torch.tensor(write, dtype=torch.long, device=dev))
         with torch.inference_mode():
@@ -94,12 +99,14 @@ class ModelRunner:
                 input_ids=torch.tensor([ids], device=dev),
                 position_ids=torch.tensor([pos], device=dev),
                 use_cache=False,
-                logits_to_keep=torch.tensor(keep or [len(ids) - 1], device=dev),
+                logits_to_keep=torch.tensor([*keep, *(r for r, _, _ in every)] or [len(ids) - 1], device=dev),
                 moa_batch=batch,
                 kv_pool=self.kv,
             )
             logits = out.logits[0].float()
             result = StepOutput()
+            for j, (_, sid, p) in enumerate(every):
+                self.all_logits[sid].append((p, logits[len(keep) + j]))
             for row, c in enumerate(keep_chunks):
                 s, gen = c.seq, c.gen
                 result.logits[s.id] = logits[row]
