@@ -126,6 +126,8 @@ class EngineStats:
     kv_bytes_budget: int = 0
     evictions: int = 0
     forward_steps: int = 0
+    draft_tokens: int = 0  # tokens prompt lookup guessed and the model verified
+    draft_accepted: int = 0  # of those, the ones sampling reproduced (each saved a forward pass)
 
 
 @runtime_checkable

@@ -50,6 +50,10 @@ class StructuredState:
         """Advance past a sampled token; False if the grammar does not allow it here (state unchanged)."""
         return bool(self._matcher.accept_token(int(token)))
 
+    def rollback(self, count: int) -> None:
+        """Undo the last `count` accepted tokens (a verified draft the engine accepts again as it emits it)."""
+        self._matcher.rollback(count)
+
     @property
     def done(self) -> bool:
         """Whether the grammar has ended (a stop token was accepted after a complete output)."""

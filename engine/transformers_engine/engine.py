@@ -23,13 +23,14 @@ from .. import models
 from ..block_pool import BlockPool
 from ..detokenizer import Detokenizer
 from ..errors import CapacityError, EngineError, SequenceClosedError
+from ..prompt_lookup import PromptLookup
 from ..protocol import EngineStats, FinishReason, SamplingParams, Sequence, SequenceStats, TokenDelta, Tokenizer
 from ..sampler import make_generator, sample
 from ..sequence_table import SequenceTable
 from ..structured_state import StructuredState, Structurer, structurer_for
 from .kv_cache_manager import KVCacheManager
 from .model_runner import ModelRunner, StepOutput
-from .scheduler import ScheduledStep, Scheduler
+from .scheduler import ScheduledChunk, ScheduledStep, Scheduler
 from .sequence_state import Generation, SeqState, Waiter
 from .token_stream import TokenStream
 
@@ -47,6 +48,7 @@ class TransformersEngine:
         block_size: int = 16,
         max_tokens_per_step: int = 512,
         max_model_len: int | None = None,
+        prompt_lookup: PromptLookup | None = None,
     ) -> None:
         self._loaded = loaded
         self._runner = ModelRunner(loaded.model, loaded.name, block_size=block_size, kv_cache_bytes=kv_cache_bytes)
@@ -61,7 +63,9 @@ class TransformersEngine:
             eos = [*([eos] if isinstance(eos, int) else (eos or [])), loaded.tokenizer.eos_token_id]
         self._eos = frozenset([eos] if isinstance(eos, int) else (eos or []))
         self._kv = KVCacheManager(BlockPool(self._runner.num_blocks, block_size), self._table)
-        self._scheduler = Scheduler(self._table, self._kv, max_tokens_per_step)
+        self._scheduler = Scheduler(self._table, self._kv, max_tokens_per_step, prompt_lookup, self._eos)
+        self._drafted = 0
+        self._draft_accepted = 0
         self._forward_steps = 0
         self._wake: asyncio.Event | None = None
         self._step_done: asyncio.Event | None = None
@@ -258,6 +262,8 @@ class TransformersEngine:
             kv_bytes_budget=self._runner.kv_bytes_budget,
             evictions=self._kv.evictions,
             forward_steps=self._forward_steps,
+            draft_tokens=self._drafted,
+            draft_accepted=self._draft_accepted,
         )
 
     async def shutdown(self) -> None:
@@ -431,7 +437,20 @@ class TransformersEngine:
                 if s.id in output.errors:
                     self._fail_generation(s, gen, output.errors[s.id])
                 elif s.id in output.sampled:
-                    self._emit(s, gen, output.sampled[s.id])
+                    self._emit_verified(s, gen, c, output.accepted.get(s.id, []), output.sampled[s.id])
+
+    def _emit_verified(self, s: SeqState, gen: Generation, c: ScheduledChunk, accepted: list[int],
+                       token: int) -> None:
+        """Emit a step's draft tokens that sampling reproduced (their KV is computed already), then its sample."""
+        self._drafted += len(c.draft)
+        self._draft_accepted += len(accepted)
+        for draft_token in accepted:
+            self._emit(s, gen, draft_token)
+            s.num_computed, s.sampled_pos = s.num_computed + 1, None
+            self._table.account(s, decoded=1)
+            if s.generation is not gen:  # it ended (stop, length): the rest of the draft is dropped
+                return
+        self._emit(s, gen, token)
 
     def _emit(self, s: SeqState, gen: Generation, token: int) -> None:
         if gen.structured is not None and not gen.structured.accept(token):
