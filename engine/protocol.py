@@ -128,6 +128,7 @@ class EngineStats:
     forward_steps: int = 0
     draft_tokens: int = 0  # tokens prompt lookup guessed and the model verified
     draft_accepted: int = 0  # of those, the ones sampling reproduced (each saved a forward pass)
+    response_cache_hits: int = 0  # generations answered from the response cache, with no compute
 
 
 @runtime_checkable

@@ -25,6 +25,7 @@ from ..detokenizer import Detokenizer
 from ..errors import CapacityError, EngineError, SequenceClosedError
 from ..prompt_lookup import PromptLookup
 from ..protocol import EngineStats, FinishReason, SamplingParams, Sequence, SequenceStats, TokenDelta, Tokenizer
+from ..response_cache import CachedResponse, ResponseCache
 from ..sampler import make_generator, sample
 from ..sequence_table import SequenceTable
 from ..structured_state import StructuredState, Structurer, structurer_for
@@ -49,6 +50,7 @@ class TransformersEngine:
         max_tokens_per_step: int = 512,
         max_model_len: int | None = None,
         prompt_lookup: PromptLookup | None = None,
+        response_cache: ResponseCache | None = None,
     ) -> None:
         self._loaded = loaded
         self._runner = ModelRunner(loaded.model, loaded.name, block_size=block_size, kv_cache_bytes=kv_cache_bytes)
@@ -65,6 +67,7 @@ class TransformersEngine:
         self._kv = KVCacheManager(BlockPool(self._runner.num_blocks, block_size), self._table)
         self._scheduler = Scheduler(self._table, self._kv, max_tokens_per_step, prompt_lookup, self._eos)
         self._drafted = 0
+        self._responses = response_cache
         self._draft_accepted = 0
         self._forward_steps = 0
         self._wake: asyncio.Event | None = None
@@ -175,6 +178,17 @@ class TransformersEngine:
         gen = Generation(params, make_generator(params, self.device), Detokenizer(self.tokenizer, params.stop),
                          self._structured_state(params))
         stream = TokenStream(gen, functools.partial(self._cancel, s, gen))
+        if self._responses is not None:
+            hit = self._responses.get(self.model_name, s.tokens, params)
+            if hit is not None:
+                # The exact request was answered before: its tokens join the sequence uncomputed (an append
+                # computes them only if the conversation goes on) and the answer is sent at once.
+                s.tokens.extend(hit.token_ids)
+                s.last_logits = None
+                gen.put(TokenDelta(hit.token_ids, hit.text, hit.finish_reason))
+                return stream
+            if params.greedy:
+                gen.context, gen.sent = tuple(s.tokens), []
         if len(s.tokens) >= self.max_model_len:  # no room for one more token: end at once, like vLLM
             gen.queue.put_nowait(TokenDelta((), "", "length"))
             return stream
@@ -264,6 +278,7 @@ class TransformersEngine:
             forward_steps=self._forward_steps,
             draft_tokens=self._drafted,
             draft_accepted=self._draft_accepted,
+            response_cache_hits=self._responses.stats.hits if self._responses else 0,
         )
 
     async def shutdown(self) -> None:
@@ -345,7 +360,11 @@ class TransformersEngine:
                 flush: bool = True) -> None:
         tail = gen.detok.flush() if flush else ""
         ids = (token,) if token is not None else ()
-        gen.queue.put_nowait(TokenDelta(ids, text + tail, reason))
+        gen.put(TokenDelta(ids, text + tail, reason))
+        if gen.sent is not None and gen.context is not None and self._responses is not None:
+            out = tuple(t for d in gen.sent for t in d.token_ids)
+            self._responses.put(self.model_name, gen.context, gen.params,
+                                CachedResponse(out, "".join(d.text for d in gen.sent), reason))
         if s.generation is gen:
             s.generation = None
         self._kv.touch(s)
@@ -475,7 +494,7 @@ class TransformersEngine:
         elif gen.produced >= p.max_tokens or len(s.tokens) >= self.max_model_len:
             self._finish(s, gen, "length", text=text, token=token)
         else:
-            gen.queue.put_nowait(TokenDelta((token,), text))
+            gen.put(TokenDelta((token,), text))
             self._kv.touch(s)
 
     def _fail_generation(self, s: SeqState, gen: Generation, exc: Exception) -> None:
