@@ -1,4 +1,4 @@
-"""The response cache's keying, bounds and counters (pure; engine wiring is tested with the engines)."""
+"""The response cache: its keying, bounds and counters, and the embedded engine answering from it."""
 
 from __future__ import annotations
 
