@@ -169,6 +169,16 @@ class Conversation:
             await self._reset_agents()
             self.history = []
 
+    @property
+    def proposer_slots(self) -> list[list[AgentSlot]]:
+        """The proposers of each layer, bound to their engines (their sequences live across turns)."""
+        return self._layers
+
+    @property
+    def aggregator_slot(self) -> AgentSlot:
+        """The aggregator, bound to its engine."""
+        return self._agg
+
     async def pin(self, ttl: float | None) -> None:
         """Keep every agent's sequence resident for `ttl` seconds (None: until closed), as a server session does."""
         for slot in [*(s for layer in self._layers for s in layer), self._agg]:

@@ -9,6 +9,7 @@ ends. Engines that cannot score (remote ones) raise UnsupportedFeatureError.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -53,33 +54,6 @@ class OptionScores:
         return max(range(len(norm)), key=norm.__getitem__)
 
 
-class _Scored(Exception):
-    """Ends the turn once the options are scored (nothing is sampled)."""
-
-
-class _ScoringTurn(Turn):
-    """A turn that, where the aggregator would start answering, scores the options instead."""
-
-    def __init__(self, *args: object, options: Sequence[str]) -> None:
-        super().__init__(*args)  # type: ignore[arg-type]
-        self.options = list(options)
-        self.logprobs: list[float] = []
-        self.token_counts: list[int] = []
-        self.start_s = 0.0
-        self.context_tokens = 0
-
-    async def _answer(self, max_tokens: int) -> tuple[int, str | None]:
-        slot = self.agg
-        assert slot.seq is not None
-        self.start_s = self._now()
-        self.context_tokens = slot.context_tokens()
-        for text in self.options:
-            ids = slot.engine.tokenizer.encode(text, add_special_tokens=False)
-            self.logprobs.append(sum(await slot.engine.score(slot.seq, ids)))
-            self.token_counts.append(len(ids))
-        raise _Scored
-
-
 async def score_options(moa: MoA, question: str, options: Sequence[str], *, mode: str | None = None,
                         staircase: StaircaseConfig | None = None, cache_salt: str | None = None) -> OptionScores:
     """Run `mode` on `question` up to the answer start, then score each option as the answer's continuation."""
@@ -87,21 +61,24 @@ async def score_options(moa: MoA, question: str, options: Sequence[str], *, mode
         raise ValueError("options must be non-empty strings")
     conv = moa.conversation(mode, cache_salt=cache_salt)  # checks the mode; owns the agent slots
     inp = TurnInput(question, [], conv.mode, staircase or moa.config.staircase, None, cache_salt=cache_salt)
-    slots = [*(s for layer in conv._layers for s in layer), conv._agg]
-    turn = _ScoringTurn(conv._layers, conv._agg, inp, lambda _event: None, options=options)
+    turn = Turn(conv.proposer_slots, conv.aggregator_slot, inp, lambda _event: None)
+    slot = turn.agg
+    logprobs: list[float] = []
+    counts: list[int] = []
     try:
-        await turn.run()
-    except _Scored:
-        pass
-    else:  # pragma: no cover - every layout ends its setup by answering
-        raise RuntimeError(f"mode {conv.mode!r} never started an answer")
+        start_s = await turn.run_to_answer_start()
+        assert slot.seq is not None
+        context_tokens = slot.context_tokens()
+        for text in options:
+            ids = slot.engine.tokenizer.encode(text, add_special_tokens=False)
+            logprobs.append(sum(await slot.engine.score(slot.seq, ids)))
+            counts.append(len(ids))
+        total_s = time.perf_counter() - turn.t0
+        stats = [s.turn_stats() for s in [*(s for layer in conv.proposer_slots for s in layer), slot]]
     finally:
-        total_s = turn._now()
-        stats = [s.turn_stats() for s in slots]
         await conv.close()
     return OptionScores(
-        mode=conv.mode, logprobs=tuple(turn.logprobs), tokens=tuple(turn.token_counts),
-        chars=tuple(len(o) for o in options), context_tokens=turn.context_tokens, start_s=turn.start_s,
-        total_s=total_s, chunks_ingested=turn.chunks_ingested,
-        prefill_computed=sum(s.prefill_computed for s in stats) + sum(turn.token_counts),
+        mode=conv.mode, logprobs=tuple(logprobs), tokens=tuple(counts), chars=tuple(len(o) for o in options),
+        context_tokens=context_tokens, start_s=start_s, total_s=total_s, chunks_ingested=turn.chunks_ingested,
+        prefill_computed=sum(s.prefill_computed for s in stats) + sum(counts),
         prefill_reused=sum(s.prefill_reused for s in stats))
