@@ -73,7 +73,7 @@ class LlamaCppBackend(_Backend):
     n_seq_max: int | None = Field(None, ge=1, le=256, description="sequences whose KV is resident at once")
     max_tokens_per_step: int | None = Field(None, ge=1, description="tokens per llama_decode (decodes + prefill)")
     max_model_len: int | None = Field(None, ge=1, description="longest sequence (default: the model's, within kv)")
-    threads: int | None = Field(None, ge=1, description="CPU threads (default: the cores, at most 8)")
+    threads: int | None = Field(None, ge=1, description="CPU threads (default: the cores but one, at most 8)")
     gpu_layers: int | None = Field(None, ge=-1, description="layers offloaded to the GPU (-1: all; default 0)")
 
 

@@ -24,7 +24,7 @@ class ContextOptions:
     n_ctx: int = 16384  # KV cells shared by every sequence (unified cache)
     n_seq_max: int = 64  # llama.cpp sequence ids (slots) for sequences whose KV is resident
     n_batch: int = 512  # most tokens one llama_decode takes
-    threads: int | None = None  # default: the machine's cores, at most 8
+    threads: int | None = None  # default: default_threads()
     gpu_layers: int = 0  # layers offloaded to a GPU (Metal, CUDA) where llama.cpp was built with one
     # Flash attention skips masked KV cells, so a sequence's logits do not depend on which other sequences share
     # the batch and the cache (without it, masked cells shift SIMD sums and near-ties flip under batching).
@@ -39,6 +39,16 @@ class BatchToken:
     pos: int
     slot: int
     logits: bool
+
+
+def default_threads() -> int:
+    """One thread per core but one, at most 8.
+
+    The engine's event loop (sampling, detokenizing) runs beside every decode, and ggml's workers spin at their
+    barriers: a worker sharing a core with it, or with another busy process, stalls all the others (measured on
+    the loaded 2-core machine: 2 threads 0.3 tok/s, 1 thread 15.7 tok/s).
+    """
+    return max(1, min((os.cpu_count() or 1) - 1, 8))
 
 
 def _quiet() -> None:
@@ -72,7 +82,7 @@ class LlamaContext:
         cparams.n_ubatch = options.n_batch
         cparams.n_seq_max = options.n_seq_max
         cparams.kv_unified = True  # one cell pool: seq_cp shares cells between sequences instead of copying
-        threads = options.threads or min(os.cpu_count() or 1, 8)
+        threads = options.threads or default_threads()
         cparams.n_threads = cparams.n_threads_batch = threads
         cparams.flash_attn_type = (L.LLAMA_FLASH_ATTN_TYPE_ENABLED if options.flash_attn
                                    else L.LLAMA_FLASH_ATTN_TYPE_DISABLED)

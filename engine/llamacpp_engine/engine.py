@@ -24,10 +24,11 @@ import torch
 
 from .. import models
 from ..detokenizer import Detokenizer
-from ..errors import CapacityError, EngineError, ModelLoadError, SequenceClosedError, UnsupportedFeatureError
+from ..errors import CapacityError, EngineError, ModelLoadError, SequenceClosedError
 from ..protocol import EngineStats, FinishReason, SamplingParams, Sequence, SequenceStats, TokenDelta, Tokenizer
 from ..sampler import make_generator, sample
 from ..sequence_table import SequenceTable
+from ..structured_state import StructuredState, Structurer, structurer_for
 from ..transformers_engine.token_stream import TokenStream
 from .context import ContextOptions, LlamaContext
 from .kv_residency import KVResidency
@@ -45,7 +46,8 @@ def accepts_model(name: str | None) -> bool:
     return name is None or name.strip().lower() in models._DEFAULT_ALIASES or name.endswith(".gguf")
 
 
-def _model_path(name: str | None) -> Path:
+def model_path(name: str | None) -> Path:
+    """The GGUF file a model name stands for (the shipped one for the default model's names)."""
     # engine.models keeps the default model's names and GGUF location private; they are the ones meant here.
     if name is None or name.strip().lower() in models._DEFAULT_ALIASES:
         return models._gguf_path()
@@ -73,7 +75,7 @@ class LlamaCppEngine:
         keep_closed_prefixes: bool = True,
         name: str | None = None,
     ) -> None:
-        path = _model_path(None if model is None else str(model))
+        path = model_path(None if model is None else str(model))
         self._ctx = LlamaContext(path, ContextOptions(n_ctx=kv_cells, n_seq_max=n_seq_max,
                                                       n_batch=max_tokens_per_step, threads=threads,
                                                       gpu_layers=gpu_layers))
@@ -95,6 +97,7 @@ class LlamaCppEngine:
         self._wake: asyncio.Event | None = None
         self._decode_done: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._structurer: Structurer | None = None  # built on the first structured generation
 
     # ---------------------------------------------------------------- properties
 
@@ -184,10 +187,8 @@ class LlamaCppEngine:
         self._table.check_idle(s, "generate on")
         params = sampling or SamplingParams()
         self._table.check_sampling(params)
-        if params.structured is not None:
-            raise UnsupportedFeatureError("structured output is not available on the llama.cpp engine yet; use "
-                                          "the transformers backend")
-        gen = Generation(params, make_generator(params, "cpu"), Detokenizer(self.tokenizer, params.stop))
+        gen = Generation(params, make_generator(params, "cpu"), Detokenizer(self.tokenizer, params.stop),
+                         self._structured_state(params))
         stream = TokenStream(gen, functools.partial(self._cancel, s, gen))
         if len(s.tokens) >= self.max_model_len:  # no room for one more token: end at once, like vLLM
             gen.queue.put_nowait(TokenDelta((), "", "length"))
@@ -301,6 +302,14 @@ class LlamaCppEngine:
 
     # ---------------------------------------------------------------- waiting for the loop
 
+    def _structured_state(self, params: SamplingParams) -> StructuredState | None:
+        """The grammar state of a structured generation; compiling here fails a bad schema before any compute."""
+        if params.structured is None:
+            return None
+        if self._structurer is None:
+            self._structurer = structurer_for(self.tokenizer, self.vocab_size, self._eos)
+        return self._structurer.start(params.structured)
+
     def _kick(self) -> None:
         self._table.check_alive()
         if self._task is None or self._task.done():
@@ -393,7 +402,7 @@ class LlamaCppEngine:
 
     def _sample(self, s: LlamaSeq, gen: Generation, row: np.ndarray) -> None:
         try:
-            token = sample(torch.from_numpy(row), gen.params, gen.generator, s.tokens, gen.produced)
+            token = sample(torch.from_numpy(row), gen.params, gen.generator, s.tokens, gen.produced, gen.structured)
         except Exception as exc:  # this generation's sampling failed: it fails alone, the loop goes on
             self._fail_generation(s, gen, exc)
             return
@@ -444,12 +453,20 @@ class LlamaCppEngine:
                     self._sample(s, gen, s.last_logits)
 
     def _emit(self, s: LlamaSeq, gen: Generation, token: int) -> None:
+        if gen.structured is not None and not gen.structured.accept(token):
+            # Cannot happen after the mask; if it did, the output would break its grammar: fail, never emit it.
+            self._fail_generation(s, gen, EngineError(
+                f"token {token} broke the structured output of sequence {s.id}; this is a bug, please report it"))
+            return
         s.tokens.append(token)
         s.sampled_pos = len(s.tokens) - 1
         s.last_logits = None
         gen.produced += 1
         p = gen.params
-        if (token in self._eos and not p.ignore_eos) or token in p.stop_token_ids:
+        # A grammar ends on a stop token, which its mask allows only where the output is complete: the generation
+        # ends there even with ignore_eos, since nothing may follow.
+        ended = gen.structured is not None and gen.structured.done
+        if (token in self._eos and not p.ignore_eos) or token in p.stop_token_ids or ended:
             self._finish(s, gen, "stop", token=token)
             return
         text, hit_stop = gen.detok.push(token)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import jsonschema
 import numpy as np
 import pytest
 
@@ -27,10 +29,9 @@ from engine import (
     SequenceBusyError,
     SequenceClosedError,
     UnknownSequenceError,
-    UnsupportedFeatureError,
 )
 from engine.llamacpp_engine import LlamaCppEngine
-from engine.structured_output import JsonObject
+from engine.structured_output import Grammar, JsonSchema
 from tests.conftest import collect
 from tests.llama_server import gguf_path
 
@@ -312,11 +313,23 @@ async def test_bad_input_raises_typed_errors(any_engine: Any) -> None:
     await eng.close(good)
 
 
-async def test_structured_output_is_refused_and_stopped_engine_refuses() -> None:
+async def test_structured_output_masks_llamacpp_logits(lc: LlamaCppEngine) -> None:
+    """The shared xgrammar mask applies to llama.cpp's logits: JSON valid under the schema, ended by the grammar."""
+    person = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 24},
+                                               "age": {"type": "integer", "minimum": 0, "maximum": 150}},
+              "required": ["name", "age"]}
+    seq = await lc.open(chat(lc, "Describe a person as JSON with a name and an age."))
+    ids, text, reason = await collect(lc, seq, SamplingParams(max_tokens=60, structured=JsonSchema.of(person)))
+    assert reason == "stop" and ids[-1] in lc.eos_token_ids
+    jsonschema.validate(json.loads(text), person)
+    with pytest.raises(InvalidSamplingError):
+        lc.generate(seq, SamplingParams(structured=Grammar("root ::= ")))
+    await lc.close(seq)
+
+
+async def test_stopped_engine_refuses_work() -> None:
     eng = LlamaCppEngine(kv_cells=256, n_seq_max=2)
     seq = await eng.open([1, 2, 3])
-    with pytest.raises(UnsupportedFeatureError, match="structured"):
-        eng.generate(seq, SamplingParams(structured=JsonObject()))
     await eng.shutdown()
     with pytest.raises(EngineStoppedError):
         await eng.open([1, 2])
