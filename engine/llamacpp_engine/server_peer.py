@@ -31,13 +31,14 @@ class PeerServer:
     log_path: Path
 
     def stop(self) -> None:
-        """Stop the server process."""
+        """Stop the server process and remove its log."""
         self.process.terminate()
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)
+        self.log_path.unlink(missing_ok=True)
 
 
 def _free_port() -> int:
