@@ -10,7 +10,7 @@ import random
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from .errors import InvalidTokensError
 from .protocol import Engine, SamplingParams, Sequence
@@ -38,6 +38,11 @@ class EngineBenchResult:
     fork_ms: float = 0.0
     fork_tokens_computed: int = 0
     tok_s: dict[int, float] = field(default_factory=dict)  # streams -> decode tokens/s (all streams counted)
+    backend: str = ""
+    # llama.cpp's own server on the same GGUF, 1 and 4 concurrent requests (None: not measured, e.g. a HF model)
+    peer_tok_s_1: float | None = None
+    peer_tok_s_4: float | None = None
+    tok_s_4_vs_peer: float | None = None  # tok_s_4 / peer_tok_s_4
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict, contract fields first, plus tok_s_<n> for every stream count measured."""
@@ -175,15 +180,39 @@ async def run_engine_bench(
     )
 
 
-def bench_engine(model: str | None = None, **kwargs: Any) -> EngineBenchResult:
-    """Load the model (default: the offline default) on a TransformersEngine and run the bench."""
-    from .transformers_engine import TransformersEngine
+Backend = Literal["transformers", "llamacpp"]
+
+
+def bench_engine(model: str | None = None, *, backend: Backend = "transformers", peer: bool = True,
+                 **kwargs: Any) -> EngineBenchResult:
+    """Load the model (default: the offline default) on the backend's engine and run the bench.
+
+    With `peer`, a GGUF model (the default one included) is also served by llama.cpp's own server and driven
+    with 1 and 4 concurrent requests of the same length: the peer columns.
+    """
+    from .llamacpp_engine.engine import accepts_model, model_path
 
     async def main() -> EngineBenchResult:
-        engine = TransformersEngine.from_pretrained(model)
+        engine: Engine
+        if backend == "llamacpp":
+            from .llamacpp_engine import LlamaCppEngine
+
+            engine = LlamaCppEngine(model)
+        else:
+            from .transformers_engine import TransformersEngine
+
+            engine = TransformersEngine.from_pretrained(model)
         try:
             return await run_engine_bench(engine, **kwargs)
         finally:
             await engine.shutdown()
 
-    return asyncio.run(main())
+    result = asyncio.run(main())
+    result.backend = backend
+    if peer and accepts_model(model):
+        from .llamacpp_engine.server_peer import peer_rates
+
+        rates = peer_rates(model_path(model), kwargs.get("decode_tokens", 32))
+        result.peer_tok_s_1, result.peer_tok_s_4 = round(rates[1], 2), round(rates[4], 2)
+        result.tok_s_4_vs_peer = round(result.tok_s_4 / rates[4], 2)
+    return result

