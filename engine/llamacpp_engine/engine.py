@@ -29,7 +29,7 @@ from ..protocol import EngineStats, FinishReason, SamplingParams, Sequence, Sequ
 from ..sampler import make_generator, sample
 from ..sequence_table import SequenceTable
 from ..structured_state import StructuredState, Structurer, structurer_for
-from ..transformers_engine.token_stream import TokenStream
+from ..token_stream import TokenStream
 from .context import ContextOptions, LlamaContext
 from .kv_residency import KVResidency
 from .scheduler import Scheduler, Step
@@ -43,14 +43,14 @@ DEFAULT_KV_CELLS = 16384
 
 def accepts_model(name: str | None) -> bool:
     """Whether this engine runs the model: the default model (None or one of its names) or a .gguf file."""
-    return name is None or name.strip().lower() in models._DEFAULT_ALIASES or name.endswith(".gguf")
+    return name is None or name.strip().lower() in models.DEFAULT_ALIASES or name.endswith(".gguf")
 
 
 def model_path(name: str | None) -> Path:
     """The GGUF file a model name stands for (the shipped one for the default model's names)."""
     # engine.models keeps the default model's names and GGUF location private; they are the ones meant here.
-    if name is None or name.strip().lower() in models._DEFAULT_ALIASES:
-        return models._gguf_path()
+    if name is None or name.strip().lower() in models.DEFAULT_ALIASES:
+        return models.default_gguf_path()
     if not name.endswith(".gguf"):
         raise ModelLoadError(f"the llama.cpp engine runs GGUF files; {name!r} is not one (use the transformers "
                              "backend for Hugging Face models)")
@@ -84,7 +84,7 @@ class LlamaCppEngine:
         except BaseException:
             self._ctx.close()
             raise
-        self._name = name or (models.DEFAULT_MODEL if path == models._gguf_path() else path.name)
+        self._name = name or (models.DEFAULT_MODEL if path == models.default_gguf_path() else path.name)
         max_len = min(max_model_len or self._ctx.n_ctx_train or kv_cells, kv_cells)
         self._table: SequenceTable[LlamaSeq] = SequenceTable(self._ctx.n_vocab, max_len)
         self.id = self._table.engine_id

@@ -1,6 +1,6 @@
 """What the llama.cpp engine knows about one sequence: tokens, its slot and cells, progress, who waits on it.
 
-Generations and waiters are the embedded engine's own records (one mechanism for both local engines).
+Generations and waiters are engine/generation.py's records, shared by both local engines.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..generation import Generation, Waiter
 from ..sequence_table import SequenceEntry
-from ..transformers_engine.sequence_state import Generation, Waiter
 
 __all__ = ["Generation", "LlamaSeq", "Waiter"]
 

@@ -23,17 +23,18 @@ from .. import models
 from ..block_pool import BlockPool
 from ..detokenizer import Detokenizer
 from ..errors import CapacityError, EngineError, SequenceClosedError
+from ..generation import Generation, Waiter
 from ..prompt_lookup import PromptLookup
 from ..protocol import EngineStats, FinishReason, SamplingParams, Sequence, SequenceStats, TokenDelta, Tokenizer
 from ..response_cache import CachedResponse, ResponseCache
 from ..sampler import make_generator, sample
 from ..sequence_table import SequenceTable
 from ..structured_state import StructuredState, Structurer, structurer_for
+from ..token_stream import TokenStream
 from .kv_cache_manager import KVCacheManager
 from .model_runner import ModelRunner, StepOutput
 from .scheduler import ScheduledChunk, ScheduledStep, Scheduler
-from .sequence_state import Generation, SeqState, Waiter
-from .token_stream import TokenStream
+from .sequence_state import SeqState
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ from typing import Any
 import torch
 
 from ..errors import ModelLoadError
+from ..generation import Generation
 from ..sampler import sample
 from . import paged_attention
 from .kv_cache_manager import BlockCopy
 from .paged_attention import KVPool, PackedBatch, SeqSlice
 from .scheduler import ScheduledChunk, ScheduledStep
-from .sequence_state import Generation
 
 
 @dataclass

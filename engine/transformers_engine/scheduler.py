@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..generation import Generation
 from ..prompt_lookup import PromptLookup
 from ..sequence_table import SequenceTable
 from .kv_cache_manager import KVCacheManager
-from .sequence_state import Generation, SeqState
+from .sequence_state import SeqState
 
 
 @dataclass(frozen=True)

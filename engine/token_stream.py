@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..protocol import TokenDelta
-from .sequence_state import Generation
+from .generation import Generation
+from .protocol import TokenDelta
 
 
 class TokenStream:
