@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import logging
 import math
-import time
-from collections.abc import AsyncIterator
 from collections.abc import Sequence as Seq
 from dataclasses import replace
 from pathlib import Path
@@ -23,17 +20,17 @@ import numpy as np
 import torch
 
 from .. import models
-from ..detokenizer import Detokenizer
 from ..errors import CapacityError, EngineError, ModelLoadError, SequenceClosedError
-from ..protocol import EngineStats, FinishReason, SamplingParams, Sequence, SequenceStats, TokenDelta, Tokenizer
-from ..sampler import make_generator, sample
+from ..local_engine import LocalEngine
+from ..protocol import EngineStats, Sequence, Tokenizer
+from ..response_cache import ResponseCache
+from ..sampler import sample
 from ..sequence_table import SequenceTable
-from ..structured_state import StructuredState, Structurer, structurer_for
-from ..token_stream import TokenStream
+from ..structured_state import Structurer
 from .context import ContextOptions, LlamaContext
 from .kv_residency import KVResidency
 from .scheduler import Scheduler, Step
-from .sequence_state import Generation, LlamaSeq, Waiter
+from .sequence_state import Generation, LlamaSeq
 from .tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -57,7 +54,7 @@ def model_path(name: str | None) -> Path:
     return Path(name).expanduser()
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(LocalEngine):
     """Stateful engine over a GGUF model run by llama.cpp: see engine.protocol.Engine for the contract."""
 
     def __init__(
@@ -74,7 +71,9 @@ class LlamaCppEngine:
         tokenizer: str | None = None,
         keep_closed_prefixes: bool = True,
         name: str | None = None,
+        response_cache: ResponseCache | None = None,
     ) -> None:
+        self._responses = response_cache
         path = model_path(None if model is None else str(model))
         self._ctx = LlamaContext(path, ContextOptions(n_ctx=kv_cells, n_seq_max=n_seq_max,
                                                       n_batch=max_tokens_per_step, threads=threads,
@@ -95,7 +94,7 @@ class LlamaCppEngine:
         self._forward_steps = 0
         self._decoding = False
         self._wake: asyncio.Event | None = None
-        self._decode_done: asyncio.Event | None = None
+        self._step_done: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._structurer: Structurer | None = None  # built on the first structured generation
 
@@ -115,11 +114,6 @@ class LlamaCppEngine:
     def max_model_len(self) -> int:
         """Longest sequence: the model's training context, capped by the KV budget."""
         return self._table.max_model_len
-
-    @property
-    def vocab_size(self) -> int:
-        """Number of token ids the model accepts."""
-        return self._table.vocab_size
 
     @property
     def model_name(self) -> str:
@@ -166,44 +160,6 @@ class LlamaCppEngine:
                 raise
         return handle
 
-    async def append(self, seq: Sequence, tokens: Seq[int]) -> None:
-        """Extend a sequence; computes only the new tokens (plus a sampled token not yet computed)."""
-        s = self._table.get(seq)
-        self._table.check_idle(s, "append to")
-        new = self._table.check_tokens(tokens, allow_empty=False)
-        self._table.check_length(len(s.tokens) + len(new))
-        before = len(s.tokens)
-        s.tokens.extend(new)
-        s.last_logits = None
-        await self._compute(s, rollback_to=before)
-
-    async def fork(self, seq: Sequence) -> Sequence:
-        """A copy of the sequence that shares its KV (llama_memory_seq_cp); computes nothing."""
-        return await self.open([], parent=seq)
-
-    def generate(self, seq: Sequence, sampling: SamplingParams | None = None) -> AsyncIterator[TokenDelta]:
-        """Decode from the sequence, appending each token to it; stop iterating to cancel."""
-        s = self._table.get(seq)
-        self._table.check_idle(s, "generate on")
-        params = sampling or SamplingParams()
-        self._table.check_sampling(params)
-        gen = Generation(params, make_generator(params, "cpu"), Detokenizer(self.tokenizer, params.stop),
-                         self._structured_state(params))
-        stream = TokenStream(gen, functools.partial(self._cancel, s, gen))
-        if len(s.tokens) >= self.max_model_len:  # no room for one more token: end at once, like vLLM
-            gen.queue.put_nowait(TokenDelta((), "", "length"))
-            return stream
-        s.generation = gen
-        self._kv.touch(s)
-        self._kick()
-        return stream
-
-    async def abort(self, seq: Sequence) -> None:
-        """Stop a running generation of this sequence (no-op if idle)."""
-        s = self._table.get(seq)
-        if s.generation is not None:
-            self._finish(s, s.generation, "abort")
-
     async def close(self, seq: Sequence) -> None:
         """Forget the sequence; its KV is freed (or kept as a prefix cache until the cells are wanted)."""
         s = self._table.close(seq)
@@ -214,16 +170,6 @@ class LlamaCppEngine:
         self._fail_waiters(s, SequenceClosedError(f"sequence {s.id} was closed"))
         await self._out_of_decode()
         self._kv.close(s)
-
-    async def pin(self, seq: Sequence, ttl: float | None = None) -> None:
-        """Keep the sequence's KV resident for `ttl` seconds (None: until unpin); past the TTL it is evictable."""
-        if ttl is not None and not ttl > 0:
-            raise EngineError(f"pin ttl must be > 0 seconds or None, got {ttl!r}")
-        self._table.get(seq).pinned_until = math.inf if ttl is None else time.monotonic() + ttl
-
-    async def unpin(self, seq: Sequence) -> None:
-        """Make the sequence evictable again (no-op if it was not pinned)."""
-        self._table.get(seq).pinned_until = None
 
     async def score(self, seq: Sequence, tokens: Seq[int]) -> list[float]:
         """Log-probability of each of `tokens` after `seq`; computed on a fork, so `seq` is left unchanged."""
@@ -253,17 +199,9 @@ class LlamaCppEngine:
             out.append(float(logits[token] - top - math.log(np.exp(logits - top).sum())))
         return out
 
-    def tokens(self, seq: Sequence) -> list[int]:
-        """A copy of the sequence's tokens (prompt, appends and generated)."""
-        return self._table.tokens(seq)
-
     def is_resident(self, seq: Sequence) -> bool:
         """Whether the sequence's KV is in the cache now (False once evicted, until it is used again)."""
         return self._table.get(seq).slot is not None
-
-    def seq_stats(self, seq: Sequence) -> SequenceStats:
-        """What this sequence has cost so far."""
-        return self._table.seq_stats(seq)
 
     def stats(self) -> EngineStats:
         """Engine-wide counters and gauges (a snapshot)."""
@@ -275,6 +213,7 @@ class LlamaCppEngine:
             kv_bytes_budget=self._kv.ledger.n_cells * per_cell,
             evictions=self._kv.evictions,
             forward_steps=self._forward_steps,
+            response_cache_hits=self._responses.stats.hits if self._responses else 0,
         )
 
     def drop_prefix_cache(self) -> None:
@@ -302,63 +241,17 @@ class LlamaCppEngine:
 
     # ---------------------------------------------------------------- waiting for the loop
 
-    def _structured_state(self, params: SamplingParams) -> StructuredState | None:
-        """The grammar state of a structured generation; compiling here fails a bad schema before any compute."""
-        if params.structured is None:
-            return None
-        if self._structurer is None:
-            self._structurer = structurer_for(self.tokenizer, self.vocab_size, self._eos)
-        return self._structurer.start(params.structured)
-
-    def _kick(self) -> None:
-        self._table.check_alive()
-        if self._task is None or self._task.done():
-            self._wake = asyncio.Event()
-            self._decode_done = asyncio.Event()
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"llamacpp-engine-{self.id}")
-        assert self._wake is not None
-        self._wake.set()
-
-    async def _compute(self, s: LlamaSeq, rollback_to: int) -> None:
-        self._kv.touch(s)
-        if s.pending == 0:
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        s.waiters.append(Waiter(len(s.tokens), rollback_to, fut))
-        self._kick()
-        await fut
-
     async def _out_of_decode(self) -> None:
         """Return once no decode is in flight (llama.cpp memory may then be edited until the next await)."""
         while self._decoding:
-            assert self._decode_done is not None
-            self._decode_done.clear()
-            await self._decode_done.wait()
-
-    def _fail_waiters(self, s: LlamaSeq, exc: BaseException) -> None:
-        for w in s.waiters:
-            if not w.future.done():
-                w.future.set_exception(exc)
-        s.waiters.clear()
-
-    def _cancel(self, s: LlamaSeq, gen: Generation) -> None:
-        if s.generation is gen:  # the consumer left early: stop decoding for it now
-            s.generation = None
-            self._kv.touch(s)
-
-    def _finish(self, s: LlamaSeq, gen: Generation, reason: FinishReason, text: str = "", token: int | None = None,
-                flush: bool = True) -> None:
-        tail = gen.detok.flush() if flush else ""
-        ids = (token,) if token is not None else ()
-        gen.queue.put_nowait(TokenDelta(ids, text + tail, reason))
-        if s.generation is gen:
-            s.generation = None
-        self._kv.touch(s)
+            assert self._step_done is not None
+            self._step_done.clear()
+            await self._step_done.wait()
 
     # ---------------------------------------------------------------- the loop
 
     async def _loop(self) -> None:
-        assert self._wake is not None and self._decode_done is not None
+        assert self._wake is not None and self._step_done is not None
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
@@ -384,7 +277,7 @@ class LlamaCppEngine:
                     self._update(step, rows)
                 finally:
                     self._decoding = False
-                    self._decode_done.set()
+                    self._step_done.set()
                 # Let calls waiting to edit llama.cpp memory (fork, close, score) run before the next decode.
                 await asyncio.sleep(0)
 
@@ -451,41 +344,6 @@ class LlamaCppEngine:
                 gen = c.gen
                 if gen is not None and s.generation is gen:
                     self._sample(s, gen, s.last_logits)
-
-    def _emit(self, s: LlamaSeq, gen: Generation, token: int) -> None:
-        if gen.structured is not None and not gen.structured.accept(token):
-            # Cannot happen after the mask; if it did, the output would break its grammar: fail, never emit it.
-            self._fail_generation(s, gen, EngineError(
-                f"token {token} broke the structured output of sequence {s.id}; this is a bug, please report it"))
-            return
-        s.tokens.append(token)
-        s.sampled_pos = len(s.tokens) - 1
-        s.last_logits = None
-        gen.produced += 1
-        p = gen.params
-        # A grammar ends on a stop token, which its mask allows only where the output is complete: the generation
-        # ends there even with ignore_eos, since nothing may follow.
-        ended = gen.structured is not None and gen.structured.done
-        if (token in self._eos and not p.ignore_eos) or token in p.stop_token_ids or ended:
-            self._finish(s, gen, "stop", token=token)
-            return
-        text, hit_stop = gen.detok.push(token)
-        if hit_stop:
-            self._finish(s, gen, "stop", text=text, token=token, flush=False)
-        elif gen.produced >= p.max_tokens or len(s.tokens) >= self.max_model_len:
-            self._finish(s, gen, "length", text=text, token=token)
-        else:
-            gen.queue.put_nowait(TokenDelta((token,), text))
-            self._kv.touch(s)
-
-    def _fail_generation(self, s: LlamaSeq, gen: Generation, exc: Exception) -> None:
-        log.warning("sampling failed for sequence %d: %s", s.id, exc)
-        err = exc if isinstance(exc, EngineError) else EngineError(
-            f"sampling failed for sequence {s.id}: {exc}; check the sampling parameters")
-        gen.queue.put_nowait(err)
-        if s.generation is gen:
-            s.generation = None
-        self._kv.touch(s)
 
     def _fail_step(self, step: Step, exc: Exception) -> None:
         err = exc if isinstance(exc, EngineError) else EngineError(f"llama_decode failed: {exc}")

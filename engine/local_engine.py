@@ -1,0 +1,232 @@
+"""What both embedded engines share: the protocol calls that only touch the sequence table, and generations.
+
+A generation's life is the same whatever computes its tokens: sampling hands each token to `_emit`, which
+checks it against the grammar, stop tokens, stop strings and the budget, streams it and ends the generation;
+verified draft tokens (prompt lookup) and answers from the response cache go through the same path. The
+subclasses own the KV (their `_kv` has `touch`) and the step loop (`_loop`, run by `_kick`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from collections.abc import Sequence as Seq
+from typing import Any
+
+from .detokenizer import Detokenizer
+from .errors import EngineError
+from .generation import Generation, Waiter
+from .protocol import FinishReason, SamplingParams, Sequence, SequenceStats, TokenDelta
+from .response_cache import CachedResponse, ResponseCache
+from .sampler import make_generator
+from .sequence_table import SequenceTable
+from .structured_state import StructuredState, Structurer, structurer_for
+from .token_stream import TokenStream
+
+log = logging.getLogger(__name__)
+
+
+class LocalEngine:
+    """The shared half of TransformersEngine and LlamaCppEngine (see the module docstring)."""
+
+    _table: SequenceTable[Any]
+    _kv: Any  # the subclass's KV manager: `touch(s)` marks a sequence used
+    _eos: frozenset[int]
+    device: Any = "cpu"  # where sampling's random generator lives
+    id: int
+    _responses: ResponseCache | None = None
+    _structurer: Structurer | None = None
+    _task: asyncio.Task[None] | None = None
+    _wake: asyncio.Event | None = None
+    _step_done: asyncio.Event | None = None
+    _drafted = 0
+    _draft_accepted = 0
+
+    # Provided by the subclasses.
+    tokenizer: Any
+    max_model_len: int
+    model_name: str
+
+    async def open(self, tokens: Seq[int], parent: Sequence | None = None, *,
+                   cache_salt: str | None = None) -> Sequence:
+        raise NotImplementedError
+
+    async def _loop(self) -> None:
+        raise NotImplementedError
+
+    def _before_generate(self, s: Any) -> None:
+        """Make sure a generation starting on `s` will get logits (a hook; nothing to do by default)."""
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids the model accepts."""
+        return self._table.vocab_size
+
+    async def append(self, seq: Sequence, tokens: Seq[int]) -> None:
+        """Extend a sequence; computes only the new tokens (plus a sampled token not yet computed)."""
+        s = self._table.get(seq)
+        self._table.check_idle(s, "append to")
+        new = self._table.check_tokens(tokens, allow_empty=False)
+        self._table.check_length(len(s.tokens) + len(new))
+        before = len(s.tokens)
+        s.tokens.extend(new)
+        s.last_logits = None
+        await self._compute(s, rollback_to=before)
+
+    async def fork(self, seq: Sequence) -> Sequence:
+        """A copy of the sequence that shares its KV; computes nothing."""
+        return await self.open([], parent=seq)
+
+    def generate(self, seq: Sequence, sampling: SamplingParams | None = None) -> AsyncIterator[TokenDelta]:
+        """Decode from the sequence, appending each token to it; stop iterating to cancel."""
+        s = self._table.get(seq)
+        self._table.check_idle(s, "generate on")
+        params = sampling or SamplingParams()
+        self._table.check_sampling(params)
+        gen = Generation(params, make_generator(params, self.device), Detokenizer(self.tokenizer, params.stop),
+                         self._structured_state(params))
+        stream = TokenStream(gen, functools.partial(self._cancel, s, gen))
+        if self._responses is not None:
+            hit = self._responses.get(self.model_name, s.tokens, params)
+            if hit is not None:
+                # The exact request was answered before: its tokens join the sequence uncomputed (an append
+                # computes them only if the conversation goes on) and the answer is sent at once.
+                s.tokens.extend(hit.token_ids)
+                s.last_logits = None
+                gen.put(TokenDelta(hit.token_ids, hit.text, hit.finish_reason))
+                return stream
+            if params.greedy:
+                gen.context, gen.sent = tuple(s.tokens), []
+        if len(s.tokens) >= self.max_model_len:  # no room for one more token: end at once, like vLLM
+            gen.queue.put_nowait(TokenDelta((), "", "length"))
+            return stream
+        self._before_generate(s)
+        s.generation = gen
+        self._kv.touch(s)
+        self._kick()
+        return stream
+
+    async def abort(self, seq: Sequence) -> None:
+        """Stop a running generation of this sequence (no-op if idle)."""
+        s = self._table.get(seq)
+        if s.generation is not None:
+            self._finish(s, s.generation, "abort")
+
+    async def pin(self, seq: Sequence, ttl: float | None = None) -> None:
+        """Keep the sequence's KV resident for `ttl` seconds (None: until unpin); past the TTL it is evictable."""
+        if ttl is not None and not ttl > 0:
+            raise EngineError(f"pin ttl must be > 0 seconds or None, got {ttl!r}")
+        self._table.get(seq).pinned_until = math.inf if ttl is None else time.monotonic() + ttl
+
+    async def unpin(self, seq: Sequence) -> None:
+        """Make the sequence evictable again (no-op if it was not pinned)."""
+        self._table.get(seq).pinned_until = None
+
+    def tokens(self, seq: Sequence) -> list[int]:
+        """A copy of the sequence's tokens (prompt, appends and generated)."""
+        return self._table.tokens(seq)
+
+    def seq_stats(self, seq: Sequence) -> SequenceStats:
+        """What this sequence has cost so far."""
+        return self._table.seq_stats(seq)
+
+    def _structured_state(self, params: SamplingParams) -> StructuredState | None:
+        """The grammar state of a structured generation; compiling here fails a bad schema before any compute."""
+        if params.structured is None:
+            return None
+        if self._structurer is None:
+            self._structurer = structurer_for(self.tokenizer, self.vocab_size, self._eos)
+        return self._structurer.start(params.structured, params.structured_resume)
+
+    def _kick(self) -> None:
+        self._table.check_alive()
+        if self._task is None or self._task.done():
+            self._wake = asyncio.Event()
+            self._step_done = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"moa-engine-{self.id}")
+        assert self._wake is not None
+        self._wake.set()
+
+    async def _compute(self, s: Any, rollback_to: int) -> None:
+        self._kv.touch(s)
+        if s.pending == 0:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        s.waiters.append(Waiter(len(s.tokens), rollback_to, fut))
+        self._kick()
+        await fut
+
+    def _fail_waiters(self, s: Any, exc: BaseException) -> None:
+        for w in s.waiters:
+            if not w.future.done():
+                w.future.set_exception(exc)
+        s.waiters.clear()
+
+    def _cancel(self, s: Any, gen: Generation) -> None:
+        if s.generation is gen:  # the consumer left early: stop decoding for it now
+            s.generation = None
+            self._kv.touch(s)
+
+    def _finish(self, s: Any, gen: Generation, reason: FinishReason, text: str = "", token: int | None = None,
+                flush: bool = True) -> None:
+        tail = gen.detok.flush() if flush else ""
+        ids = (token,) if token is not None else ()
+        gen.put(TokenDelta(ids, text + tail, reason))
+        if gen.sent is not None and gen.context is not None and self._responses is not None:
+            out = tuple(t for d in gen.sent for t in d.token_ids)
+            self._responses.put(self.model_name, gen.context, gen.params,
+                                CachedResponse(out, "".join(d.text for d in gen.sent), reason))
+        if s.generation is gen:
+            s.generation = None
+        self._kv.touch(s)
+
+    def _emit_verified(self, s: Any, gen: Generation, drafted: int, accepted: list[int], token: int) -> None:
+        """Emit a step's draft tokens that sampling reproduced (their KV is computed already), then its sample."""
+        self._drafted += drafted
+        self._draft_accepted += len(accepted)
+        for draft_token in accepted:
+            self._emit(s, gen, draft_token)
+            s.num_computed, s.sampled_pos = s.num_computed + 1, None
+            self._table.account(s, decoded=1)
+            if s.generation is not gen:  # it ended (stop, length): the rest of the draft is dropped
+                return
+        self._emit(s, gen, token)
+
+    def _emit(self, s: Any, gen: Generation, token: int) -> None:
+        if gen.structured is not None and not gen.structured.accept(token):
+            # Cannot happen after the mask; if it did, the output would break its grammar: fail, never emit it.
+            self._fail_generation(s, gen, EngineError(
+                f"token {token} broke the structured output of sequence {s.id}; this is a bug, please report it"))
+            return
+        s.tokens.append(token)
+        s.sampled_pos = len(s.tokens) - 1
+        s.last_logits = None
+        gen.produced += 1
+        p = gen.params
+        # A grammar ends on a stop token (EOS), which its mask allows only where the output is complete: the
+        # generation ends there even with ignore_eos, since nothing may follow.
+        ended = gen.structured is not None and gen.structured.done
+        if (token in self._eos and not p.ignore_eos) or token in p.stop_token_ids or ended:
+            self._finish(s, gen, "stop", token=token)
+            return
+        text, hit_stop = gen.detok.push(token)
+        if hit_stop:
+            self._finish(s, gen, "stop", text=text, token=token, flush=False)
+        elif gen.produced >= p.max_tokens or len(s.tokens) >= self.max_model_len:
+            self._finish(s, gen, "length", text=text, token=token)
+        else:
+            gen.put(TokenDelta((token,), text))
+            self._kv.touch(s)
+
+    def _fail_generation(self, s: Any, gen: Generation, exc: Exception) -> None:
+        log.warning("sampling failed for sequence %d: %s", s.id, exc)
+        err = exc if isinstance(exc, EngineError) else EngineError(
+            f"sampling failed for sequence {s.id}: {exc}; check the sampling parameters")
+        gen.queue.put_nowait(err)
+        if s.generation is gen:
+            s.generation = None
+        self._kv.touch(s)
