@@ -1,0 +1,124 @@
+"""The tool-using agent: one sequence across steps (Δ appends), error results that never stop it, valid calls."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from engine import SamplingParams
+from engine.transformers_engine import TransformersEngine
+from moa_stream.agent import Agent
+from moa_stream.agent_events import AgentDelta, AgentDone, StepDone
+from moa_stream.bfcl_traces import fresh_instances, load_cases, replay
+from moa_stream.tools import ForceTool, Tool, ToolCall, ToolResult, ToolSet, bfcl_tools
+from tests.conftest import count_model_positions, tiny_llama
+
+
+@pytest.fixture
+async def tiny_chat_engine() -> TransformersEngine:
+    """A tiny random model over the default model's whole vocabulary (chat text encodes to any id)."""
+    lm = tiny_llama(vocab=49152)
+    eng = TransformersEngine(lm, block_size=4, kv_cache_bytes=64 << 20)
+    yield eng
+    await eng.shutdown()
+
+
+async def events_of(stream) -> list:
+    """Every event of one run."""
+    return [ev async for ev in stream]
+
+
+def done_of(events: list) -> AgentDone:
+    """The run's AgentDone (always last)."""
+    assert isinstance(events[-1], AgentDone)
+    return events[-1]
+
+
+def echo(text: str) -> str:
+    """Return the text."""
+    return text
+
+
+async def test_a_tool_result_append_computes_exactly_its_tokens(tiny_chat_engine):
+    eng = tiny_chat_engine
+    agent = Agent(eng, ToolSet([Tool.from_function(echo)]), sampling=SamplingParams(max_tokens=6), constrained=False)
+    first = done_of(await events_of(agent.run("Say something.")))
+    assert first.metrics.steps[0].prefill_computed == agent.slot.prompt_tokens, "a new conversation: its prompt"
+    seq = agent.slot.seq
+    before = len(eng.tokens(seq))
+    results = [ToolResult("call_x", "echo", '{"text": "a result with some words in it"}')]
+    delta = agent.slot.fmt.next_turn(agent.format.render_results(results), agent.slot.after_eos)
+    with count_model_positions(eng) as fed:
+        events = await events_of(agent.submit(results))
+    step = done_of(events).metrics.steps[0]
+    assert agent.slot.seq == seq, "the same sequence goes on"
+    assert eng.tokens(seq)[before:before + len(delta)] == delta, "the results turn is appended after the reply"
+    assert step.prefill_computed == len(delta) and step.prefill_reused == 0, "only the new tokens are computed"
+    # Counted at the model: every position it computed is the Δ or a decoded token, as the engine reports.
+    assert fed.count == step.prefill_computed + step.decode_tokens
+    # The next user turn costs its tokens only too.
+    after = len(eng.tokens(seq))
+    turn = done_of(await events_of(agent.send("And now?")))
+    appended = len(eng.tokens(seq)) - after - turn.metrics.decode_tokens
+    assert turn.metrics.steps[0].prefill_computed == appended and agent.history[-2].content == "And now?"
+
+
+def boom(x: int) -> int:
+    """Always fails."""
+    raise RuntimeError("kaboom")
+
+
+def hang(x: int) -> int:
+    """Takes far too long."""
+    time.sleep(30)
+    return x
+
+
+@pytest.mark.parametrize("tool, says", [(boom, "kaboom"), (hang, "timed out")])
+async def test_a_raising_or_hanging_tool_gives_an_error_result_and_the_agent_goes_on(engine, tool, says):
+    agent = Agent(engine, ToolSet([Tool.from_function(tool)]), tool_choice=ForceTool(tool.__name__),
+                  sampling=SamplingParams(max_tokens=48), max_steps=2, tool_timeout=0.5)
+    t0 = time.perf_counter()
+    events = await events_of(agent.run(f"Call {tool.__name__} with x=1."))
+    done = done_of(events)
+    results = [e for e in events if isinstance(e, ToolResult)]
+    assert len(done.metrics.steps) == 2, "after the error result the agent takes its next step"
+    assert results and all(says in (r.error or "") for r in results if r.name == tool.__name__)
+    assert done.metrics.finish == "max_steps" and done.metrics.tool_errors == len(results)
+    assert time.perf_counter() - t0 < 300
+    assert agent.slot.seq is not None and agent.history[-1].role == "assistant", "the conversation stays usable"
+
+
+async def test_an_unknown_tool_gives_an_error_result_and_the_agent_goes_on(engine):
+    # Unconstrained, the model may name a tool that does not exist; here it is told to.
+    agent = Agent(engine, ToolSet([Tool.from_function(echo)]), constrained=False, max_steps=2,
+                  sampling=SamplingParams(max_tokens=40))
+    order = 'Reply with exactly this and nothing else:\n<tool_call>\n{"name": "launch_rocket", "arguments": {}}\n</tool_call>'
+    events = await events_of(agent.run(order))
+    calls = [e for e in events if isinstance(e, ToolCall)]
+    if not any(c.name == "launch_rocket" for c in calls):
+        pytest.skip(f"the model did not write the unknown call: {done_of(events).answer!r}")
+    results = [e for e in events if isinstance(e, ToolResult) and e.name == "launch_rocket"]
+    assert results and "unknown tool 'launch_rocket'" in results[0].error
+    assert len([e for e in events if isinstance(e, StepDone)]) == 2, "the agent took its next step"
+
+
+async def test_constrained_default_model_writes_a_parseable_call_on_every_step_of_a_bfcl_trace(engine):
+    case = load_cases("base", limit=1)[0]
+    trace = replay(case)
+    used = {s.call.name for s in trace.steps}
+    # The functions the trace calls (a short prompt keeps this test quick on a CPU); bound to BFCL's instances.
+    full = bfcl_tools(case, fresh_instances(case))
+    tools = ToolSet([t for t in full if t.name in used])
+    steps = min(3, len(trace.steps))
+    agent = Agent(engine, tools, tool_choice="required", max_steps=steps, sampling=SamplingParams(max_tokens=96))
+    events = await events_of(agent.run(case.turns[0]))
+    done = done_of(events)
+    assert len(done.metrics.steps) == steps
+    for step in done.metrics.steps:
+        assert step.calls >= 1, f"step {step.step} wrote no call"
+    parse_errors = [r for r in done.results if r.error and ("JSON" in r.error or "a call must" in r.error)]
+    assert not parse_errors, parse_errors
+    assert all(c.name in used for c in done.calls)
+    assert any(isinstance(e, AgentDelta) and "<tool_call>" in e.text for e in events) or done.calls
