@@ -52,7 +52,8 @@ class Agent:
 
     def __init__(self, engine: Engine, tools: ToolsArg = None, *, format: str | CallFormat = "hermes",
                  system_prompt: str | None = None, sampling: SamplingParams | None = None,
-                 tool_choice: ToolChoice = "auto", constrained: bool = True, max_steps: int = 10,
+                 tool_choice: ToolChoice = "auto", later_tool_choice: ToolChoice | None = None,
+                 parallel_calls: bool = True, constrained: bool = True, max_steps: int = 10,
                  tool_timeout: float | None = 30.0, pin_ttl: float | None = 60.0, cache: ToolCache | None = None,
                  name: str = "agent", cache_salt: str | None = None, slot: AgentSlot | None = None) -> None:
         if max_steps < 1:
@@ -66,6 +67,8 @@ class Agent:
         self.sampling = sampling or (self.slot.sampling() if slot is not None else SamplingParams(max_tokens=256))
         self.system_prompt = system_prompt if system_prompt is not None else self.slot.cfg.system_prompt
         self.tool_choice = tool_choice
+        self.later_tool_choice = tool_choice if later_tool_choice is None else later_tool_choice
+        self.parallel_calls = parallel_calls  # False: a step ends at its first call (its result comes sooner)
         self.constrained = constrained
         self.max_steps = max_steps
         self.pin_ttl = pin_ttl
@@ -83,15 +86,29 @@ class Agent:
         """The engine holding the agent's sequence."""
         return self.slot.engine
 
-    def step_sampling(self) -> SamplingParams:
+    def choice(self, step: int) -> ToolChoice:
+        """The tool choice of a turn's step: `tool_choice` first, `later_tool_choice` after."""
+        return self.tool_choice if step == 0 else self.later_tool_choice
+
+    def step_sampling(self, step: int = 0) -> SamplingParams:
         """Sampling for one step: the agent's, constrained to valid calls when tools are offered."""
-        structured = self.format.structured(self.tools, self.tool_choice) if self.constrained else None
+        structured = (self.format.structured(self.tools, self.choice(step), self.parallel_calls)
+                      if self.constrained else None)
         return dataclasses.replace(self.sampling, structured=structured)
 
-    def messages(self, text: str) -> list[Message]:
-        """The chat a new conversation starts from: instructions and tools, then the user's text."""
-        system = self.format.system_prompt(self.tools, self.system_prompt) if len(self.tools) else self.system_prompt
-        return [*([Message("system", system)] if system else []), Message("user", text)]
+    def messages(self, text: str, history: Sequence[Message] = ()) -> list[Message]:
+        """The chat a new conversation starts from: instructions, any history, the user's text (tools: turn adds)."""
+        return [*([Message("system", self.system_prompt)] if self.system_prompt else []), *history,
+                Message("user", text)]
+
+    def with_tools(self, messages: Sequence[Message]) -> list[Message]:
+        """The messages with the tools and the call syntax in the system prompt (added if there is none)."""
+        msgs = list(messages)
+        if not len(self.tools):
+            return msgs
+        if msgs and msgs[0].role == "system":
+            return [Message("system", self.format.system_prompt(self.tools, msgs[0].content)), *msgs[1:]]
+        return [Message("system", self.format.system_prompt(self.tools)), *msgs]
 
     async def run(self, task: str) -> AsyncIterator[AgentEvent]:
         """Start a new conversation with `task` and run it to a reply (or the step limit), yielding events."""
@@ -101,12 +118,20 @@ class Agent:
 
     async def send(self, text: str) -> AsyncIterator[AgentEvent]:
         """The next user turn of the conversation (appended: only its tokens are computed)."""
+        async for ev in self.turn(self.messages(text), text, reuse=self._live):
+            yield ev
+
+    async def turn(self, messages: Sequence[Message], text: str, reuse: bool) -> AsyncIterator[AgentEvent]:
+        """One user turn: append `text` to the live sequence if `reuse`, else open `messages` (tools added)."""
         if not isinstance(text, str) or not text.strip():
             raise ValueError("the user turn is empty: pass some text")
         t0 = time.perf_counter()
         self.slot.begin_turn()
-        base = self.engine.seq_stats(self.slot.seq) if self._live and self.slot.seq is not None else SequenceStats()
-        await self.slot.start(self.messages(text), text, reuse=self._live)
+        reuse = reuse and self.slot.seq is not None
+        base = self.engine.seq_stats(self.slot.seq) if reuse and self.slot.seq is not None else SequenceStats()
+        if not reuse:
+            self.history = [m for m in messages if m.role != "system"][:-1]
+        await self.slot.start(self.with_tools(messages), text, reuse=reuse)
         self.history.append(Message("user", text))
         async for ev in self._steps(t0, base):
             yield ev
@@ -150,7 +175,7 @@ class Agent:
                     base = self.engine.seq_stats(slot.seq)
                     await self._append_results(results)
                 text, reason = "", None
-                async with contextlib.aclosing(self.engine.generate(slot.seq, self.step_sampling())) as stream:
+                async with contextlib.aclosing(self.engine.generate(slot.seq, self.step_sampling(step))) as stream:
                     async for delta in stream:
                         if delta.text:
                             if metrics.ttft_s is None:
@@ -166,7 +191,7 @@ class Agent:
                 metrics.prefill_computed = now.prefill_computed - base.prefill_computed
                 metrics.prefill_reused = now.prefill_reused - base.prefill_reused
                 metrics.decode_tokens = now.decode_tokens - base.decode_tokens
-                parsed = self.format.parse(text) if self.tool_choice != "none" and len(self.tools) else []
+                parsed = self.format.parse(text) if self.choice(step) != "none" and len(self.tools) else []
                 calls = [ToolCall(f"call_{self._turns}_{step}_{i}", p.name or "?", p.arguments)
                          for i, p in enumerate(parsed)]
                 for c in calls:
