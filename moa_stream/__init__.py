@@ -1,6 +1,8 @@
 """Mixture-of-Agents with staircase streaming on a shared stateful engine."""
 
 from . import events
+from .agent import Agent
+from .agent_events import AgentDelta, AgentDone, AgentEvent, AgentRunMetrics, StepDone, StepMetrics
 from .api import Conversation, MoA, collect
 from .config import (
     AgentConfig,
@@ -28,15 +30,35 @@ from .events import (
     RunResult,
 )
 from .layouts import AggregatorLayout, IncrementalLayout, register_layout
+from .tools import (
+    CallFormat,
+    ForceTool,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    ToolError,
+    ToolResult,
+    ToolSchemaError,
+    ToolSet,
+    call_format,
+    register_call_format,
+    toolset,
+)
 
 __all__ = [
     "MODES",
+    "Agent",
     "AgentConfig",
+    "AgentDelta",
+    "AgentDone",
     "AgentError",
+    "AgentEvent",
     "AgentMetrics",
+    "AgentRunMetrics",
     "AggregatorDelta",
     "AggregatorLayout",
     "BackendConfig",
+    "CallFormat",
     "ChunkIngested",
     "ConfigError",
     "Conversation",
@@ -44,6 +66,7 @@ __all__ = [
     "EngineError",
     "Event",
     "FirstToken",
+    "ForceTool",
     "HttpBackend",
     "IncrementalLayout",
     "Message",
@@ -56,9 +79,21 @@ __all__ = [
     "ProposerDelta",
     "RunResult",
     "StaircaseConfig",
+    "StepDone",
+    "StepMetrics",
+    "Tool",
+    "ToolCall",
+    "ToolChoice",
+    "ToolError",
+    "ToolResult",
+    "ToolSchemaError",
+    "ToolSet",
     "TransformersBackend",
     "VllmBackend",
+    "call_format",
     "collect",
     "events",
+    "register_call_format",
     "register_layout",
+    "toolset",
 ]
