@@ -166,3 +166,36 @@ async def test_a_tool_using_proposer_streams_its_calls_into_the_staircase(tiny_c
     assert calc.prompt_tokens < calc.prefill_computed < 2 * calc.prompt_tokens
     with pytest.raises(ConfigError, match="only proposers may have tools"):
         MoAConfig.parse({"layers": [[{"name": "a"}]], "aggregator": {"name": "b", "tools": ["bfcl:MathAPI"]}})
+
+
+@pytest.mark.parametrize("pin_ttl, evicted", [(60.0, False), (1e-6, True)])
+async def test_the_sequence_is_pinned_while_tools_run(pin_ttl, evicted):
+    """A tool that needs KV room while it runs: the pinned agent keeps its sequence (the tool gets the
+    engine's CapacityError instead); with its pin expired, the agent's sequence is evicted and its next
+    step recomputes it transparently."""
+    lm = tiny_llama(vocab=49152)
+    cfg = lm.model.config
+    per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 4
+    eng = TransformersEngine(lm, block_size=4, kv_cache_bytes=per_token * 400)  # fp32 K and V: ~400 tokens
+
+    async def crowd() -> str:
+        """Fill the KV cache."""
+        other = await eng.open(list(range(300, 560)))  # 260 tokens: with the agent's ~250, more than 400
+        await eng.close(other)
+        return "crowded"
+
+    try:
+        agent = Agent(eng, ToolSet([Tool.from_function(crowd)]), tool_choice=ForceTool("crowd"),
+                      later_tool_choice="none", sampling=SamplingParams(max_tokens=40), max_steps=2, pin_ttl=pin_ttl)
+        done = done_of(await events_of(agent.run("Crowd the cache.")))
+        result = done.results[0]
+        step1 = done.metrics.steps[1]
+        if evicted:
+            assert result.result == "crowded" and eng.stats().evictions >= 1
+            assert eng.seq_stats(agent.slot.seq).recomputed_after_eviction > 0, "recomputed transparently"
+        else:
+            assert "CapacityError" in (result.error or ""), "the pinned sequence was not evicted for the tool"
+            assert eng.stats().evictions == 0 and eng.seq_stats(agent.slot.seq).recomputed_after_eviction == 0
+            assert step1.prefill_computed < 100, "only the result turn was computed"
+    finally:
+        await eng.shutdown()
