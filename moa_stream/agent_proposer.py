@@ -92,7 +92,7 @@ async def run_tool_proposer(slot: AgentSlot, idx: int, messages: list[Message], 
     try:
         agent = tool_agent(slot)
         fmt = agent.format
-        hold = CallFilter("<tool_call>", "</tool_call>") if fmt.name == "hermes" else None
+        hold = CallFilter(*fmt.delimiters) if fmt.delimiters else None
         calls: dict[str, ToolCall] = {}
         step = 0
         async with asyncio.timeout(knobs.agent_timeout_s) as deadline:

@@ -34,6 +34,9 @@ class CallFormat(ABC):
     """One way to show tools, write calls and append results (see the module docstring)."""
 
     name: ClassVar[str]
+    # The text that opens and closes a call in the model's output, when calls are delimited blocks (streamed
+    # text can then hold a call back until it is complete); None when the format has no such pair.
+    delimiters: ClassVar[tuple[str, str] | None] = None
 
     @abstractmethod
     def system_prompt(self, tools: ToolSet, instructions: str | None = None) -> str:
