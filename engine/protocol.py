@@ -43,6 +43,9 @@ class SamplingParams:
     presence_penalty: float = 0.0  # OpenAI: logit -= p once the token was generated at all
     min_p: float = 0.0  # drop tokens whose probability is below min_p x the most likely one's
     structured: StructuredOutput | None = None  # constrain the output (JSON schema, any JSON object, grammar)
+    # Tokens the output already holds from earlier generations (a staircase answer resumed after an intake):
+    # the grammar goes on after them instead of starting afresh.
+    structured_resume: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -50,6 +53,7 @@ class SamplingParams:
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
         object.__setattr__(self, "banned_token_ids", tuple(self.banned_token_ids))
+        object.__setattr__(self, "structured_resume", tuple(self.structured_resume))
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise InvalidSamplingError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
         if not 0.0 <= self.temperature <= 100.0:
@@ -73,6 +77,9 @@ class SamplingParams:
         if self.structured is not None and not isinstance(self.structured, StructuredOutput):
             kinds = "JsonSchema, JsonObject, Grammar or StructuralTag"
             raise InvalidSamplingError(f"structured must be a {kinds}, got {self.structured!r}")
+        if self.structured_resume and (self.structured is None or any(
+                not isinstance(t, int) or t < 0 for t in self.structured_resume)):
+            raise InvalidSamplingError("structured_resume must be non-negative token ids, with `structured` set")
         if any(not isinstance(t, int) or t < 0 for t in self.banned_token_ids):
             raise InvalidSamplingError(f"banned_token_ids must be non-negative ints, got {self.banned_token_ids!r}")
 
@@ -119,6 +126,9 @@ class EngineStats:
     kv_bytes_budget: int = 0
     evictions: int = 0
     forward_steps: int = 0
+    draft_tokens: int = 0  # tokens prompt lookup guessed and the model verified
+    draft_accepted: int = 0  # of those, the ones sampling reproduced (each saved a forward pass)
+    response_cache_hits: int = 0  # generations answered from the response cache, with no compute
 
 
 @runtime_checkable

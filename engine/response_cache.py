@@ -11,6 +11,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .errors import EngineError
 from .protocol import FinishReason, SamplingParams
 
 
@@ -38,7 +39,7 @@ class ResponseCache:
 
     def __init__(self, max_entries: int = 1024) -> None:
         if max_entries < 1:
-            raise ValueError(f"a response cache needs max_entries >= 1, got {max_entries}")
+            raise EngineError(f"a response cache needs max_entries >= 1, got {max_entries}")
         self.max_entries = max_entries
         self.stats = ResponseCacheStats()
         self._entries: OrderedDict[tuple[str, bytes, SamplingParams], CachedResponse] = OrderedDict()

@@ -15,7 +15,7 @@ from .errors import InvalidSamplingError
 
 @dataclass(frozen=True)
 class JsonSchema:
-    """Output must be JSON valid under `schema` (kept as canonical JSON text so params stay hashable)."""
+    """Output must be JSON valid under `schema` (kept as compact JSON text so params stay hashable)."""
 
     schema: str
 
@@ -29,7 +29,8 @@ class JsonSchema:
                 raise InvalidSamplingError(f"JSON schema is not valid JSON: {e}; pass a JSON object") from e
         if not isinstance(schema, dict):
             raise InvalidSamplingError(f"a JSON schema must be a JSON object, got {type(schema).__name__}")
-        return cls(json.dumps(schema, sort_keys=True, separators=(",", ":")))
+        # Key order is kept: xgrammar writes an object's properties in the schema's order.
+        return cls(json.dumps(schema, separators=(",", ":")))
 
     def as_dict(self) -> dict[str, Any]:
         """The schema as a dict."""

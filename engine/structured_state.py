@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -50,6 +50,10 @@ class StructuredState:
         """Advance past a sampled token; False if the grammar does not allow it here (state unchanged)."""
         return bool(self._matcher.accept_token(int(token)))
 
+    def rollback(self, count: int) -> None:
+        """Undo the last `count` accepted tokens (a verified draft the engine accepts again as it emits it)."""
+        self._matcher.rollback(count)
+
     @property
     def done(self) -> bool:
         """Whether the grammar has ended (a stop token was accepted after a complete output)."""
@@ -83,9 +87,14 @@ class Structurer:
                 self._cache.popitem(last=False)
         return compiled
 
-    def start(self, structured: StructuredOutput) -> StructuredState:
-        """A fresh state for one generation under `structured`."""
-        return StructuredState(self.compile(structured), self.vocab_size)
+    def start(self, structured: StructuredOutput, resume: Sequence[int] = ()) -> StructuredState:
+        """The state of one generation under `structured`, past the tokens `resume` says are already written."""
+        state = StructuredState(self.compile(structured), self.vocab_size)
+        for i, token in enumerate(resume):
+            if not state.accept(token):
+                raise InvalidSamplingError(f"structured_resume[{i}] (token {token}) does not fit the grammar there; "
+                                           "resume with exactly the tokens generated under it")
+        return state
 
     def _compile(self, structured: StructuredOutput) -> xgr.CompiledGrammar:
         try:

@@ -4,10 +4,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
+import math
 from pathlib import Path
 
-DEFAULT_SYSTEMS = "single,classic,staircase-reprefill@16,staircase@8,staircase@16,staircase@32"
+DEFAULT_SYSTEMS = ("single,classic,staircase-reprefill@16,blocks@4,blocks@8,blocks@16,blocks@32,"
+                   "staircase@4,staircase@8,staircase@16,staircase@32")
+_Z = 1.959964  # two-sided 95%
+
+
+def samples_for_ci_width(width: float) -> int:
+    """Samples for a 95% CI of total `width` on an accuracy near 0.5 (the widest case): n = (z / width)^2."""
+    return math.ceil((_Z / width) ** 2)
+
+
+def _width(text: str) -> float:
+    try:
+        w = float(text)
+    except ValueError:
+        w = 0.0
+    if not 0.0 < w < 1.0:
+        raise argparse.ArgumentTypeError(f"wants a CI width in (0, 1), got {text!r}")
+    return w
 
 
 def _positive_int(text: str) -> int:
@@ -26,7 +45,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="nq-open, mmlu, openbookqa, truthfulqa, asdiv, boolq, mt-bench or a .jsonl file, with "
                         "an optional sample count; repeatable (default: nq-open:20 and mmlu:20)")
     p.add_argument("--limit", type=_positive_int, default=None, help="samples per dataset when NAME has no :N")
-    p.add_argument("--seed", type=int, default=0, help="seed of the deterministic subset (0)")
+    p.add_argument("--ci-width", type=_width, default=None, metavar="W",
+                   help="samples per dataset (when NAME has no :N and no --limit) for a 95%% CI of total width W on "
+                        "an accuracy near 0.5: n = (1.96/W)^2, e.g. 0.2 -> 97, 0.3 -> 43; paired differences "
+                        "between systems are narrower when their answers agree")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the deterministic subset and of each sample's random system order (0)")
     p.add_argument("--systems", default=DEFAULT_SYSTEMS, help=f"comma-separated systems ({DEFAULT_SYSTEMS})")
     p.add_argument("--out", default="eval/results/latest", help="results folder; an existing rows.jsonl is resumed")
     p.add_argument("--config", default=None, help="MoA config file (YAML/TOML)")
@@ -40,15 +64,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judge-tokens", type=_positive_int, default=128, help="tokens of each judge reply (128)")
     p.add_argument("--turns", type=int, choices=(1, 2), default=2,
                    help="turns of multi-turn samples (MT-Bench has 2) answered in one conversation (2)")
+    p.add_argument("--no-loglik", action="store_true",
+                   help="skip the option log-likelihood rows of multiple-choice samples (on by default)")
     p.add_argument("--report-only", action="store_true", help="only summarise an existing rows.jsonl")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _datasets(args: argparse.Namespace) -> list[tuple[str, int | None]]:
     out = []
-    for spec in args.dataset or ["nq-open:20", "mmlu:20"]:
+    fallback = args.limit or (samples_for_ci_width(args.ci_width) if args.ci_width else None)
+    for spec in args.dataset or [f"nq-open:{fallback or 20}", f"mmlu:{fallback or 20}"]:
         name, _, n = spec.rpartition(":") if spec.rpartition(":")[2].isdigit() else (spec, "", "")
-        out.append((name, int(n) if n else args.limit))
+        out.append((name, int(n) if n else fallback))
     return out
 
 
@@ -68,7 +95,9 @@ def main(args: argparse.Namespace) -> int:
     if not args.report_only:
         try:
             systems = runner.parse_systems(args.systems)
-            samples = [s for name, n in _datasets(args) for s in datasets.load(name, n, args.seed)]
+            per_dataset = [datasets.load(name, n, args.seed) for name, n in _datasets(args)]
+            # Round robin over the datasets, so a run stopped early (and resumed later) covers each of them.
+            samples = [s for group in itertools.zip_longest(*per_dataset) for s in group if s is not None]
             cfg = MoAConfig.load(args.config)
             judge_cfg = MoAConfig.load(args.judge) if args.judge not in ("none", "self") else None
         except (MoAStreamError, ValueError) as exc:  # DatasetError, ConfigError; a bad --systems spec
@@ -89,7 +118,8 @@ def main(args: argparse.Namespace) -> int:
                     judge_moa = MoA.from_config(judge_cfg)
                     judge = Judge(judge_moa, args.judge_tokens)
                 return await runner.run(moa, samples, systems, rows_path, args.max_tokens, judge,
-                                        progress=not args.no_progress, turns=args.turns)
+                                        progress=not args.no_progress, turns=args.turns,
+                                        with_loglik=not args.no_loglik, seed=args.seed)
             finally:
                 await moa.aclose()
                 if judge_moa is not None:
@@ -107,7 +137,9 @@ def main(args: argparse.Namespace) -> int:
         write_rows(rows_path, rows)
     summaries = report.summarize(rows)
     Console().print(report.table(summaries, title=f"quality vs TTFT ({len(rows)} rows)"))
-    (out / "summary.md").write_text(report.markdown(summaries), encoding="utf-8")
+    verdict = report.verdict(rows)
+    Console().print(verdict)
+    (out / "summary.md").write_text(report.markdown(summaries) + "\n" + verdict, encoding="utf-8")
     (out / "summary.json").write_text(json.dumps(report.as_json(summaries), indent=2), encoding="utf-8")
     report.plot(summaries, out / "plot.png")
     console.print(f"wrote {out / 'summary.md'}, {out / 'summary.json'} and {out / 'plot.png'}")

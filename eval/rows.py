@@ -50,6 +50,10 @@ class Row:
     prefill_carried: int = 0  # context tokens an earlier turn's live sequence already held (multi-turn)
     later_turns: list[LaterTurn] = field(default_factory=list)  # MT-Bench's second turn, same conversation
     judge_replies: list[str] = field(default_factory=list)  # the judge's raw replies, to audit a weak judge
+    rep4: float | None = None  # degeneration of the answer: repeated word 4-gram fraction (0: no loop)
+    distinct2: float | None = None  # distinct word bigrams / all bigrams (1: no repetition)
+    order: int | None = None  # the system's place in its sample's randomised order (0 = ran first)
+    na: str | None = None  # why the measure is not available on this run (an engine that cannot score): "n/a"
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> Row:

@@ -1,4 +1,5 @@
-"""Scorers: normalised and contained match (QA), letter match (multiple choice), yes/no, numeric match, ROUGE-L."""
+"""Scorers: normalised and contained match (QA), letter match (multiple choice), yes/no, numeric match, ROUGE-L,
+and degeneration (repeated n-grams, distinct-n) so an answer that loops counts against its system."""
 
 from __future__ import annotations
 
@@ -53,6 +54,11 @@ def option_letters(prompt: str) -> str:
     return found or "ABCD"
 
 
+def options(prompt: str) -> list[tuple[str, str]]:
+    """The (letter, text) options a multiple-choice prompt lists as 'A. text' lines, in order."""
+    return [(m.group(1), m.group(2).strip()) for m in re.finditer(r"(?m)^([A-J])[.)] (.+)$", prompt)]
+
+
 def letter_match(prediction: str, correct: str, letters: str = "ABCD") -> float:
     """1.0 if the letter the prediction picks (among `letters`) is the correct one."""
     return float(extract_letter(prediction, letters) == correct.strip()[:1].upper())
@@ -96,6 +102,26 @@ def rouge_l(candidate: str, reference: str) -> float:
         return 0.0
     p, r = lcs / len(a), lcs / len(b)
     return 2 * p * r / (p + r)
+
+
+def repeated_ngrams(text: str, n: int = 4) -> float | None:
+    """Fraction of the answer's word n-grams that repeat an earlier one (Welleck et al.'s seq-rep-n); None if
+    the answer has fewer than n words."""
+    words = text.lower().split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else None
+
+
+def distinct_n(text: str, n: int = 2) -> float | None:
+    """Distinct word n-grams over all word n-grams (Li et al.'s distinct-n); None if there are none."""
+    words = text.lower().split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else None
+
+
+def degeneration(prediction: str) -> tuple[float | None, float | None]:
+    """(rep4, distinct2): repeated 4-gram fraction (0 = no loop) and distinct bigrams (1 = none repeated)."""
+    return repeated_ngrams(prediction, 4), distinct_n(prediction, 2)
 
 
 def score(sample: Sample, prediction: str) -> dict[str, float]:

@@ -30,6 +30,7 @@ from .events import (
     RunResult,
 )
 from .layouts import AggregatorLayout, IncrementalLayout, register_layout
+from .option_scoring import OptionScores, UnsupportedFeatureError, score_options
 from .tools import (
     CallFormat,
     ForceTool,
@@ -76,6 +77,7 @@ __all__ = [
     "MoAError",
     "MoAStreamError",
     "Mode",
+    "OptionScores",
     "ProposerDelta",
     "RunResult",
     "StaircaseConfig",
@@ -89,11 +91,13 @@ __all__ = [
     "ToolSchemaError",
     "ToolSet",
     "TransformersBackend",
+    "UnsupportedFeatureError",
     "VllmBackend",
     "call_format",
     "collect",
     "events",
     "register_call_format",
     "register_layout",
+    "score_options",
     "toolset",
 ]

@@ -18,44 +18,11 @@ from .config import StaircaseConfig
 from .context import Message
 from .events import AgentError, ProposerDelta
 from .tools import ToolCall, ToolResult, toolset
+from .tools.call_stream import CallStream, Piece, TextPiece
 
 
-class CallFilter:
-    """Passes a step's text through, holding back call blocks (from `open_tag` to `close_tag`) and their start."""
-
-    def __init__(self, open_tag: str, close_tag: str) -> None:
-        self.open_tag, self.close_tag = open_tag, close_tag
-        self._pending = ""
-        self._inside = False
-
-    def push(self, text: str) -> str:
-        """The part of the text so far that is surely outside a call block."""
-        self._pending += text
-        out = ""
-        while self._pending:
-            if self._inside:
-                end = self._pending.find(self.close_tag)
-                if end < 0:
-                    return out
-                self._pending, self._inside = self._pending[end + len(self.close_tag):], False
-                continue
-            start = self._pending.find(self.open_tag)
-            if start >= 0:
-                out += self._pending[:start]
-                self._pending, self._inside = self._pending[start + len(self.open_tag):], True
-                continue
-            keep = next((k for k in range(min(len(self.open_tag) - 1, len(self._pending)), 0, -1)
-                         if self.open_tag.startswith(self._pending[-k:])), 0)
-            out += self._pending[:len(self._pending) - keep]
-            self._pending = self._pending[len(self._pending) - keep:]
-            return out
-        return out
-
-    def flush(self) -> str:
-        """What was held back at the end of a step, unless it is (the start of) a call block."""
-        out = "" if self._inside else self._pending
-        self._pending, self._inside = "", False
-        return out
+def _text(pieces: list[Piece]) -> str:
+    return "".join(p.text for p in pieces if isinstance(p, TextPiece))
 
 
 def tool_agent(slot: AgentSlot) -> Agent:
@@ -92,7 +59,7 @@ async def run_tool_proposer(slot: AgentSlot, idx: int, messages: list[Message], 
     try:
         agent = tool_agent(slot)
         fmt = agent.format
-        hold = CallFilter(*fmt.delimiters) if fmt.delimiters else None
+        stream = CallStream(fmt)  # the step's text without its call blocks (calls arrive as events)
         calls: dict[str, ToolCall] = {}
         step = 0
         async with asyncio.timeout(knobs.agent_timeout_s) as deadline:
@@ -100,21 +67,20 @@ async def run_tool_proposer(slot: AgentSlot, idx: int, messages: list[Message], 
             async for ev in agent.turn(messages, question, reuse):
                 deadline.reschedule(loop.time() + knobs.agent_timeout_s)  # the timeout is on silence
                 if isinstance(ev, AgentDelta):
-                    if ev.step != step and hold is not None:
-                        say(hold.flush(), 0)
+                    if ev.step != step:
+                        say(_text(stream.finish()), 0)
+                        stream = CallStream(fmt)
                     step = ev.step
                     result.tokens += 1  # a delta per sampled token; AgentDone gives the exact count
-                    say(hold.push(ev.text) if hold is not None else ev.text, 1)
+                    say(_text(stream.feed(ev.text)), 1)
                 elif isinstance(ev, ToolCall):
                     calls[ev.id] = ev
                 elif isinstance(ev, ToolResult):
-                    if hold is not None:
-                        say(hold.flush(), 0)
+                    say(_text(stream.finish()), 0)
                     line = fmt.compact(calls.get(ev.id, ToolCall(ev.id, ev.name)), ev) + "\n"
                     say(line, len(slot.fmt.encode_text(line)))
                 elif isinstance(ev, AgentDone):
-                    if hold is not None:
-                        say(hold.flush(), 0)
+                    say(_text(stream.finish()), 0)
                     result.tokens = ev.metrics.decode_tokens
                     result.finish_reason = "stop" if ev.metrics.finish == "answer" else ev.metrics.finish
         out.put_nowait(Chunk(idx, index, buf, buf_tokens, final=True))

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine import Engine, EngineStats
+from engine import Engine, EngineStats, StructuredOutput
 
 from .agents import AgentSlot
 from .backends import build_engines
@@ -61,14 +61,17 @@ class MoA:
 
     async def stream(self, question: str, history: Sequence[Message | dict[str, str]] | None = None, *,
                      mode: str | None = None, staircase: StaircaseConfig | None = None,
-                     max_tokens: int | None = None, cache_salt: str | None = None) -> AsyncIterator[Event]:
+                     max_tokens: int | None = None, cache_salt: str | None = None,
+                     structured: StructuredOutput | None = None) -> AsyncIterator[Event]:
         """Answer one question, yielding typed events; leaving the loop cancels every agent.
 
-        cache_salt keeps this request's prefix-cache blocks apart from other tenants' (same salt: shared).
+        cache_salt keeps this request's prefix-cache blocks apart from other tenants' (same salt: shared);
+        structured constrains the answer (a JSON schema, a grammar, the tool-call format's structural tag).
         """
         conv = Conversation(self, mode, history=as_messages(history), cache_salt=cache_salt)
         try:
-            async for ev in conv.stream(question, mode=mode, staircase=staircase, max_tokens=max_tokens):
+            async for ev in conv.stream(question, mode=mode, staircase=staircase, max_tokens=max_tokens,
+                                        structured=structured):
                 yield ev
         finally:
             await conv.close()
@@ -116,13 +119,13 @@ class Conversation:
         self._live = False  # agents hold sequences for `history`
 
     async def stream(self, user_text: str, *, mode: str | None = None, staircase: StaircaseConfig | None = None,
-                     max_tokens: int | None = None) -> AsyncIterator[Event]:
+                     max_tokens: int | None = None, structured: StructuredOutput | None = None) -> AsyncIterator[Event]:
         """One turn: yields the turn's events and records the answer in the history."""
         if not isinstance(user_text, str) or not user_text.strip():
             raise ValueError("the question is empty: pass some text")
         turn_mode = _check_mode(mode or self.mode)
         inp = TurnInput(user_text, list(self.history), turn_mode, staircase or self.moa.config.staircase,
-                        max_tokens, reuse=self._live, cache_salt=self.cache_salt)
+                        max_tokens, reuse=self._live, cache_salt=self.cache_salt, structured=structured)
         async with self._lock:
             queue: asyncio.Queue[Any] = asyncio.Queue()
             turn = Turn(self._layers, self._agg, inp, queue.put_nowait)
@@ -165,6 +168,22 @@ class Conversation:
         async with self._lock:
             await self._reset_agents()
             self.history = []
+
+    @property
+    def proposer_slots(self) -> list[list[AgentSlot]]:
+        """The proposers of each layer, bound to their engines (their sequences live across turns)."""
+        return self._layers
+
+    @property
+    def aggregator_slot(self) -> AgentSlot:
+        """The aggregator, bound to its engine."""
+        return self._agg
+
+    async def pin(self, ttl: float | None) -> None:
+        """Keep every agent's sequence resident for `ttl` seconds (None: until closed), as a server session does."""
+        for slot in [*(s for layer in self._layers for s in layer), self._agg]:
+            if slot.seq is not None:
+                await slot.engine.pin(slot.seq, ttl)
 
     async def close(self) -> None:
         """Free every agent's sequence (the conversation can still be used; it restarts from its history)."""

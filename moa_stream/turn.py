@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
-from engine import TokenDelta
+from engine import StructuredOutput, TokenDelta
 
 from .agents import AgentSlot, Chunk, Emit, Failure, ProposalResult, run_proposer
 from .config import StaircaseConfig
@@ -35,6 +36,7 @@ class TurnInput:
     max_tokens: int | None = None
     reuse: bool = False  # a conversation: agents' live sequences may be extended instead of re-opened
     cache_salt: str | None = None  # only sequences of the same salt (tenant) share prefix-cache blocks
+    structured: StructuredOutput | None = None  # the answer's constraint (a response format, tool calls)
 
 
 @dataclass
@@ -99,26 +101,40 @@ class Turn:
 
     async def run(self) -> Done:
         """Run the turn to its Done event (also emitted)."""
-        for slot in [*(s for layer in self.layers for s in layer), self.agg]:
-            slot.begin_turn()
-            slot.cache_salt = self.inp.cache_salt
         try:
-            if self.layout.reads_proposals:
-                await self._aggregate()
+            props = await self._to_answer_start()
+            if props is not None and isinstance(self.layout, IncrementalLayout):
+                await self._answer_with_intakes(self.layout, props)
             else:
-                await self.layout.start([])
                 await self._answer(self._budget())
         finally:
-            for t in self._tasks:
-                t.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._stop_tasks()
         self._say(self.layout.filter.flush())
         done = Done(self.answer.text, self._metrics())
         self._emit(done)
         return done
 
-    async def _aggregate(self) -> None:
+    async def run_to_answer_start(self) -> float:
+        """Run the turn up to where the aggregator would sample its first answer token, and stop there.
+
+        The aggregator's sequence then holds exactly the context the mode answers from (proposers still
+        streaming are cancelled); returns the seconds it took. Option scoring reads the context here.
+        """
+        try:
+            await self._to_answer_start()
+            return self._now()
+        finally:
+            await self._stop_tasks()
+
+    async def _to_answer_start(self) -> _Proposals | None:
+        """Proposers launched and read as the layout wants, the answer's prompt in place; their state if any."""
+        for slot in [*(s for layer in self.layers for s in layer), self.agg]:
+            slot.begin_turn()
+            slot.cache_salt = self.inp.cache_salt
         layout = self.layout
+        if not layout.reads_proposals:
+            await layout.start([])
+            return None
         refs = await self._earlier_layers()
         props = self._launch(self.layers[-1], refs)
         prime = asyncio.create_task(layout.prime(), name="aggregator-prime")
@@ -130,10 +146,12 @@ class Turn:
             await self._wait_all(props)
         await prime
         await layout.start(props.texts)
-        if isinstance(layout, IncrementalLayout):
-            await self._answer_with_intakes(layout, props)
-        else:
-            await self._answer(self._budget())
+        return props
+
+    async def _stop_tasks(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _answer_with_intakes(self, layout: IncrementalLayout, props: _Proposals) -> None:
         """Answer in steps; between steps, hand the chunks that arrived to the layout."""
@@ -257,6 +275,12 @@ class Turn:
         delta: TokenDelta
         text_filter = self.layout.filter
         sampling = slot.sampling(max_tokens)
+        if self.inp.structured is not None:
+            # An answer written over several generations (intakes between them) is one output to its grammar:
+            # each generation resumes it after the answer so far (an end-of-turn token only ended a turn).
+            eos = slot.engine.eos_token_ids
+            sampling = dataclasses.replace(sampling, structured=self.inp.structured,
+                                           structured_resume=tuple(t for t in self.answer.ids if t not in eos))
         async with contextlib.aclosing(slot.engine.generate(slot.seq, sampling)) as stream:
             async for delta in stream:
                 produced += len(delta.token_ids)

@@ -17,17 +17,21 @@ from collections.abc import Sequence as Seq
 from dataclasses import replace
 from typing import Any
 
+import torch
+
 from .. import models
 from ..block_pool import BlockPool
 from ..detokenizer import Detokenizer
-from ..errors import CapacityError, EngineError, SequenceClosedError, UnsupportedFeatureError
+from ..errors import CapacityError, EngineError, SequenceClosedError
+from ..prompt_lookup import PromptLookup
 from ..protocol import EngineStats, FinishReason, SamplingParams, Sequence, SequenceStats, TokenDelta, Tokenizer
+from ..response_cache import CachedResponse, ResponseCache
 from ..sampler import make_generator, sample
 from ..sequence_table import SequenceTable
 from ..structured_state import StructuredState, Structurer, structurer_for
 from .kv_cache_manager import KVCacheManager
 from .model_runner import ModelRunner, StepOutput
-from .scheduler import ScheduledStep, Scheduler
+from .scheduler import ScheduledChunk, ScheduledStep, Scheduler
 from .sequence_state import Generation, SeqState, Waiter
 from .token_stream import TokenStream
 
@@ -45,6 +49,8 @@ class TransformersEngine:
         block_size: int = 16,
         max_tokens_per_step: int = 512,
         max_model_len: int | None = None,
+        prompt_lookup: PromptLookup | None = None,
+        response_cache: ResponseCache | None = None,
     ) -> None:
         self._loaded = loaded
         self._runner = ModelRunner(loaded.model, loaded.name, block_size=block_size, kv_cache_bytes=kv_cache_bytes)
@@ -59,7 +65,10 @@ class TransformersEngine:
             eos = [*([eos] if isinstance(eos, int) else (eos or [])), loaded.tokenizer.eos_token_id]
         self._eos = frozenset([eos] if isinstance(eos, int) else (eos or []))
         self._kv = KVCacheManager(BlockPool(self._runner.num_blocks, block_size), self._table)
-        self._scheduler = Scheduler(self._table, self._kv, max_tokens_per_step)
+        self._scheduler = Scheduler(self._table, self._kv, max_tokens_per_step, prompt_lookup, self._eos)
+        self._drafted = 0
+        self._responses = response_cache
+        self._draft_accepted = 0
         self._forward_steps = 0
         self._wake: asyncio.Event | None = None
         self._step_done: asyncio.Event | None = None
@@ -169,6 +178,17 @@ class TransformersEngine:
         gen = Generation(params, make_generator(params, self.device), Detokenizer(self.tokenizer, params.stop),
                          self._structured_state(params))
         stream = TokenStream(gen, functools.partial(self._cancel, s, gen))
+        if self._responses is not None:
+            hit = self._responses.get(self.model_name, s.tokens, params)
+            if hit is not None:
+                # The exact request was answered before: its tokens join the sequence uncomputed (an append
+                # computes them only if the conversation goes on) and the answer is sent at once.
+                s.tokens.extend(hit.token_ids)
+                s.last_logits = None
+                gen.put(TokenDelta(hit.token_ids, hit.text, hit.finish_reason))
+                return stream
+            if params.greedy:
+                gen.context, gen.sent = tuple(s.tokens), []
         if len(s.tokens) >= self.max_model_len:  # no room for one more token: end at once, like vLLM
             gen.queue.put_nowait(TokenDelta((), "", "length"))
             return stream
@@ -210,8 +230,34 @@ class TransformersEngine:
         self._table.get(seq).pinned_until = None
 
     async def score(self, seq: Sequence, tokens: Seq[int]) -> list[float]:
-        """Log-probability of each of `tokens` after `seq` (not built yet on this engine)."""
-        raise UnsupportedFeatureError("scoring is not available on the transformers engine yet")
+        """Log-probability of each of `tokens` following `seq`'s tokens; `seq` is left as it was.
+
+        The tokens run through a fork (sharing the context's KV) with logits kept at every position; their
+        computation counts as prefill. The fork is closed afterwards.
+        """
+        table = self._table
+        s = table.get(seq)
+        table.check_idle(s, "score")
+        new = table.check_tokens(tokens, allow_empty=False)
+        table.check_length(len(s.tokens) + len(new))
+        fork = await self.fork(seq)
+        f = table.get(fork)
+        try:
+            if f.pending == 0 and f.last_logits is None:
+                self._rewind_last_token(f)  # no logits kept for the context's last token: recompute it
+            ctx = len(f.tokens)
+            found: list[tuple[int, torch.Tensor]] = [] if f.last_logits is None else [(ctx - 1, f.last_logits)]
+            self._runner.all_logits[f.id] = found
+            f.tokens.extend(new)
+            f.last_logits = None
+            await self._compute(f, rollback_to=ctx)
+            after = dict(found)  # position -> logits after it (a recomputed position keeps its last)
+            rows = torch.stack([after[p] for p in range(ctx - 1, ctx - 1 + len(new))]).float()
+            logp = torch.log_softmax(rows, dim=-1).gather(1, torch.tensor(new, device=rows.device)[:, None])
+            return [float(x) for x in logp[:, 0].tolist()]
+        finally:
+            self._runner.all_logits.pop(f.id, None)
+            await self.close(fork)
 
     def tokens(self, seq: Sequence) -> list[int]:
         """A copy of the sequence's tokens (prompt, appends and generated)."""
@@ -230,6 +276,9 @@ class TransformersEngine:
             kv_bytes_budget=self._runner.kv_bytes_budget,
             evictions=self._kv.evictions,
             forward_steps=self._forward_steps,
+            draft_tokens=self._drafted,
+            draft_accepted=self._draft_accepted,
+            response_cache_hits=self._responses.stats.hits if self._responses else 0,
         )
 
     async def shutdown(self) -> None:
@@ -270,7 +319,7 @@ class TransformersEngine:
             return None
         if self._structurer is None:
             self._structurer = structurer_for(self.tokenizer, self.vocab_size, self._eos)
-        return self._structurer.start(params.structured)
+        return self._structurer.start(params.structured, params.structured_resume)
 
     def _kick(self) -> None:
         self._table.check_alive()
@@ -311,7 +360,11 @@ class TransformersEngine:
                 flush: bool = True) -> None:
         tail = gen.detok.flush() if flush else ""
         ids = (token,) if token is not None else ()
-        gen.queue.put_nowait(TokenDelta(ids, text + tail, reason))
+        gen.put(TokenDelta(ids, text + tail, reason))
+        if gen.sent is not None and gen.context is not None and self._responses is not None:
+            out = tuple(t for d in gen.sent for t in d.token_ids)
+            self._responses.put(self.model_name, gen.context, gen.params,
+                                CachedResponse(out, "".join(d.text for d in gen.sent), reason))
         if s.generation is gen:
             s.generation = None
         self._kv.touch(s)
@@ -403,7 +456,20 @@ class TransformersEngine:
                 if s.id in output.errors:
                     self._fail_generation(s, gen, output.errors[s.id])
                 elif s.id in output.sampled:
-                    self._emit(s, gen, output.sampled[s.id])
+                    self._emit_verified(s, gen, c, output.accepted.get(s.id, []), output.sampled[s.id])
+
+    def _emit_verified(self, s: SeqState, gen: Generation, c: ScheduledChunk, accepted: list[int],
+                       token: int) -> None:
+        """Emit a step's draft tokens that sampling reproduced (their KV is computed already), then its sample."""
+        self._drafted += len(c.draft)
+        self._draft_accepted += len(accepted)
+        for draft_token in accepted:
+            self._emit(s, gen, draft_token)
+            s.num_computed, s.sampled_pos = s.num_computed + 1, None
+            self._table.account(s, decoded=1)
+            if s.generation is not gen:  # it ended (stop, length): the rest of the draft is dropped
+                return
+        self._emit(s, gen, token)
 
     def _emit(self, s: SeqState, gen: Generation, token: int) -> None:
         if gen.structured is not None and not gen.structured.accept(token):
@@ -428,7 +494,7 @@ class TransformersEngine:
         elif gen.produced >= p.max_tokens or len(s.tokens) >= self.max_model_len:
             self._finish(s, gen, "length", text=text, token=token)
         else:
-            gen.queue.put_nowait(TokenDelta((token,), text))
+            gen.put(TokenDelta((token,), text))
             self._kv.touch(s)
 
     def _fail_generation(self, s: SeqState, gen: Generation, exc: Exception) -> None:

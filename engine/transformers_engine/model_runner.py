@@ -20,6 +20,7 @@ from . import paged_attention
 from .kv_cache_manager import BlockCopy
 from .paged_attention import KVPool, PackedBatch, SeqSlice
 from .scheduler import ScheduledChunk, ScheduledStep
+from .sequence_state import Generation
 
 
 @dataclass
@@ -28,6 +29,7 @@ class StepOutput:
 
     logits: dict[int, torch.Tensor] = field(default_factory=dict)  # seq id -> logits after its last token
     sampled: dict[int, int] = field(default_factory=dict)  # seq id -> sampled token (generating sequences only)
+    accepted: dict[int, list[int]] = field(default_factory=dict)  # seq id -> draft tokens verified before it
     errors: dict[int, Exception] = field(default_factory=dict)  # seq id -> why sampling failed for it alone
 
 
@@ -52,6 +54,8 @@ class ModelRunner:
         self.num_blocks = max((kv_cache_bytes or (2 << 30)) // per_block, 2)
         self.kv = KVPool(cfg.num_hidden_layers, self.num_blocks, block_size, kv_heads, head_dim, dtype, self.device)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moa-engine")
+        # Sequences being scored (engine.score): seq id -> (position, logits after it) for each position computed.
+        self.all_logits: dict[int, list[tuple[int, torch.Tensor]]] = {}
 
     @property
     def kv_bytes_budget(self) -> int:
@@ -74,19 +78,23 @@ class ModelRunner:
         write: list[int] = []
         slices: list[SeqSlice] = []
         keep: list[int] = []
-        keep_chunks: list[ScheduledChunk] = []
+        keep_chunks: list[ScheduledChunk] = []  # chunks ending at their last token: rows keep[i]..+len(draft)
+        every: list[tuple[int, int, int]] = []  # (packed row, seq id, position) of every row of a scored sequence
         for c in step.chunks:
             s = c.seq
             q0 = len(ids)
-            ids.extend(s.tokens[c.start:c.end])
-            pos.extend(range(c.start, c.end))
-            write.extend(s.blocks[p // bs] * bs + p % bs for p in range(c.start, c.end))
-            blocks = torch.tensor(s.blocks[: -(-c.end // bs)], dtype=torch.long)
-            kv_slots = (blocks[:, None] * bs + torch.arange(bs)).flatten()[: c.end]
+            end = c.end + len(c.draft)  # a draft's tokens are computed right after the chunk's
+            ids.extend([*s.tokens[c.start:c.end], *c.draft])
+            pos.extend(range(c.start, end))
+            write.extend(s.blocks[p // bs] * bs + p % bs for p in range(c.start, end))
+            blocks = torch.tensor(s.blocks[: -(-end // bs)], dtype=torch.long)
+            kv_slots = (blocks[:, None] * bs + torch.arange(bs)).flatten()[:end]
             slices.append(SeqSlice(q0, len(ids), kv_slots.to(self.device)))
             if c.end == len(s.tokens):
-                keep.append(len(ids) - 1)
+                keep.extend(range(len(ids) - 1 - len(c.draft), len(ids)))
                 keep_chunks.append(c)
+            if s.id in self.all_logits:
+                every.extend((q0 + i, s.id, p) for i, p in enumerate(range(c.start, c.end)))
         dev = self.device
         batch = PackedBatch(slices, torch.tensor(write, dtype=torch.long, device=dev))
         with torch.inference_mode():
@@ -94,23 +102,47 @@ class ModelRunner:
                 input_ids=torch.tensor([ids], device=dev),
                 position_ids=torch.tensor([pos], device=dev),
                 use_cache=False,
-                logits_to_keep=torch.tensor(keep or [len(ids) - 1], device=dev),
+                logits_to_keep=torch.tensor([*keep, *(r for r, _, _ in every)] or [len(ids) - 1], device=dev),
                 moa_batch=batch,
                 kv_pool=self.kv,
             )
             logits = out.logits[0].float()
             result = StepOutput()
-            for row, c in enumerate(keep_chunks):
+            for j, (_, sid, p) in enumerate(every):
+                self.all_logits[sid].append((p, logits[len(keep) + j]))
+            row = 0
+            for c in keep_chunks:
                 s, gen = c.seq, c.gen
                 result.logits[s.id] = logits[row]
+                rows, row = logits[row:row + 1 + len(c.draft)], row + 1 + len(c.draft)
                 if gen is None or s.closed:
                     continue
                 try:
-                    result.sampled[s.id] = sample(logits[row], gen.params, gen.generator, s.tokens, gen.produced,
-                                                  gen.structured)
+                    result.accepted[s.id], result.sampled[s.id] = self._verify(rows, c, gen)
                 except Exception as exc:  # one sequence's bad sampling fails only that sequence
                     result.errors[s.id] = exc
         return result
+
+    @staticmethod
+    def _verify(rows: torch.Tensor, c: ScheduledChunk, gen: Generation) -> tuple[list[int], int]:
+        """Sample after each of the chunk's draft tokens in turn while sampling agrees with the draft.
+
+        Returns the draft tokens sampling reproduced and the token it drew after them: exactly the tokens
+        one-at-a-time decoding would have produced (greedy), computed in one pass.
+        """
+        context = list(c.seq.tokens)
+        accepted: list[int] = []
+        for i, row in enumerate(rows):
+            token = sample(row, gen.params, gen.generator, context, gen.produced + i, gen.structured)
+            if i == len(c.draft) or token != c.draft[i]:
+                break
+            accepted.append(token)
+            context.append(token)
+            if gen.structured is not None:
+                gen.structured.accept(token)  # the next row's mask follows the accepted token
+        if gen.structured is not None and accepted:
+            gen.structured.rollback(len(accepted))  # the engine accepts them again as it emits them
+        return accepted, token
 
     def shutdown(self) -> None:
         """Stop the worker thread once the step in flight (if any) is over."""

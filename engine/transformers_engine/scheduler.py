@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..prompt_lookup import PromptLookup
 from ..sequence_table import SequenceTable
 from .kv_cache_manager import KVCacheManager
 from .sequence_state import Generation, SeqState
@@ -23,6 +24,9 @@ class ScheduledChunk:
     # The generation a token sampled after this chunk belongs to, fixed when scheduled: if it was cancelled and
     # another started meanwhile, the token (drawn with the old settings) is dropped, never handed to the new one.
     gen: Generation | None = None
+    # Guessed next tokens (prompt lookup) computed after the chunk in the same pass; sampling keeps the
+    # longest prefix it would have produced itself, the rest is dropped.
+    draft: tuple[int, ...] = ()
 
     @property
     def end(self) -> int:
@@ -41,10 +45,13 @@ class ScheduledStep:
 class Scheduler:
     """Chooses the chunks of the next step from the sequences of one table."""
 
-    def __init__(self, table: SequenceTable[SeqState], kv: KVCacheManager, max_tokens_per_step: int) -> None:
+    def __init__(self, table: SequenceTable[SeqState], kv: KVCacheManager, max_tokens_per_step: int,
+                 drafter: PromptLookup | None = None, stop_ids: frozenset[int] = frozenset()) -> None:
         self._table = table
         self._kv = kv
         self.max_tokens_per_step = max_tokens_per_step
+        self.drafter = drafter
+        self._stop_ids = stop_ids
 
     def schedule(self) -> ScheduledStep:
         """The next step: decodes first, then waited-for prefills (generations first, then least recently used)."""
@@ -67,13 +74,28 @@ class Scheduler:
             protect = chosen | {s.id}
             # Judge the whole sequence, not this chunk: a prompt that can never fit fails before any eviction.
             fits = self._kv.can_fit(self._kv.blocks_needed(s, s.pending), protect)
-            blocks = self._kv.allocate(self._kv.blocks_needed(s, count), protect) if fits else None
+            draft = self._draft(s, budget - count) if s.id in decode_ids and fits else ()
+            if draft and not self._kv.can_fit(self._kv.blocks_needed(s, count + len(draft)), protect):
+                draft = ()  # a guess never evicts anyone
+            blocks = self._kv.allocate(self._kv.blocks_needed(s, count + len(draft)), protect) if fits else None
             if blocks is None:
                 if not chunks:
                     return ScheduledStep(unfit=s)
                 continue  # others run this step; their blocks come back or they finish, then we retry
             s.blocks.extend(blocks)
-            chunks.append(ScheduledChunk(s, s.num_computed, count, s.generation))
+            chunks.append(ScheduledChunk(s, s.num_computed, count, s.generation, draft))
             chosen.add(s.id)
-            budget -= count
+            budget -= count + len(draft)
         return ScheduledStep(chunks)
+
+    def _draft(self, s: SeqState, room: int) -> tuple[int, ...]:
+        """A prompt-lookup guess for a greedy generation (sampled ones draw afresh), cut before any stop token."""
+        gen = s.generation
+        if self.drafter is None or gen is None or not gen.params.greedy:
+            return ()
+        # The token sampled now is one of the budget; a draft fills at most what is left of it and of the context.
+        limit = min(room, gen.params.max_tokens - gen.produced - 1, self._table.max_model_len - len(s.tokens) - 1)
+        draft = self.drafter.draft(s.tokens, limit) if limit > 0 else []
+        stops = self._stop_ids | set(gen.params.stop_token_ids)
+        cut = next((i for i, t in enumerate(draft) if t in stops), len(draft))
+        return tuple(draft[:cut])

@@ -28,6 +28,15 @@ class Generation:
     structured: StructuredState | None = None  # where the output is in its grammar (structured output only)
     queue: asyncio.Queue[TokenDelta | BaseException | None] = field(default_factory=asyncio.Queue)
     produced: int = 0
+    # With a response cache: the context it started from and what it sent, stored once it finishes.
+    context: tuple[int, ...] | None = None
+    sent: list[TokenDelta] | None = None
+
+    def put(self, delta: TokenDelta) -> None:
+        """Hand a delta to the stream (and keep it when the response is to be cached)."""
+        self.queue.put_nowait(delta)
+        if self.sent is not None:
+            self.sent.append(delta)
 
 
 @dataclass

@@ -20,10 +20,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from moa_stream import MODES, AgentError, AggregatorDelta, Done, MoA, Mode
+from moa_stream.tools import call_format
 
 from .admission import check_context_length, tenant_salt
 from .errors import APIError, install_error_handlers
 from .jobs import END, Failure, Job, produce, split_messages, wait_disconnect
+from .response_format import answer_structure, check_compiles
 from .schema import (
     AssistantMessage,
     ChatCompletion,
@@ -35,9 +37,11 @@ from .schema import (
     Usage,
     sse,
 )
+from .sessions import SESSION_HEADER, Sessions
 from .settings import ServerSettings
+from .tool_calls import MessageToolCall, ToolRequest
 
-MAX_TEMPERATURE_VARIANTS = 32  # aggregator-temperature pipelines kept; the oldest goes first
+MAX_SAMPLING_VARIANTS = 32  # pipelines kept per aggregator sampling (temperature, penalties); the oldest goes first
 STREAM_BUFFER_EVENTS = 64  # events a stream holds for a slow client; past it the run waits for the client
 SEND_GRACE_S = 10.0  # a response still sending this long past the request timeout is cut (a client not reading)
 
@@ -82,11 +86,12 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     app = FastAPI(title="moa-stream", description=__doc__.splitlines()[0], version="0.1.0")
     limiter = Limiter(settings.max_concurrency)
-    by_temperature: dict[float, MoA] = {}  # bounded: a client choosing temperatures must not grow it forever
+    sessions = Sessions(settings.max_sessions, settings.session_ttl_s)
+    variants: dict[tuple[tuple[str, float], ...], MoA] = {}  # bounded: clients choosing settings must not grow it
     buffers: set[asyncio.Queue[object]] = set()  # each live stream's queue, for the stats
     model_ids = [settings.model_id, *(f"{settings.model_id}:{m}" for m in MODES)]
     created = int(time.time())
-    app.state.moa, app.state.settings, app.state.limiter = moa, settings, limiter
+    app.state.moa, app.state.settings, app.state.limiter, app.state.sessions = moa, settings, limiter, sessions
     install_error_handlers(app)
 
     async def authorize(request: Request) -> str | None:
@@ -125,15 +130,17 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
         return {"in_flight": limiter.in_flight, "max_concurrency": limiter.limit, "stream_buffer": buffered,
                 "engines": engines}
 
-    def moa_for(temperature: float | None) -> MoA:
-        if temperature is None or temperature == moa.config.aggregator.temperature:
+    def moa_for(overrides: dict[str, float]) -> MoA:
+        agg = moa.config.aggregator
+        changed = tuple(sorted((k, v) for k, v in overrides.items() if getattr(agg, k) != v))
+        if not changed:
             return moa
-        if temperature not in by_temperature:  # same engines, only the aggregator's sampling differs
-            if len(by_temperature) >= MAX_TEMPERATURE_VARIANTS:
-                del by_temperature[next(iter(by_temperature))]
-            agg = moa.config.aggregator.model_copy(update={"temperature": temperature})
-            by_temperature[temperature] = MoA(moa.config.model_copy(update={"aggregator": agg}), moa.engines)
-        return by_temperature[temperature]
+        if changed not in variants:  # same engines, only the aggregator's sampling differs
+            if len(variants) >= MAX_SAMPLING_VARIANTS:
+                del variants[next(iter(variants))]
+            variants[changed] = MoA(moa.config.model_copy(update={"aggregator": agg.model_copy(update=overrides)}),
+                                    moa.engines)
+        return variants[changed]
 
     def make_job(req: ChatCompletionRequest, api_key: str | None) -> Job:
         if req.model not in model_ids:
@@ -144,18 +151,41 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
                            param="n")
         _, _, suffix = req.model.partition(":")
         mode: Mode = suffix or moa.config.mode  # type: ignore[assignment]
-        question, history = split_messages(req.messages)
+        tools = ToolRequest.of(req.tools, req.tool_choice, req.parallel_tool_calls, call_format(settings.call_format))
+        if tools is not None and req.response_format is not None and req.response_format.type != "text":
+            raise APIError(400, "response_format and tools cannot be combined: the answer is either calls or JSON",
+                           param="response_format")
+        structured = check_compiles(moa, tools.structured(), "tools") if tools else answer_structure(
+            moa, req.response_format)
+        question, history = split_messages(req.messages, tools)
         max_tokens = req.max_completion_tokens or req.max_tokens
         answer_limit = max_tokens or moa.config.aggregator.max_tokens
         check_context_length(moa, question, history, answer_limit)
-        return Job(moa_for(req.temperature), req.model, mode, question, history, max_tokens, answer_limit,
-                   tenant_salt(api_key, req.cache_salt))
+        return Job(moa_for(req.aggregator_overrides()), req.model, mode, question, history, max_tokens, answer_limit,
+                   tenant_salt(api_key, req.cache_salt), structured, tools)
+
+    async def join_session(job: Job, session_id: str | None) -> Job:
+        if session_id is None:
+            return job
+        if not 0 < len(session_id) <= 256:
+            raise APIError(400, f"the {SESSION_HEADER} header must be 1 to 256 characters", param=SESSION_HEADER)
+        key = (job.cache_salt, session_id)  # a session id names a conversation within one tenant only
+        conv = await sessions.take(key, job.moa, job.mode, job.history, job.cache_salt)
+        return dataclasses.replace(job, conversation=conv, session=key)
+
+    async def leave_session(job: Job, delivered: list[dict[str, str]] | None) -> None:
+        if job.session is not None:
+            await sessions.release(job.session, delivered)
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(req: ChatCompletionRequest, request: Request,
                                api_key: str | None = Depends(authorize)) -> JSONResponse | StreamingResponse:
-        job = make_job(req, api_key)
-        limiter.acquire()
+        job = await join_session(make_job(req, api_key), request.headers.get(SESSION_HEADER))
+        try:
+            limiter.acquire()
+        except APIError:
+            await leave_session(job, None)
+            raise
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return ReleasingStreamingResponse(stream(job, include_usage), limiter.release,
@@ -166,6 +196,14 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
             limiter.release()
 
     async def complete(job: Job, receive: Receive) -> JSONResponse:
+        delivered = None
+        try:
+            response, delivered = await answer(job, receive)
+            return response
+        finally:
+            await leave_session(job, delivered)
+
+    async def answer(job: Job, receive: Receive) -> tuple[JSONResponse, list[dict[str, str]] | None]:
         items: list[object] = []
 
         async def keep(item: object) -> None:
@@ -184,14 +222,15 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
             raise failure.error.with_agent_errors([i for i in items if isinstance(i, AgentError)])
         done = next((i for i in items if isinstance(i, Done)), None)
         if done is None:  # the client left; nobody reads this
-            return APIError(499, "client closed the request").response()
+            return APIError(499, "client closed the request").response(), None
         errors = [i for i in items if isinstance(i, AgentError)]
+        content, calls = job.tools.calls_of(done.answer) if job.tools else (done.answer, [])
         answer = ChatCompletion(
             id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=job.model,
-            choices=[Choice(message=AssistantMessage(content=done.answer),
-                            finish_reason=job.finish_reason(done.metrics))],
+            choices=[Choice(message=AssistantMessage(content=content, tool_calls=calls or None),
+                            finish_reason=job.finish_reason(done.metrics, bool(calls)))],
             usage=Usage.of(done.metrics), moa=MoAInfo.of(done.metrics, errors))
-        return JSONResponse(answer.model_dump(mode="json"))
+        return JSONResponse(answer.model_dump(mode="json")), job.delivered(content or "", calls)
 
     async def stream(job: Job, include_usage: bool) -> AsyncIterator[str]:
         queue: asyncio.Queue[object] = asyncio.Queue(maxsize=STREAM_BUFFER_EVENTS)
@@ -199,23 +238,34 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
         producer = asyncio.create_task(produce(job, settings.request_timeout_s, queue.put))
         cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
-        def chunk(delta: dict[str, str] | None, finish: str | None = None, **extra: Any) -> ChatCompletionChunk:
+        def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> ChatCompletionChunk:
             choices = [] if delta is None else [ChunkChoice(delta=delta, finish_reason=finish)]
             return ChatCompletionChunk(id=cid, created=now, model=job.model, choices=choices, **extra)
 
         errors: list[AgentError] = []
+        calls = job.tools.deltas() if job.tools else None  # content and tool-call deltas of the answer
+        sent: list[dict[str, Any]] = []  # what the client got, for its session
+        delivered = None
         try:
             yield sse(chunk({"role": "assistant", "content": ""}))
             while (item := await queue.get()) is not END:
                 if isinstance(item, AggregatorDelta) and item.text:
-                    yield sse(chunk({"content": item.text}))
+                    for delta in calls.feed(item.text) if calls else [{"content": item.text}]:
+                        sent.append(delta)
+                        yield sse(chunk(delta))
                 elif isinstance(item, AgentError):
                     errors.append(item)
                 elif isinstance(item, Failure):
                     yield sse(item.error.with_agent_errors(errors).body())
                 elif isinstance(item, Done):
+                    for delta in calls.finish() if calls else []:
+                        sent.append(delta)
+                        yield sse(chunk(delta))
+                    delivered = job.delivered("".join(d.get("content", "") for d in sent),
+                                              [MessageToolCall.model_validate(c) for d in sent
+                                               for c in d.get("tool_calls", ())])
                     usage, info = Usage.of(item.metrics), MoAInfo.of(item.metrics, errors)
-                    finish = job.finish_reason(item.metrics)
+                    finish = job.finish_reason(item.metrics, bool(calls and calls.calls))
                     if include_usage:  # OpenAI's layout: usage in a last chunk with no choices
                         yield sse(chunk({}, finish))
                         yield sse(chunk(None, usage=usage, moa=info))
@@ -228,6 +278,7 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
             # agents' cleanup short and leak their sequences, so wait for it shielded.
             with anyio.CancelScope(shield=True):
                 await asyncio.gather(producer, return_exceptions=True)
+                await leave_session(job, delivered)
             buffers.discard(queue)
 
     return app

@@ -9,16 +9,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from starlette.types import Receive
 
-from moa_stream import EngineError, Metrics, MoA, MoAError, Mode
+from engine import StructuredOutput
+from moa_stream import Conversation, EngineError, Metrics, MoA, MoAError, Mode
 
 from .errors import APIError, failure_of
 from .schema import ChatMessage
+from .tool_calls import MessageToolCall, ToolRequest, assistant_text, tool_results_text
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +39,20 @@ class Job:
     max_tokens: int | None
     answer_limit: int
     cache_salt: str | None = None
+    structured: StructuredOutput | None = None  # the answer's response_format or tool-call constraint
+    tools: ToolRequest | None = None
+    conversation: Conversation | None = None  # a session's kept conversation (the X-Session-Id header)
+    session: tuple[str | None, str] | None = None  # its key: (tenant salt, session id)
 
-    def finish_reason(self, metrics: Metrics) -> str:
-        """'stop' or 'length', as the aggregator finished (or from the answer's length when it did not say)."""
+    def delivered(self, content: str, calls: Sequence[MessageToolCall]) -> list[dict[str, str]]:
+        """The history the client holds once it has this answer: what it sent, then the answer as it got it."""
+        answer = assistant_text(content, calls, self.tools.fmt, -1) if self.tools else content
+        return [*self.history, {"role": "user", "content": self.question}, {"role": "assistant", "content": answer}]
+
+    def finish_reason(self, metrics: Metrics, called: bool = False) -> str:
+        """'tool_calls' when the answer calls tools, else 'stop' or 'length' as the aggregator finished."""
+        if called:
+            return "tool_calls"
         agg = next((a for a in metrics.agents.values() if a.role == "aggregator"), None)
         if agg is not None and agg.finish_reason in ("stop", "length"):
             return agg.finish_reason
@@ -68,15 +81,44 @@ def message_text(msg: ChatMessage, index: int) -> str:
     return "".join(texts)
 
 
-def split_messages(messages: list[ChatMessage]) -> tuple[str, list[dict[str, str]]]:
-    """The question (last user message) and the history before it."""
+def split_messages(messages: list[ChatMessage], tools: ToolRequest | None = None) -> tuple[str, list[dict[str, str]]]:
+    """The question (last user message, or the results of the last calls) and the history before it.
+
+    With tools, the system prompt carries them, assistant calls are written in the call format and each run of
+    `tool` messages becomes the one turn of results the model reads after its calls.
+    """
     history: list[dict[str, str]] = []
+    waiting: dict[str, str] = {}  # id -> function name of the calls not answered yet
+    results: list[tuple[str, str, str]] = []
     for i, msg in enumerate(messages):
-        if msg.role in ("tool", "function"):
-            raise APIError(400, f"messages[{i}].role {msg.role!r} is not supported: the MoA pipeline has no tools",
-                           param=f"messages[{i}].role")
+        if msg.role == "function" or (tools is None and (msg.role == "tool" or msg.tool_calls)):
+            what = "function messages are not supported (use tool)" if msg.role == "function" else \
+                "tool calls and results need the request's `tools`"
+            raise APIError(400, f"messages[{i}]: {what}", param=f"messages[{i}]")
+        if msg.role == "tool":
+            assert tools is not None
+            if msg.tool_call_id not in waiting:
+                raise APIError(400, f"messages[{i}].tool_call_id {msg.tool_call_id!r} answers no earlier assistant "
+                               "tool call (or answers one twice)", param=f"messages[{i}].tool_call_id")
+            results.append((msg.tool_call_id, waiting.pop(msg.tool_call_id), message_text(msg, i)))
+            continue
+        if results:
+            history.append({"role": "user", "content": tool_results_text(results, tools.fmt)})  # type: ignore[union-attr]
+            results = []
         role = "system" if msg.role == "developer" else msg.role
-        history.append({"role": role, "content": message_text(msg, i)})
+        content = message_text(msg, i)
+        if msg.tool_calls:
+            assert tools is not None
+            content = assistant_text(content, msg.tool_calls, tools.fmt, i)
+            waiting.update({c.id: c.function.name for c in msg.tool_calls})
+        history.append({"role": role, "content": content})
+    if results:
+        history.append({"role": "user", "content": tool_results_text(results, tools.fmt)})  # type: ignore[union-attr]
+    if tools is not None:
+        if history and history[0]["role"] == "system":
+            history[0] = {"role": "system", "content": tools.system_prompt(history[0]["content"])}
+        else:
+            history.insert(0, {"role": "system", "content": tools.system_prompt(None)})
     last = history.pop()
     if last["role"] != "user":
         raise APIError(400, "the last message must come from the user (role 'user')", param="messages")
@@ -93,8 +135,15 @@ async def produce(job: Job, timeout_s: float, put: Callable[[object], Awaitable[
     try:
         async with asyncio.timeout(timeout_s):
             # No salt, no keyword: requests without a tenant share the cache as before.
-            salt = {} if job.cache_salt is None else {"cache_salt": job.cache_salt}
-            events = job.moa.stream(job.question, job.history, mode=job.mode, max_tokens=job.max_tokens, **salt)
+            extra: dict[str, object] = {} if job.cache_salt is None else {"cache_salt": job.cache_salt}
+            if job.structured is not None:
+                extra["structured"] = job.structured
+            if job.conversation is not None:  # a session: only the new turn is appended to its agents' sequences
+                events = job.conversation.stream(job.question, mode=job.mode, max_tokens=job.max_tokens,
+                                                 structured=job.structured)
+            else:
+                events = job.moa.stream(job.question, job.history, mode=job.mode, max_tokens=job.max_tokens,
+                                        **extra)
             async with contextlib.aclosing(events):
                 async for ev in events:
                     await put(ev)

@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from moa_stream import AgentError, AgentMetrics, Metrics, Mode
 from moa_stream.config import check_temperature
 
+from .response_format import ResponseFormat
+from .tool_calls import MessageToolCall, ToolChoiceSpec, ToolSpec
+
 # ---------------------------------------------------------------------------------------------- requests
 
 
@@ -33,6 +36,8 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[MessageToolCall] | None = None  # an assistant's calls
+    tool_call_id: str | None = None  # the call a `tool` message answers
 
 
 class StreamOptions(BaseModel):
@@ -58,6 +63,20 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     cache_salt: str | None = Field(None, min_length=1, max_length=256,
                                    description="prefix-cache salt: only requests with the same salt share cached KV")
+    response_format: ResponseFormat | None = Field(None, description="text, json_object or json_schema (the answer)")
+    tools: list[ToolSpec] | None = None
+    tool_choice: ToolChoiceSpec | None = None
+    parallel_tool_calls: bool | None = None
+    # Against loops, for the answer (OpenAI's names and ranges; repetition_penalty and min_p as vLLM takes them):
+    frequency_penalty: float | None = Field(None, ge=-2, le=2, description="per repeat of a generated token")
+    presence_penalty: float | None = Field(None, ge=-2, le=2, description="once a token was generated")
+    repetition_penalty: float | None = Field(None, gt=0, le=10, description="HF: tokens in the context (1 = off)")
+    min_p: float | None = Field(None, ge=0, le=1, description="drop tokens below min_p x the top token's probability")
+
+    def aggregator_overrides(self) -> dict[str, float]:
+        """The aggregator's sampling settings this request sets (temperature and penalties), by AgentConfig name."""
+        names = ("temperature", "frequency_penalty", "presence_penalty", "repetition_penalty", "min_p")
+        return {n: v for n in names if (v := getattr(self, n)) is not None}
 
     @field_validator("temperature")
     @classmethod
@@ -114,10 +133,11 @@ class MoAInfo(BaseModel):
 
 
 class AssistantMessage(BaseModel):
-    """The answer as an assistant message."""
+    """The answer as an assistant message: its text, and the calls it makes when tools were offered."""
 
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[MessageToolCall] | None = None
 
 
 class Choice(BaseModel):
@@ -145,7 +165,7 @@ class ChunkChoice(BaseModel):
     """The one choice of a streamed chunk: a delta of the answer, and the finish reason on the last one."""
 
     index: int = 0
-    delta: dict[str, str]
+    delta: dict[str, Any]
     finish_reason: str | None = None
     logprobs: None = None
 

@@ -16,3 +16,6 @@ class ServerSettings(BaseModel):
     request_timeout_s: float = Field(300.0, gt=0, description="a request running longer is stopped")
     max_concurrency: int = Field(8, ge=1, description="requests in flight at once; more get HTTP 429")
     model_id: str = Field("moa-stream", min_length=1, description="model id; '<id>:<mode>' picks a mode")
+    call_format: str = Field("hermes", description="how tools are shown and calls written (a registered call format)")
+    max_sessions: int = Field(64, ge=1, description="conversations kept for X-Session-Id; the least recent goes first")
+    session_ttl_s: float = Field(600.0, gt=0, description="a session idle this long is closed (its pin ends too)")

@@ -34,9 +34,8 @@ class CallFormat(ABC):
     """One way to show tools, write calls and append results (see the module docstring)."""
 
     name: ClassVar[str]
-    # The text that opens and closes a call in the model's output, when calls are delimited blocks (streamed
-    # text can then hold a call back until it is complete); None when the format has no such pair.
-    delimiters: ClassVar[tuple[str, str] | None] = None
+    call_open: ClassVar[str]  # the text that opens a call block in the model's output
+    call_close: ClassVar[str]  # the text that closes it
 
     @abstractmethod
     def system_prompt(self, tools: ToolSet, instructions: str | None = None) -> str:

@@ -53,7 +53,7 @@ class HermesFormat(CallFormat):
     """`<tool_call>` JSON blocks in the model's text; `<tool_response>` JSON blocks in the user turn after them."""
 
     name = "hermes"
-    delimiters = (OPEN, CLOSE)
+    call_open, call_close = OPEN, CLOSE
 
     def system_prompt(self, tools: ToolSet, instructions: str | None = None) -> str:
         """Instructions, the tools one JSON line each, and the call syntax."""

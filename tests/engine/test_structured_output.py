@@ -11,11 +11,15 @@ import jsonschema
 import pytest
 import torch
 
-from engine import InvalidSamplingError, SamplingParams
+from engine import InvalidSamplingError, SamplingParams, UnsupportedFeatureError
+from engine.remote.http_engine import HttpEngine
+from engine.remote.openai_wire import dialect_of, structured_fields
+from engine.remote.vllm_engine import structured_kwargs
 from engine.structured_output import Grammar, JsonObject, JsonSchema, StructuralTag
 from engine.structured_state import structurer_for
 from engine.transformers_engine import TransformersEngine
 from tests.conftest import collect, count_model_positions, tiny_llama
+from tests.llama_server import LlamaServer
 
 PERSON = {
     "type": "object",
@@ -141,3 +145,71 @@ def test_mask_covers_padded_and_short_vocabularies() -> None:
     row = torch.zeros(512)
     short.mask(row)
     assert 0 < int(torch.isfinite(row).sum()) < 512
+
+
+async def test_a_grammar_resumes_across_generations_with_appends_between() -> None:
+    """Output written in two generations, other tokens appended between them, is one output of its grammar."""
+    eng = TransformersEngine(tiny_llama(), block_size=4, kv_cache_bytes=4 << 20)
+    try:
+        tok = eng.tokenizer
+        grammar = Grammar('root ::= "[" ("a" | "b" | "c")+ "]"')
+        seq = await eng.open(list(range(5, 14)))
+        first, _, reason = await collect(eng, seq, SamplingParams(max_tokens=3, structured=grammar))
+        assert reason == "length"
+        await eng.append(seq, list(range(20, 27)))  # an intake between the generations
+        params = SamplingParams(max_tokens=40, structured=grammar, structured_resume=tuple(first))
+        rest, _, reason = await collect(eng, seq, params)
+        text = tok.decode([t for t in first + rest if t not in eng.eos_token_ids])
+        assert reason == "stop" and text.startswith("[") and text.endswith("]")
+        assert set(text[1:-1]) <= {"a", "b", "c"} and len(text) > 2
+        with pytest.raises(InvalidSamplingError, match="structured_resume"):
+            eng.generate(seq, SamplingParams(max_tokens=4, structured=grammar, structured_resume=tuple(first[1:])))
+        with pytest.raises(InvalidSamplingError, match="structured_resume"):
+            SamplingParams(structured_resume=(1,))
+        await eng.close(seq)
+    finally:
+        await eng.shutdown()
+
+
+# ------------------------------------------------------------------------------------------- remote engines
+
+
+def test_each_dialect_spells_structured_output_its_way() -> None:
+    """llama.cpp: json_schema/grammar; llama-cpp-python: grammar; vLLM: structured_outputs; OpenAI: response_format."""
+    schema, yes_no = JsonSchema.of(WEATHER), Grammar('root ::= "yes" | "no"')
+    assert structured_fields(schema, "llama.cpp") == {"json_schema": WEATHER}
+    assert structured_fields(JsonObject(), "llama.cpp") == {"json_schema": {"type": "object"}}
+    assert structured_fields(yes_no, "llama-cpp-python") == {"grammar": yes_no.ebnf}
+    assert structured_fields(yes_no, "vllm") == {"structured_outputs": {"grammar": yes_no.ebnf}}
+    tag = tool_call_tag(WEATHER)
+    assert structured_fields(tag, "vllm") == {"structured_outputs": {"structural_tag": tag.spec}}
+    assert structured_fields(schema, "openai")["response_format"]["json_schema"]["schema"] == WEATHER
+    assert structured_fields(JsonObject(), "openai") == {"response_format": {"type": "json_object"}}
+    for structured, dialect in ((tag, "llama.cpp"), (schema, "llama-cpp-python"), (yes_no, "openai")):
+        with pytest.raises(UnsupportedFeatureError, match=rf"{type(structured).__name__}.*{dialect} server"):
+            structured_fields(structured, dialect)
+    assert structured_kwargs(schema) == {"json": WEATHER} and structured_kwargs(JsonObject()) == {"json_object": True}
+    assert structured_kwargs(tag) == {"structural_tag": tag.spec}
+    assert dialect_of({"data": [{"id": "m", "owned_by": "llamacpp"}]}) == "llama.cpp"
+    assert dialect_of({"data": [{"id": "m", "owned_by": "vllm"}]}) == "vllm"
+    assert dialect_of({"data": [{"id": "m"}]}) == "openai"
+
+
+async def test_llama_server_takes_a_grammar_and_refuses_a_schema_clearly(llama_server: LlamaServer) -> None:
+    """Pass-through to the real llama.cpp (llama-cpp-python) server: its `grammar` constrains the answer; a JSON
+    schema, which that server cannot take on completions, is an UnsupportedFeatureError saying what it takes."""
+    tok = tiny_llama().tokenizer
+    eng = HttpEngine(llama_server.base_url, None, tokenizer=tok, extra_body={"repeat_penalty": 1.0})
+    try:
+        prompt = list(tok.apply_chat_template([{"role": "user", "content": "Is the sky blue? Answer yes or no."}],
+                                              add_generation_prompt=True, tokenize=True, return_dict=False))
+        seq = await eng.open(prompt)
+        out = [d async for d in eng.generate(seq, SamplingParams(max_tokens=8,
+                                                                structured=Grammar('root ::= "yes" | "no"')))]
+        assert "".join(d.text for d in out) in ("yes", "no")
+        with pytest.raises(UnsupportedFeatureError, match=r"JsonSchema.*llama-cpp-python server.*Grammar"):
+            async for _ in eng.generate(seq, SamplingParams(max_tokens=8, structured=JsonSchema.of(WEATHER))):
+                pass
+        await eng.close(seq)
+    finally:
+        await eng.shutdown()

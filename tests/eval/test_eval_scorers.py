@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import pytest
 
-from eval import report, rows, runner, scorers
+from eval import command, datasets, report, rows, runner, scorers
 from eval.judge import Judge, parse_rating, parse_verdict
 from moa_stream import StaircaseConfig
 
@@ -123,3 +124,78 @@ def test_committed_results_read_back_as_typed_rows():
     assert all(isinstance(t, rows.LaterTurn) for r in mt for t in r.later_turns) and mt[0].later_turns
     assert rows.Row.from_dict(json.loads(mt[0].to_json())) == mt[0]
     assert [s.system for s in report.summarize(reference)][:2] == ["single", "classic"]
+
+
+def test_degeneration_scores_count_loops_against_an_answer():
+    loop = "1. ** 2. ** 3. (Read) to practice " * 4
+    assert scorers.repeated_ngrams("the cat sat on the mat today") == 0.0
+    assert scorers.repeated_ngrams(loop) > 0.6 and scorers.distinct_n(loop) < 0.4
+    assert scorers.repeated_ngrams("a b a b a b", 2) == pytest.approx(1 - 2 / 5)
+    assert scorers.distinct_n("a b a b", 2) == pytest.approx(2 / 3)
+    assert scorers.repeated_ngrams("too short") is None and scorers.distinct_n("one") is None
+    assert scorers.degeneration("one") == (None, None) and scorers.degeneration("a b c d") == (0.0, 1.0)
+
+
+def test_options_of_a_multiple_choice_prompt():
+    prompt = "Q?\nA. 4 inches\nB) (i) and (iii) only\nAnswer with the letter of the correct option."
+    assert scorers.options(prompt) == [("A", "4 inches"), ("B", "(i) and (iii) only")]
+    assert all(len(scorers.options(s.prompt)) == 4 for s in datasets.load("mmlu", 20, 0))
+
+
+def test_streaming_layouts_take_chunk_sizes():
+    assert [s.name for s in runner.parse_systems("blocks@4,staircase@8,staircase-reprefill@16,interleaved@32")] == [
+        "blocks@4", "staircase@8", "staircase-reprefill@16", "interleaved@32"]
+    with pytest.raises(ValueError, match="chunk size"):
+        runner.parse_systems("single@8")
+
+
+def test_system_order_is_random_per_sample_and_reproducible():
+    samples = datasets.load("mmlu", 5, 0)
+    systems = runner.parse_systems("single,classic,staircase@8,blocks@8")
+    plan = runner._plan(samples, systems, True, False, seed=1)
+    assert plan == runner._plan(samples, systems, True, False, seed=1)
+    assert plan != runner._plan(samples, systems, True, False, seed=2)
+    orders = {tuple((sy.name, ll) for s, sy, ll, _ in plan if s is sample) for sample in samples}
+    assert len(orders) > 1 and all(len(o) == 8 for o in orders)
+    judged = runner._plan(samples, systems, True, True, seed=1)  # the judge's baseline runs first
+    assert all(sy.mode == "classic" and not ll for _, sy, ll, i in judged if i == 0)
+
+
+def test_sample_size_from_the_wanted_ci_width():
+    assert command.samples_for_ci_width(0.2) == 97 and command.samples_for_ci_width(0.3) == 43
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    args = parser.parse_args(["--ci-width", "0.2", "--dataset", "mmlu", "--dataset", "nq-open:5"])
+    assert command._datasets(args) == [("mmlu", 97), ("nq-open", 5)]
+    assert command._datasets(parser.parse_args(["--ci-width", "0.3"])) == [("nq-open", 43), ("mmlu", 43)]
+    assert command._datasets(parser.parse_args([])) == [("nq-open", 20), ("mmlu", 20)]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--ci-width", "1.5"])
+
+
+def _row(sample: str, system: str, score: float, dataset: str = "mmlu", **scores: float) -> rows.Row:
+    mode, _, chunk = system.partition("@")
+    return rows.Row(sample, dataset, "mc", system, mode, int(chunk) if chunk else None, "A", score,
+                    {"score": score, **scores}, 1.0, 2.0, 3, 10, 0, 1)
+
+
+def test_verdict_makes_a_quality_claim_only_when_classic_is_separated_from_single():
+    n = 30
+    apart = ([_row(f"s{i}", "single", 0.0) for i in range(n)] + [_row(f"s{i}", "classic", 1.0) for i in range(n)]
+             + [_row(f"s{i}", "staircase@8", float(i % 10 != 0)) for i in range(n)])
+    text = report.verdict(apart)
+    assert "| mmlu quality | 1.000 [1.000, 1.000] | yes |" in text
+    assert "| staircase@8 | mmlu quality |" in text and "Quality claims are made" in text
+    same = [_row(f"s{i}", sy, float(i % 2)) for i in range(n) for sy in ("single", "classic", "staircase@8")]
+    text = report.verdict(same)
+    assert "| mmlu quality | 0.000 [0.000, 0.000] | no |" in text and "supports **no** claim" in text
+    assert "staircase@8 |" not in text
+    assert "no quality claim" in report.verdict([_row("s0", "classic", 1.0)])
+    few = [_row(f"s{i}", sy, float(sy == "classic")) for i in range(4) for sy in ("single", "classic")]
+    assert "| mmlu quality | 1.000 [1.000, 1.000] | too few pairs |" in report.verdict(few)
+    # The continuous log-likelihood measure is a measure of its own.
+    ll = [_row(f"s{i}", sy, 1.0, "mmlu-loglik", p_correct=p) for i in range(n)
+          for sy, p in (("single", 0.3 + i / 1000), ("classic", 0.5 + i / 1000))]
+    text = report.verdict(ll)
+    assert "| mmlu-loglik p(correct) | 0.200 [0.200, 0.200] | yes |" in text
+    assert "| mmlu-loglik accuracy | 0.000 [0.000, 0.000] | no |" in text
