@@ -1,4 +1,4 @@
-"""The `moa-stream` command: chat, run, serve, eval and bench.
+"""The `moa-stream` command: chat, run, agent, serve, eval and bench.
 
 Each subcommand lives in its own module exposing `add_arguments(parser)` and `main(args) -> int`; this file
 only wires them, so `moa-stream --help` stays fast (heavy imports happen inside `main`).
@@ -15,6 +15,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("moa_stream.cli.bench", "measure the engine (append vs re-prefill, batching) or MoA TTFT per mode"),
     "run": ("moa_stream.cli.run", "answer one question, streamed to stdout (--json: answer and metrics)"),
+    "agent": ("moa_stream.cli.agent", "a tool-using agent: steps, calls and results live (--json: the whole run)"),
     "chat": ("moa_stream.cli.chat", "multi-turn chat that shows proposers, answer and TTFT live"),
     "serve": ("moa_stream.cli.serve", "OpenAI-compatible HTTP server with the MoA pipeline as a model"),
     "eval": ("eval.command", "quality vs TTFT of every mode on public datasets (resumable, with a plot)"),

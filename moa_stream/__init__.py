@@ -1,6 +1,8 @@
 """Mixture-of-Agents with staircase streaming on a shared stateful engine."""
 
 from . import events
+from .agent import Agent
+from .agent_events import AgentDelta, AgentDone, AgentEvent, AgentRunMetrics, StepDone, StepMetrics
 from .api import Conversation, MoA, collect
 from .config import (
     AgentConfig,
@@ -30,15 +32,35 @@ from .events import (
 )
 from .layouts import AggregatorLayout, IncrementalLayout, register_layout
 from .option_scoring import OptionScores, UnsupportedFeatureError, score_options
+from .tools import (
+    CallFormat,
+    ForceTool,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    ToolError,
+    ToolResult,
+    ToolSchemaError,
+    ToolSet,
+    call_format,
+    register_call_format,
+    toolset,
+)
 
 __all__ = [
     "MODES",
+    "Agent",
     "AgentConfig",
+    "AgentDelta",
+    "AgentDone",
     "AgentError",
+    "AgentEvent",
     "AgentMetrics",
+    "AgentRunMetrics",
     "AggregatorDelta",
     "AggregatorLayout",
     "BackendConfig",
+    "CallFormat",
     "ChunkIngested",
     "ConfigError",
     "Conversation",
@@ -46,6 +68,7 @@ __all__ = [
     "EngineError",
     "Event",
     "FirstToken",
+    "ForceTool",
     "HttpBackend",
     "IncrementalLayout",
     "LlamaCppBackend",
@@ -60,11 +83,23 @@ __all__ = [
     "ProposerDelta",
     "RunResult",
     "StaircaseConfig",
+    "StepDone",
+    "StepMetrics",
+    "Tool",
+    "ToolCall",
+    "ToolChoice",
+    "ToolError",
+    "ToolResult",
+    "ToolSchemaError",
+    "ToolSet",
     "TransformersBackend",
     "UnsupportedFeatureError",
     "VllmBackend",
+    "call_format",
     "collect",
     "events",
+    "register_call_format",
     "register_layout",
     "score_options",
+    "toolset",
 ]

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine import Engine, SamplingParams, Sequence, SequenceStats
 
@@ -33,6 +34,7 @@ class AgentSlot:
     closed_stats: list[SequenceStats] = field(default_factory=list)
     prompt_tokens: int = 0  # context length when the turn's first sequence was ready
     cache_salt: str | None = None  # the tenant's prefix-cache salt, passed to every engine.open
+    tool_agent: Any = None  # a proposer with tools: its moa_stream.agent.Agent, made on its first turn
 
     def sampling(self, max_tokens: int | None = None) -> SamplingParams:
         """SamplingParams from the agent's config."""
@@ -148,6 +150,11 @@ async def run_proposer(slot: AgentSlot, idx: int, messages: list[Message], quest
                        knobs: StaircaseConfig, out: asyncio.Queue[Chunk | Failure], emit: Emit,
                        t0: float, result: ProposalResult) -> None:
     """Generate one proposal, emitting deltas and cutting it into chunks; never raises (failures are events)."""
+    if slot.cfg.tools:  # a tool-using proposer runs its own tool loop (moa_stream/agent_proposer.py)
+        from .agent_proposer import run_tool_proposer
+
+        await run_tool_proposer(slot, idx, messages, question, reuse, knobs, out, emit, t0, result)
+        return
     name, layer = slot.cfg.name, slot.layer
     gen = None
     failed = False

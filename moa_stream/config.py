@@ -187,6 +187,20 @@ class AgentConfig(_Strict):
     max_tokens: int = Field(256, ge=1)
     seed: int | None = None
     ignore_eos: bool = Field(False, description="write max_tokens even past end-of-text (benchmarks)")
+    tools: list[str] = Field(default_factory=list, description="proposers: tool specs (bfcl:GorillaFileSystem, "
+                             "package.module:function); the proposer runs its own tool loop")
+    tool_choice: Literal["auto", "required"] = Field("auto", description="proposers with tools: required makes "
+                                                     "the turn's first step a call (later steps choose freely)")
+    max_tool_steps: int = Field(4, ge=1, description="proposers with tools: most generate-and-call steps per turn")
+    tool_timeout_s: float = Field(30.0, gt=0, description="proposers with tools: a call running longer fails")
+
+    @field_validator("tools")
+    @classmethod
+    def _tool_specs(cls, specs: list[str]) -> list[str]:
+        for spec in specs:
+            if not isinstance(spec, str) or not (spec.startswith("bfcl:") or ":" in spec or spec.isidentifier()):
+                raise ValueError(f"tool spec {spec!r}: write bfcl:<Class> or <module>:<function>")
+        return specs
 
     @field_validator("temperature")
     @classmethod
@@ -273,6 +287,9 @@ class MoAConfig(_Strict):
             if agent.backend not in self.backends:
                 raise ValueError(f"agent {agent.name!r} uses backend {agent.backend!r}; defined: "
                                  f"{sorted(self.backends)}")
+        if self.aggregator.tools:
+            raise ValueError("aggregator.tools: only proposers may have tools (their calls and results reach the "
+                             "aggregator as chunks); move them to a proposer")
         q = self.staircase.quorum
         if self.staircase.start_policy == "quorum" and q is not None and q > len(self.layers[-1]):
             raise ValueError(f"staircase.quorum={q} but the last layer has {len(self.layers[-1])} proposers")

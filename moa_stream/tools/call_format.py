@@ -42,8 +42,11 @@ class CallFormat(ABC):
         """The system prompt: the agent's instructions, then the tools and how to call them."""
 
     @abstractmethod
-    def structured(self, tools: ToolSet, choice: ToolChoice = "auto") -> StructuralTag | None:
-        """The constraint that keeps the model's calls valid under `choice` (None: free text, no call)."""
+    def structured(self, tools: ToolSet, choice: ToolChoice = "auto", parallel: bool = True) -> StructuralTag | None:
+        """The constraint that keeps the model's calls valid under `choice` (None: free text, no call).
+
+        parallel=False ends the generation right after the first call (OpenAI's parallel_tool_calls=false).
+        """
 
     @abstractmethod
     def parse(self, text: str) -> list[ParsedCall]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 from engine import StructuralTag
@@ -31,6 +32,22 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=str)
 
 
+@lru_cache(maxsize=256)
+def _compact_json_grammar_text(schema_json: str) -> str:
+    import xgrammar
+
+    return str(xgrammar.Grammar.from_json_schema(schema_json, any_whitespace=False))
+
+
+def _compact_json_grammar(schema: dict[str, Any]) -> str:
+    """EBNF of JSON valid under `schema`, written on one line as `render_call` writes it (", " and ": ").
+
+    Free whitespace lets a small model pretty-print a call until its token budget runs out (or loop on
+    newlines); one fixed layout keeps calls short and the same as the replayed ones.
+    """
+    return _compact_json_grammar_text(json.dumps(schema, sort_keys=True))
+
+
 @register_call_format
 class HermesFormat(CallFormat):
     """`<tool_call>` JSON blocks in the model's text; `<tool_response>` JSON blocks in the user turn after them."""
@@ -47,7 +64,7 @@ class HermesFormat(CallFormat):
     def _begin(self, name: str) -> str:
         return f'{OPEN}\n{{"name": {_json(name)}, "arguments": '
 
-    def structured(self, tools: ToolSet, choice: ToolChoice = "auto") -> StructuralTag | None:
+    def structured(self, tools: ToolSet, choice: ToolChoice = "auto", parallel: bool = True) -> StructuralTag | None:
         """Free text until `<tool_call>`, then a call valid under one tool's schema (several calls allowed)."""
         if choice == "none" or len(tools) == 0:
             return None
@@ -59,18 +76,21 @@ class HermesFormat(CallFormat):
         elif choice not in ("auto", "required"):
             raise ToolSchemaError(f"tool_choice must be auto, required, none or a named tool; got {choice!r}")
         tags = [{"type": "tag", "begin": self._begin(n), "end": "}\n" + CLOSE,
-                 "content": {"type": "json_schema", "json_schema": tools.get(n).parameters}}  # type: ignore[union-attr]
+                 "content": {"type": "grammar", "grammar": _compact_json_grammar(tools.get(n).parameters)}}  # type: ignore[union-attr]
                 for n in names]
         return StructuralTag.of({"type": "structural_tag", "format": {
             "type": "triggered_tags", "triggers": [OPEN], "tags": tags,
-            "at_least_one": choice != "auto", "stop_after_first": False}})
+            "at_least_one": choice != "auto", "stop_after_first": not parallel}})
 
     def parse(self, text: str) -> list[ParsedCall]:
         """Each `<tool_call>` block (an unclosed last one too) read as JSON; junk around them is ignored."""
         calls = []
         for m in _BLOCK.finditer(text):
-            body = m.group(0)[len(OPEN):].removesuffix(CLOSE)
-            calls.append(self._read(body))
+            closed = m.group(0).endswith(CLOSE)
+            call = self._read(m.group(0)[len(OPEN):].removesuffix(CLOSE))
+            if call.error and not closed:
+                call = ParsedCall(call.name, error=f"the call was cut off before {CLOSE} ({call.error})")
+            calls.append(call)
         return calls
 
     def _read(self, body: str) -> ParsedCall:

@@ -1,0 +1,201 @@
+"""The tool-using agent: one sequence across steps (Δ appends), error results that never stop it, valid calls."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from engine import SamplingParams, StructuralTag
+from engine.transformers_engine import TransformersEngine
+from moa_stream import ChunkIngested, ConfigError, Done, FirstToken, MoA, MoAConfig, ProposerDelta
+from moa_stream.agent import Agent
+from moa_stream.agent_events import AgentDelta, AgentDone, StepDone
+from moa_stream.bfcl_traces import fresh_instances, load_cases, replay
+from moa_stream.tools import ForceTool, HermesFormat, Tool, ToolChoice, ToolResult, ToolSet, bfcl_tools
+from tests.conftest import count_model_positions, tiny_llama
+
+
+@pytest.fixture
+async def tiny_chat_engine() -> TransformersEngine:
+    """A tiny random model over the default model's whole vocabulary (chat text encodes to any id)."""
+    lm = tiny_llama(vocab=49152)
+    eng = TransformersEngine(lm, block_size=4, kv_cache_bytes=64 << 20)
+    yield eng
+    await eng.shutdown()
+
+
+async def events_of(stream) -> list:
+    """Every event of one run."""
+    return [ev async for ev in stream]
+
+
+def done_of(events: list) -> AgentDone:
+    """The run's AgentDone (always last)."""
+    assert isinstance(events[-1], AgentDone)
+    return events[-1]
+
+
+def echo(text: str) -> str:
+    """Return the text."""
+    return text
+
+
+async def test_a_tool_result_append_computes_exactly_its_tokens(tiny_chat_engine):
+    eng = tiny_chat_engine
+    agent = Agent(eng, ToolSet([Tool.from_function(echo)]), sampling=SamplingParams(max_tokens=6), constrained=False)
+    first = done_of(await events_of(agent.run("Say something.")))
+    assert first.metrics.steps[0].prefill_computed == agent.slot.prompt_tokens, "a new conversation: its prompt"
+    seq = agent.slot.seq
+    before = len(eng.tokens(seq))
+    results = [ToolResult("call_x", "echo", '{"text": "a result with some words in it"}')]
+    delta = agent.slot.fmt.next_turn(agent.format.render_results(results), agent.slot.after_eos)
+    with count_model_positions(eng) as fed:
+        events = await events_of(agent.submit(results))
+    step = done_of(events).metrics.steps[0]
+    assert agent.slot.seq == seq, "the same sequence goes on"
+    assert eng.tokens(seq)[before:before + len(delta)] == delta, "the results turn is appended after the reply"
+    assert step.prefill_computed == len(delta) and step.prefill_reused == 0, "only the new tokens are computed"
+    # Counted at the model: every position it computed is the Δ or a decoded token, as the engine reports.
+    assert fed.count == step.prefill_computed + step.decode_tokens
+    # The next user turn costs its tokens only too.
+    after = len(eng.tokens(seq))
+    turn = done_of(await events_of(agent.send("And now?")))
+    appended = len(eng.tokens(seq)) - after - turn.metrics.decode_tokens
+    assert turn.metrics.steps[0].prefill_computed == appended and agent.history[-2].content == "And now?"
+
+
+def boom(x: bool) -> int:
+    """Always fails."""
+    raise RuntimeError("kaboom")
+
+
+def hang(x: bool) -> bool:
+    """Takes far too long."""
+    time.sleep(30)
+    return x
+
+
+@pytest.mark.parametrize("tool, says", [(boom, "kaboom"), (hang, "timed out")])
+async def test_a_raising_or_hanging_tool_gives_an_error_result_and_the_agent_goes_on(tiny_chat_engine, tool, says):
+    # Constrained decoding makes even a random model write the forced call (boolean arguments: a greedy random
+    # model never ends an integer's digits).
+    agent = Agent(tiny_chat_engine, ToolSet([Tool.from_function(tool)]), tool_choice=ForceTool(tool.__name__),
+                  sampling=SamplingParams(max_tokens=48), max_steps=2, tool_timeout=0.5)
+    t0 = time.perf_counter()
+    events = await events_of(agent.run(f"Call {tool.__name__} with x=true."))
+    done = done_of(events)
+    results = [e for e in events if isinstance(e, ToolResult)]
+    assert len(done.metrics.steps) == 2, "after the error result the agent takes its next step"
+    assert results and all(says in (r.error or "") for r in results if r.name == tool.__name__)
+    assert done.metrics.finish == "max_steps" and done.metrics.tool_errors == len(results)
+    assert time.perf_counter() - t0 < 120
+    assert agent.slot.seq is not None and agent.history[-1].role == "assistant", "the conversation stays usable"
+
+
+class StaleFormat(HermesFormat):
+    """A call format that still offers a tool the agent no longer has (as a model trained on old tools would)."""
+
+    name = "stale-test"
+
+    def structured(self, tools: ToolSet, choice: ToolChoice = "auto", parallel: bool = True) -> StructuralTag | None:
+        ghost = Tool.from_openai({"name": "launch_rocket", "parameters": {"type": "object", "properties": {}}})
+        return super().structured(tools | ToolSet([ghost]), ForceTool("launch_rocket"), parallel)
+
+
+async def test_an_unknown_tool_gives_an_error_result_and_the_agent_goes_on(tiny_chat_engine):
+    agent = Agent(tiny_chat_engine, ToolSet([Tool.from_function(echo)]), format=StaleFormat(), max_steps=2,
+                  sampling=SamplingParams(max_tokens=48))
+    events = await events_of(agent.run("Launch the rocket."))
+    results = [e for e in events if isinstance(e, ToolResult)]
+    assert results and all("unknown tool 'launch_rocket'" in (r.error or "") for r in results)
+    assert "echo" in results[0].error, "the error names the tools there are"
+    assert len([e for e in events if isinstance(e, StepDone)]) == 2, "the agent took its next step"
+
+
+async def test_constrained_default_model_writes_a_parseable_call_on_every_step_of_a_bfcl_trace(engine):
+    case = load_cases("base", limit=1)[0]
+    trace = replay(case)
+    used = {s.call.name for s in trace.steps}
+    # The functions the trace calls (a short prompt keeps this test quick on a CPU); bound to BFCL's instances.
+    full = bfcl_tools(case, fresh_instances(case))
+    tools = ToolSet([t for t in full if t.name in used])
+    steps = min(3, len(trace.steps))
+    agent = Agent(engine, tools, tool_choice="required", max_steps=steps, sampling=SamplingParams(max_tokens=96))
+    events = await events_of(agent.run(case.turns[0]))
+    done = done_of(events)
+    assert len(done.metrics.steps) == steps
+    for step in done.metrics.steps:
+        assert step.calls >= 1, f"step {step.step} wrote no call"
+    parse_errors = [r for r in done.results if r.error and ("JSON" in r.error or "a call must" in r.error)]
+    assert not parse_errors, parse_errors
+    assert all(c.name in used for c in done.calls)
+    assert any(isinstance(e, AgentDelta) and "<tool_call>" in e.text for e in events) or done.calls
+
+
+def lucky_number() -> int:
+    """Today's lucky number."""
+    return 84
+
+
+async def test_a_tool_using_proposer_streams_its_calls_into_the_staircase(tiny_chat_engine):
+    cfg = MoAConfig.parse({
+        "mode": "staircase",
+        "layers": [[
+            {"name": "calc", "system_prompt": "Use the tools.", "temperature": 0.0, "max_tokens": 64,
+             "tools": ["tests.moa_stream.test_agent:lucky_number"], "tool_choice": "required", "max_tool_steps": 2},
+            {"name": "plain", "system_prompt": "Answer concisely.", "temperature": 0.0, "max_tokens": 12},
+        ]],
+        "aggregator": {"name": "aggregator", "temperature": 0.0, "max_tokens": 12},
+        "staircase": {"agent_timeout_s": 600, "first_chunk_tokens": 4, "chunk_tokens": 4,
+                      "aggregator_tokens_per_intake": 4},
+    })
+    moa = MoA(cfg, {"default": tiny_chat_engine})
+    events = [ev async for ev in moa.stream("What is the lucky number today?")]
+    calc_text = "".join(e.text for e in events if isinstance(e, ProposerDelta) and e.agent == "calc")
+    assert "[called lucky_number({}) -> 84]" in calc_text, "calls reach the aggregator in compact form"
+    assert "<tool_call>" not in calc_text
+    first = next(e for e in events if isinstance(e, FirstToken))
+    calc_last = [e.t for e in events if isinstance(e, ProposerDelta) and e.agent == "calc"][-1]
+    assert first.ttft_s < calc_last, "the aggregator starts while the tool proposer is still working"
+    assert any(isinstance(e, ChunkIngested) and e.agent == "calc" for e in events)
+    done = events[-1]
+    assert isinstance(done, Done) and done.metrics.agents["calc"].error is None
+    # The proposer's tool loop appended its result to its own sequence: computed past its prompt, no re-prefill.
+    calc = done.metrics.agents["calc"]
+    assert calc.prompt_tokens < calc.prefill_computed < 2 * calc.prompt_tokens
+    with pytest.raises(ConfigError, match="only proposers may have tools"):
+        MoAConfig.parse({"layers": [[{"name": "a"}]], "aggregator": {"name": "b", "tools": ["bfcl:MathAPI"]}})
+
+
+@pytest.mark.parametrize("pin_ttl, evicted", [(60.0, False), (1e-6, True)])
+async def test_the_sequence_is_pinned_while_tools_run(pin_ttl, evicted):
+    """A tool that needs KV room while it runs: the pinned agent keeps its sequence (the tool gets the
+    engine's CapacityError instead); with its pin expired, the agent's sequence is evicted and its next
+    step recomputes it transparently."""
+    lm = tiny_llama(vocab=49152)
+    cfg = lm.model.config
+    per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 4
+    eng = TransformersEngine(lm, block_size=4, kv_cache_bytes=per_token * 400)  # fp32 K and V: ~400 tokens
+
+    async def crowd() -> str:
+        """Fill the KV cache."""
+        other = await eng.open(list(range(300, 560)))  # 260 tokens: with the agent's ~250, more than 400
+        await eng.close(other)
+        return "crowded"
+
+    try:
+        agent = Agent(eng, ToolSet([Tool.from_function(crowd)]), tool_choice=ForceTool("crowd"),
+                      later_tool_choice="none", sampling=SamplingParams(max_tokens=40), max_steps=2, pin_ttl=pin_ttl)
+        done = done_of(await events_of(agent.run("Crowd the cache.")))
+        result = done.results[0]
+        step1 = done.metrics.steps[1]
+        if evicted:
+            assert result.result == "crowded" and eng.stats().evictions >= 1
+            assert eng.seq_stats(agent.slot.seq).recomputed_after_eviction > 0, "recomputed transparently"
+        else:
+            assert "CapacityError" in (result.error or ""), "the pinned sequence was not evicted for the tool"
+            assert eng.stats().evictions == 0 and eng.seq_stats(agent.slot.seq).recomputed_after_eviction == 0
+            assert step1.prefill_computed < 100, "only the result turn was computed"
+    finally:
+        await eng.shutdown()
