@@ -25,21 +25,25 @@ from typing import Any
 import httpx
 
 from .. import models
-from ..errors import BackendError, ModelLoadError
+from ..errors import BackendError, ModelLoadError, UnsupportedFeatureError
 from ..protocol import FinishReason, SamplingParams, Sequence, TokenDelta
 from ..stop_matcher import StopMatcher
 from .client_sequences import ClientSeq, ClientSequences
 from .openai_wire import (
+    DIALECTS,
     Api,
+    Dialect,
     chat_messages,
     choice_text,
     describe,
+    dialect_of,
     error_detail,
     error_message,
     finish_reason,
     normalize_base_url,
     sampling_body,
     sse_events,
+    structured_fields,
 )
 
 log = logging.getLogger(__name__)
@@ -110,12 +114,18 @@ class HttpEngine(ClientSequences):
         backoff_s: float = 0.25,
         tokenizer_name: str | None = None,
         eos_token_ids: Seq[int] = (),
+        structured_dialect: Dialect | None = None,
         **unknown: Any,
     ) -> None:
         if unknown:
             raise BackendError(f"unknown http backend options {sorted(unknown)}; known: api, extra_body, "
                                "include_usage, return_token_ids, max_model_len, max_connections, backoff_s, "
-                               "tokenizer_name, eos_token_ids")
+                               "tokenizer_name, eos_token_ids, structured_dialect")
+        if structured_dialect not in (None, *DIALECTS):
+            raise BackendError(f"option structured_dialect={structured_dialect!r}: use one of {', '.join(DIALECTS)} "
+                               "(or leave it out to detect it from the server's /models)")
+        # How the server spells structured output; None: asked of /models on the first structured request.
+        self._dialect: Dialect | None = structured_dialect
         self.base_url = normalize_base_url(base_url)
         self.model = model
         if timeout_s <= 0:
@@ -170,6 +180,9 @@ class HttpEngine(ClientSequences):
 
     def _body(self, s: ClientSeq, params: SamplingParams, api: Api) -> tuple[str, dict[str, Any]]:
         body = sampling_body(params, self._eos)
+        if params.structured is not None:
+            assert self._dialect is not None  # detected by _connect before the first structured request
+            body.update(structured_fields(params.structured, self._dialect))
         if s.cache_salt is not None:
             body["cache_salt"] = s.cache_salt  # vLLM's per-tenant prefix-cache salt
         if self._served_model is not None:
@@ -214,9 +227,23 @@ class HttpEngine(ClientSequences):
         except (httpx.HTTPError, ValueError) as exc:
             log.info("%s/models did not answer (%s); sending requests without a model name", self.base_url, exc)
 
+    async def _detect_dialect(self) -> Dialect:
+        """The server's structured-output dialect, from /models' `owned_by` (OpenAI's if it does not say)."""
+        if self._dialect is None:
+            try:
+                r = await self._client.get(self.base_url + "/models")
+                self._dialect = dialect_of(r.json()) if r.status_code == 200 else "openai"
+            except (httpx.HTTPError, ValueError) as exc:
+                log.info("%s/models did not answer (%s); asking for structured output as OpenAI does",
+                         self.base_url, exc)
+                self._dialect = "openai"
+        return self._dialect
+
     async def _connect(self, s: ClientSeq, params: SamplingParams) -> tuple[httpx.Response, Api]:
         """Send the request until a 200 starts streaming: retries 429/5xx/refused connections, falls back."""
         await self._probe_model()
+        if params.structured is not None:
+            await self._detect_dialect()
         api: Api = self._api or "tokens"
         attempt = 0
         while True:
@@ -257,6 +284,12 @@ class HttpEngine(ClientSequences):
                 api = "chat"
                 self.http.fallbacks += 1
                 continue
+            if params.structured is not None and status in (400, 422):
+                kind = type(params.structured).__name__
+                raise UnsupportedFeatureError(
+                    f"{url} refused a request for {kind} structured output (HTTP {status}: {detail}); the server "
+                    f"does not take it as a {self._dialect} server would (set the backend option "
+                    "structured_dialect), or rejects this schema or grammar")
             if status in _RETRY_STATUS and attempt < self.max_retries:
                 await self._backoff(attempt, resp.headers.get("retry-after"))
                 attempt += 1

@@ -13,10 +13,16 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..errors import BackendError
+from ..errors import BackendError, UnsupportedFeatureError
 from ..protocol import GREEDY_TEMPERATURE, FinishReason, SamplingParams
+from ..structured_output import Grammar, JsonObject, JsonSchema, StructuralTag, StructuredOutput
 
 Api = Literal["tokens", "text", "chat"]
+Dialect = Literal["llama.cpp", "llama-cpp-python", "vllm", "openai"]
+"""How a server family spells structured output (see structured_fields)."""
+DIALECTS: tuple[Dialect, ...] = ("llama.cpp", "llama-cpp-python", "vllm", "openai")
+# `owned_by` of /v1/models as each family reports it; any other server is spoken to in OpenAI's own terms.
+_OWNERS: dict[str, Dialect] = {"llamacpp": "llama.cpp", "me": "llama-cpp-python", "vllm": "vllm"}
 _CHATML = re.compile(r"<\|im_start\|>(\w+)\n(.*?)(?:<\|im_end\|>\s*|$)", re.DOTALL)
 
 
@@ -63,6 +69,49 @@ def sampling_body(params: SamplingParams, eos_token_ids: frozenset[int]) -> dict
     if banned:
         body["logit_bias"] = {str(t): -100 for t in sorted(banned)}
     return body
+
+
+def dialect_of(models_body: Any) -> Dialect:
+    """The structured-output dialect of a server from its /v1/models answer (`owned_by`); OpenAI's by default."""
+    data = models_body.get("data") if isinstance(models_body, dict) else None
+    owner = data[0].get("owned_by") if isinstance(data, list) and data and isinstance(data[0], dict) else None
+    return _OWNERS.get(str(owner), "openai")
+
+
+def structured_fields(structured: StructuredOutput, dialect: Dialect) -> dict[str, Any]:
+    """Request fields that ask a server of this dialect for structured output; UnsupportedFeatureError if it has
+    no way to express this kind.
+
+    llama.cpp's server reads `json_schema` and GBNF `grammar`; llama-cpp-python's reads only `grammar`; vLLM
+    reads `structured_outputs` (json, json_object, grammar, structural_tag); OpenAI reads `response_format`.
+    """
+    match dialect, structured:
+        case "llama.cpp", JsonSchema():
+            return {"json_schema": structured.as_dict()}
+        case "llama.cpp", JsonObject():
+            return {"json_schema": {"type": "object"}}
+        case ("llama.cpp" | "llama-cpp-python"), Grammar():
+            return {"grammar": structured.ebnf}
+        case "vllm", JsonSchema():
+            return {"structured_outputs": {"json": structured.as_dict()}}
+        case "vllm", JsonObject():
+            return {"structured_outputs": {"json_object": True}}
+        case "vllm", Grammar():
+            return {"structured_outputs": {"grammar": structured.ebnf}}
+        case "vllm", StructuralTag():
+            return {"structured_outputs": {"structural_tag": structured.spec}}
+        case "openai", JsonSchema():
+            return {"response_format": {"type": "json_schema",
+                                        "json_schema": {"name": "output", "schema": structured.as_dict(),
+                                                        "strict": True}}}
+        case "openai", JsonObject():
+            return {"response_format": {"type": "json_object"}}
+    ways = {"llama.cpp": "JsonSchema, JsonObject or Grammar", "llama-cpp-python": "Grammar (GBNF)",
+            "vllm": "any kind", "openai": "JsonSchema or JsonObject (response_format)"}
+    raise UnsupportedFeatureError(
+        f"{type(structured).__name__} structured output cannot be sent to a {dialect} server: it takes "
+        f"{ways[dialect]}; use another kind, a server that takes it (vLLM takes every kind), or the embedded "
+        "transformers engine (xgrammar)")
 
 
 def chat_messages(text: str) -> tuple[list[dict[str, str]], bool]:

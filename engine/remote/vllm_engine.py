@@ -26,6 +26,7 @@ from typing import Any
 from .. import models
 from ..errors import BackendError, ModelLoadError
 from ..protocol import FinishReason, SamplingParams, Sequence, TokenDelta
+from ..structured_output import Grammar, JsonObject, JsonSchema, StructuralTag, StructuredOutput
 from .client_sequences import ClientSeq, ClientSequences
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,20 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
         if getattr(params, name) != off:
             kw[name] = getattr(params, name)
     return kw
+
+
+def structured_kwargs(structured: StructuredOutput) -> dict[str, Any]:
+    """Keyword arguments for vLLM's StructuredOutputsParams (GuidedDecodingParams before 0.10.2: same names)."""
+    match structured:
+        case JsonSchema():
+            return {"json": structured.as_dict()}
+        case JsonObject():
+            return {"json_object": True}
+        case Grammar():
+            return {"grammar": structured.ebnf}
+        case StructuralTag():
+            return {"structural_tag": structured.spec}
+    raise BackendError(f"unknown structured output {structured!r}")
 
 
 def tokens_prompt(tokens: Seq[int], cache_salt: str | None = None) -> dict[str, Any]:
@@ -207,7 +222,14 @@ class VllmEngine(ClientSequences):
     # ---------------------------------------------------------------- plain requests (prefix cache)
 
     def _sampling(self, params: SamplingParams) -> Any:
-        return self._vllm.SamplingParams(**sampling_kwargs(params), output_kind=self._delta_kind)
+        kw = sampling_kwargs(params)
+        if params.structured is not None:
+            sp = self._vllm.sampling_params
+            if hasattr(sp, "StructuredOutputsParams"):
+                kw["structured_outputs"] = sp.StructuredOutputsParams(**structured_kwargs(params.structured))
+            else:  # vLLM before 0.10.2
+                kw["guided_decoding"] = sp.GuidedDecodingParams(**structured_kwargs(params.structured))
+        return self._vllm.SamplingParams(**kw, output_kind=self._delta_kind)
 
     async def _request_stream(self, s: ClientSeq, params: SamplingParams) -> AsyncIterator[TokenDelta]:
         await self._end_session(s.id)  # a plain request would leave a session's KV out of step

@@ -19,11 +19,13 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from moa_stream import MODES, AgentError, AggregatorDelta, Done, MoA, Mode
+from moa_stream import MODES, AgentError, AggregatorDelta, Done, IncrementalLayout, MoA, Mode
+from moa_stream.layouts import layout_class
 
 from .admission import check_context_length, tenant_salt
 from .errors import APIError, install_error_handlers
 from .jobs import END, Failure, Job, produce, split_messages, wait_disconnect
+from .response_format import answer_structure
 from .schema import (
     AssistantMessage,
     ChatCompletion,
@@ -37,7 +39,7 @@ from .schema import (
 )
 from .settings import ServerSettings
 
-MAX_TEMPERATURE_VARIANTS = 32  # aggregator-temperature pipelines kept; the oldest goes first
+MAX_SAMPLING_VARIANTS = 32  # pipelines kept per aggregator sampling (temperature, penalties); the oldest goes first
 STREAM_BUFFER_EVENTS = 64  # events a stream holds for a slow client; past it the run waits for the client
 SEND_GRACE_S = 10.0  # a response still sending this long past the request timeout is cut (a client not reading)
 
@@ -82,7 +84,7 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     app = FastAPI(title="moa-stream", description=__doc__.splitlines()[0], version="0.1.0")
     limiter = Limiter(settings.max_concurrency)
-    by_temperature: dict[float, MoA] = {}  # bounded: a client choosing temperatures must not grow it forever
+    variants: dict[tuple[tuple[str, float], ...], MoA] = {}  # bounded: clients choosing settings must not grow it
     buffers: set[asyncio.Queue[object]] = set()  # each live stream's queue, for the stats
     model_ids = [settings.model_id, *(f"{settings.model_id}:{m}" for m in MODES)]
     created = int(time.time())
@@ -125,15 +127,17 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
         return {"in_flight": limiter.in_flight, "max_concurrency": limiter.limit, "stream_buffer": buffered,
                 "engines": engines}
 
-    def moa_for(temperature: float | None) -> MoA:
-        if temperature is None or temperature == moa.config.aggregator.temperature:
+    def moa_for(overrides: dict[str, float]) -> MoA:
+        agg = moa.config.aggregator
+        changed = tuple(sorted((k, v) for k, v in overrides.items() if getattr(agg, k) != v))
+        if not changed:
             return moa
-        if temperature not in by_temperature:  # same engines, only the aggregator's sampling differs
-            if len(by_temperature) >= MAX_TEMPERATURE_VARIANTS:
-                del by_temperature[next(iter(by_temperature))]
-            agg = moa.config.aggregator.model_copy(update={"temperature": temperature})
-            by_temperature[temperature] = MoA(moa.config.model_copy(update={"aggregator": agg}), moa.engines)
-        return by_temperature[temperature]
+        if changed not in variants:  # same engines, only the aggregator's sampling differs
+            if len(variants) >= MAX_SAMPLING_VARIANTS:
+                del variants[next(iter(variants))]
+            variants[changed] = MoA(moa.config.model_copy(update={"aggregator": agg.model_copy(update=overrides)}),
+                                    moa.engines)
+        return variants[changed]
 
     def make_job(req: ChatCompletionRequest, api_key: str | None) -> Job:
         if req.model not in model_ids:
@@ -144,12 +148,18 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
                            param="n")
         _, _, suffix = req.model.partition(":")
         mode: Mode = suffix or moa.config.mode  # type: ignore[assignment]
+        structured = answer_structure(moa, req.response_format)
+        if structured is not None and issubclass(layout_class(mode), IncrementalLayout):
+            # An incremental layout writes the answer in several generations with intakes between them, and
+            # each generation starts its grammar afresh: a structured answer is written in one generation
+            # (classic: the response's `moa.mode` says so) until the turn carries one grammar across steps.
+            mode = "classic"
         question, history = split_messages(req.messages)
         max_tokens = req.max_completion_tokens or req.max_tokens
         answer_limit = max_tokens or moa.config.aggregator.max_tokens
         check_context_length(moa, question, history, answer_limit)
-        return Job(moa_for(req.temperature), req.model, mode, question, history, max_tokens, answer_limit,
-                   tenant_salt(api_key, req.cache_salt))
+        return Job(moa_for(req.aggregator_overrides()), req.model, mode, question, history, max_tokens, answer_limit,
+                   tenant_salt(api_key, req.cache_salt), structured)
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(req: ChatCompletionRequest, request: Request,

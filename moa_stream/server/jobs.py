@@ -15,6 +15,7 @@ from typing import Final
 
 from starlette.types import Receive
 
+from engine import StructuredOutput
 from moa_stream import EngineError, Metrics, MoA, MoAError, Mode
 
 from .errors import APIError, failure_of
@@ -37,6 +38,7 @@ class Job:
     max_tokens: int | None
     answer_limit: int
     cache_salt: str | None = None
+    structured: StructuredOutput | None = None  # the answer's response_format
 
     def finish_reason(self, metrics: Metrics) -> str:
         """'stop' or 'length', as the aggregator finished (or from the answer's length when it did not say)."""
@@ -93,8 +95,10 @@ async def produce(job: Job, timeout_s: float, put: Callable[[object], Awaitable[
     try:
         async with asyncio.timeout(timeout_s):
             # No salt, no keyword: requests without a tenant share the cache as before.
-            salt = {} if job.cache_salt is None else {"cache_salt": job.cache_salt}
-            events = job.moa.stream(job.question, job.history, mode=job.mode, max_tokens=job.max_tokens, **salt)
+            extra: dict[str, object] = {} if job.cache_salt is None else {"cache_salt": job.cache_salt}
+            if job.structured is not None:
+                extra["structured"] = job.structured
+            events = job.moa.stream(job.question, job.history, mode=job.mode, max_tokens=job.max_tokens, **extra)
             async with contextlib.aclosing(events):
                 async for ev in events:
                     await put(ev)

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from moa_stream import AgentError, AgentMetrics, Metrics, Mode
 from moa_stream.config import check_temperature
 
+from .response_format import ResponseFormat
+
 # ---------------------------------------------------------------------------------------------- requests
 
 
@@ -58,6 +60,17 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     cache_salt: str | None = Field(None, min_length=1, max_length=256,
                                    description="prefix-cache salt: only requests with the same salt share cached KV")
+    response_format: ResponseFormat | None = Field(None, description="text, json_object or json_schema (the answer)")
+    # Against loops, for the answer (OpenAI's names and ranges; repetition_penalty and min_p as vLLM takes them):
+    frequency_penalty: float | None = Field(None, ge=-2, le=2, description="per repeat of a generated token")
+    presence_penalty: float | None = Field(None, ge=-2, le=2, description="once a token was generated")
+    repetition_penalty: float | None = Field(None, gt=0, le=10, description="HF: tokens in the context (1 = off)")
+    min_p: float | None = Field(None, ge=0, le=1, description="drop tokens below min_p x the top token's probability")
+
+    def aggregator_overrides(self) -> dict[str, float]:
+        """The aggregator's sampling settings this request sets (temperature and penalties), by AgentConfig name."""
+        names = ("temperature", "frequency_penalty", "presence_penalty", "repetition_penalty", "min_p")
+        return {n: v for n in names if (v := getattr(self, n)) is not None}
 
     @field_validator("temperature")
     @classmethod
