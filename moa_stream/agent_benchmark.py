@@ -502,18 +502,32 @@ def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {k: after[k] - before.get(k, 0) for k in after}
 
 
-def context_tokens(flows: Seq[Workflow], rendering: ChatRendering, tokenizer: Any) -> list[int]:
-    """Each workflow's final context in tokens (system, every Δ and every call), as the bench will build it."""
+def conversations(flows: Seq[Workflow], rendering: ChatRendering, tokenizer: Any) -> list[list[int]]:
+    """Each workflow's final context as token ids (system, every Δ and every call), as the bench builds it."""
     out = []
     for flow in flows:
-        n = len(rendering.system(flow).ids)
+        ids = list(rendering.system(flow).ids)
         previous = None
         for step in flow.steps:
-            n += len(rendering.delta(step, previous, "").ids)
-            n += len(tokenizer.encode(call_text(step.call), add_special_tokens=False)) + 1
+            ids += rendering.delta(step, previous, "").ids
+            ids += tokenizer.encode(call_text(step.call), add_special_tokens=False)
             previous = step
-        out.append(n)
+        out.append(ids)
     return out
+
+
+def kv_footprint_tokens(contexts: Seq[Seq[int]], block_size: int = 16) -> int:
+    """Tokens of KV the contexts need together when equal prefixes share full blocks (as the prefix cache does)."""
+    seen: set[int] = set()
+    partial = 0
+    for ids in contexts:
+        key = 0
+        full = len(ids) // block_size
+        for i in range(full):
+            key = hash((key, tuple(ids[i * block_size:(i + 1) * block_size])))
+            seen.add(key)
+        partial += len(ids) - full * block_size
+    return len(seen) * block_size + partial
 
 
 def make_mode(name: str, engine: Engine, system: Segment, pin_ttl_s: float | None) -> AgentMode:
@@ -674,12 +688,15 @@ async def run_agent_bench(engine_factory: Any, config: AgentBenchConfig) -> dict
     await probe.shutdown()
     for agents, steps in config.scenarios_shape():
         flows = workflows(agents, steps, cases)
-        contexts = context_tokens(flows, rendering, tok)
+        convs = conversations(flows, rendering, tok)
+        contexts = [len(c) for c in convs]
+        footprint = kv_footprint_tokens(convs)
         budget = None
-        if agents > 1:  # smaller than their summed contexts, yet room for the largest two to be live at once
-            budget = max(int(config.kv_fraction * sum(contexts)), 2 * max(contexts) + 64 * agents)
+        if agents > 1:  # a fraction of what they need together (shared prefixes counted once), yet room for
+            # the largest context and a block per agent, so every step can run once the others are evicted
+            budget = max(int(config.kv_fraction * footprint), max(contexts) + 32 * agents)
         scenario = Scenario(agents, steps, budget)
-        scenarios.append({**asdict(scenario), "summed_context_tokens": sum(contexts),
+        scenarios.append({**asdict(scenario), "summed_context_tokens": sum(contexts), "kv_footprint_tokens": footprint,
                           "max_context_tokens": max(contexts)})
         for mode in config.modes:
             engine = engine_factory(budget * per_token if budget else None)
@@ -689,7 +706,7 @@ async def run_agent_bench(engine_factory: Any, config: AgentBenchConfig) -> dict
             finally:
                 await engine.shutdown()
         if config.llamacpp and agents == most_agents and steps == shortest:
-            peer = start_llama_server(n_ctx=max(contexts) + 256, cache_bytes=(budget or sum(contexts)) * per_token)
+            peer = start_llama_server(n_ctx=max(contexts) + 256, cache_bytes=(budget or footprint) * per_token)
             try:
                 before = peer.counters()
                 run = await run_llamacpp_mode(peer.base_url, flows, rendering, tok, tool_s)
