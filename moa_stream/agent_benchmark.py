@@ -185,7 +185,8 @@ class Generated:
     """What a step's generation wrote, and the tokens its step cost."""
 
     text: str
-    ids: list[int]
+    ids: list[int]  # empty when only a server saw the tokens (then `completion_tokens` counts them)
+    completion_tokens: int | None = None
     computed: int = 0
     reused: int = 0
     recomputed: int = 0
@@ -360,7 +361,7 @@ class LlamaServerAgent:
         text = data["choices"][0]["text"]
         self._text = prompt + text
         usage = data.get("usage", {})
-        return Generated(text, [0] * int(usage.get("completion_tokens", 0)))
+        return Generated(text, [], completion_tokens=int(usage.get("completion_tokens", 0)))
 
     async def tool_started(self, expected_s: float) -> None:
         """The server holds nothing for us while the tool runs."""
@@ -403,8 +404,9 @@ async def run_agent(agent_id: int, mode: AgentMode, workflow: Workflow, renderin
         await asyncio.sleep(tool_latency_s)
         tool_s = time.perf_counter() - t1
         await mode.tool_done()
-        context += len(delta.ids) + len(out.ids)
-        records.append(StepRecord(agent_id, i, model_s, tool_s, len(delta.ids), len(out.ids), context,
+        written = len(out.ids) if out.completion_tokens is None else out.completion_tokens
+        context += len(delta.ids) + written
+        records.append(StepRecord(agent_id, i, model_s, tool_s, len(delta.ids), written, context,
                                   out.computed, out.reused, out.recomputed, out.text.strip() == text,
                                   out.capacity_retries))
         previous = step
