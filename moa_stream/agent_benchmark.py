@@ -481,7 +481,7 @@ class AgentBenchConfig:
     steps: tuple[int, ...] = (6, 35)
     cases: int = 40
     tool_latency_ms: float = 200.0
-    kv_fraction: float = 0.6
+    kv_fraction: float = 0.9
     modes: tuple[str, ...] = LOCAL_MODES
     llamacpp: bool = True
     all_pairs: bool = False

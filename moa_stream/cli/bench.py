@@ -218,8 +218,9 @@ def _add_agent_arguments(p: argparse.ArgumentParser) -> None:
                    help="BFCL v4 multi-turn base cases to draw workflows from (40)")
     p.add_argument("--tool-latency-ms", type=float, default=200.0, metavar="MS",
                    help="simulated time every tool call takes on top of the real function (200)")
-    p.add_argument("--kv-fraction", type=float, default=0.6, metavar="F",
-                   help="KV budget of a multi-agent run as a fraction of the agents' summed contexts (0.6)")
+    p.add_argument("--kv-fraction", type=float, default=0.9, metavar="F",
+                   help="KV budget of a multi-agent run as a fraction of what the agents need together, shared "
+                        "prefixes counted once (0.9; at 0.6 the working set no longer fits and calls get cut)")
     p.add_argument("--pin-ttl", type=float, default=None, metavar="S",
                    help="seconds a stateful agent's sequence stays pinned while its tool runs (default: until it "
                         "returns)")
