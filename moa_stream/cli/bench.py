@@ -210,6 +210,94 @@ def _main_load(args: argparse.Namespace) -> int:
     return 0 if result["back_to_baseline"] and not result["errors"] else 1
 
 
+# ---------------------------------------------------------------------------------------------- bench agent
+
+_AGENT_QUICK = {"agents": (1, 8), "steps": (6,), "cases": 16}
+
+
+def _add_agent_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--model", default=None, help="HF model id or local folder (default: the offline SmolLM2)")
+    p.add_argument("--agents", type=_parse_streams, default=(1, 4, 8), metavar="LIST",
+                   help="interleaved agent counts, comma-separated (1,4,8); more than one share a KV budget "
+                        "smaller than their summed contexts")
+    p.add_argument("--steps", type=_parse_streams, default=(6, 35), metavar="LIST",
+                   help="workflow lengths in steps (6,35); several agents run the shortest only, unless --all-pairs")
+    p.add_argument("--all-pairs", action="store_true", help="run every agent count at every workflow length")
+    p.add_argument("--cases", type=positive_int, default=40, metavar="N",
+                   help="BFCL v4 multi-turn base cases to draw workflows from (40)")
+    p.add_argument("--tool-latency-ms", type=float, default=200.0, metavar="MS",
+                   help="simulated time every tool call takes on top of the real function (200)")
+    p.add_argument("--kv-fraction", type=float, default=0.9, metavar="F",
+                   help="KV budget of a multi-agent run as a fraction of what the agents need together, shared "
+                        "prefixes counted once (0.9; at 0.6 the working set no longer fits and calls get cut)")
+    p.add_argument("--pin-ttl", type=float, default=None, metavar="S",
+                   help="seconds a stateful agent's sequence stays pinned while its tool runs (default: until it "
+                        "returns)")
+    p.add_argument("--modes", default=",".join(_LOCAL_MODES), metavar="LIST",
+                   help=f"local modes, comma-separated ({','.join(_LOCAL_MODES)})")
+    p.add_argument("--no-llamacpp", action="store_true",
+                   help="skip the llama.cpp server peer (it serves the largest agent count, shortest workflow)")
+    p.add_argument("--quick", action="store_true",
+                   help="1 and 8 agents, 6-step workflows, 16 cases (overrides --agents, --steps, --cases)")
+
+
+_LOCAL_MODES = ("stateful", "prefix-cache", "reprefill")
+
+
+def _agent_table(result: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="agent steps per mode (step = Δ appended + forced call written; tool time excluded)")
+    for col in ("mode", "agents", "steps", "median s", "p90 s", "computed/step", "recomputed", "calls ok",
+                "wall s"):
+        table.add_column(col, justify="left" if col == "mode" else "right")
+    for run in result["runs"]:
+        table.add_row(run["mode"], str(run["agents"]), str(run["steps"]), f"{run['step_median_s']:.3f}",
+                      f"{run['step_p90_s']:.3f}", f"{run['computed_per_step_mean']:.0f}",
+                      str(run["recomputed_total"]), f"{run['calls_matched']}/{run['calls']}", f"{run['wall_s']:.1f}")
+    return table
+
+
+def _main_agent(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from engine.transformers_engine import TransformersEngine
+    from moa_stream import ConfigError
+    from moa_stream.agent_benchmark import TARGETS, AgentBenchConfig, run_agent_bench
+
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    unknown = [m for m in modes if m not in _LOCAL_MODES]
+    if unknown or not modes:
+        raise ConfigError(f"--modes: unknown {unknown or modes}; pick from {', '.join(_LOCAL_MODES)}")
+    if not 0.0 < args.kv_fraction <= 1.0:
+        raise ConfigError(f"--kv-fraction must be in (0, 1], got {args.kv_fraction}")
+    preset = _AGENT_QUICK if args.quick else {"agents": args.agents, "steps": args.steps, "cases": args.cases}
+    config = AgentBenchConfig(model=args.model, tool_latency_ms=args.tool_latency_ms, kv_fraction=args.kv_fraction,
+                              modes=modes, llamacpp=not args.no_llamacpp, all_pairs=args.all_pairs,
+                              pin_ttl_s=args.pin_ttl, **preset)
+    from engine import models
+
+    loaded = models.load(args.model)
+
+    def engine_factory(kv_cache_bytes: int | None) -> TransformersEngine:
+        return TransformersEngine(loaded, kv_cache_bytes=kv_cache_bytes)
+
+    result = asyncio.run(run_agent_bench(engine_factory, config))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        from rich.console import Console
+
+        console = Console()
+        console.print(_agent_table(result))
+        for key, target in TARGETS.items():
+            value = result[key]
+            shown = f"{value:.2f}x" if value is not None else "not measured"
+            console.print(f"{key} = {shown} (target >= {target})")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- wiring
 
 # name -> (add_arguments, main, one-line help)
@@ -219,6 +307,8 @@ SUBCOMMANDS: dict[str, tuple[Any, Any, str]] = {
     "ttft": (_add_ttft_arguments, _main_ttft, "time to first token and total time of every MoA mode"),
     "load": (_add_load_arguments, _main_load,
              "concurrent streaming clients against the server on loopback: TTFT p50/p99, 429s, leaks"),
+    "agent": (_add_agent_arguments, _main_agent,
+              "tool-agent steps on BFCL traces: stateful vs prefix-cache vs re-prefill vs llama.cpp's server"),
 }
 
 
