@@ -210,7 +210,7 @@ def bench_engine(model: str | None = None, *, backend: Backend = "transformers",
     result = asyncio.run(main())
     result.backend = backend
     if peer and accepts_model(model):
-        from .llamacpp_engine.server_peer import peer_rates
+        from .llama_server import peer_rates
 
         rates = peer_rates(model_path(model), kwargs.get("decode_tokens", 32))
         result.peer_tok_s_1, result.peer_tok_s_4 = round(rates[1], 2), round(rates[4], 2)

@@ -23,19 +23,18 @@ import math
 import os
 import re
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence as Seq
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine import Engine, SamplingParams, Sequence
 from engine.errors import CapacityError
 from engine.structured_output import Grammar
+
+if TYPE_CHECKING:
+    from engine.llama_server import PeerServer
 
 from .bfcl_traces import BfclCase, TraceCall, TraceStep, chained_steps, execute, fresh_instances, load_cases
 
@@ -579,67 +578,13 @@ async def run_llamacpp_mode(base_url: str, flows: Seq[Workflow], rendering: Chat
 # ---------------------------------------------------------------------------------------------- llama.cpp's server
 
 
-_PREFIX_HIT = re.compile(r"Llama\.generate: (\d+) prefix-match hit, remaining (\d+) prompt tokens to eval")
-
-
-@dataclass
-class LlamaServerPeer:
-    """llama-cpp-python's OpenAI-compatible server on loopback serving the default model's GGUF."""
-
-    base_url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def counters(self) -> dict[str, int]:
-        """Prompt tokens reused from its cache and computed, summed over the requests so far (from its log)."""
-        hits = [(int(a), int(b)) for a, b in _PREFIX_HIT.findall(self.log_path.read_text(errors="replace"))]
-        return {"prefill_reused": sum(a for a, _ in hits), "prefill_computed": sum(b for _, b in hits),
-                "requests": len(hits)}
-
-    def stop(self) -> None:
-        """Stop the server process."""
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-
-def start_llama_server(n_ctx: int, cache_bytes: int, ready_timeout_s: float = 120.0) -> LlamaServerPeer:
-    """Start llama-cpp-python's server with its prompt cache (state RAM cache) and wait until it answers."""
-    import socket
-
-    import httpx
-
+def start_llama_server(n_ctx: int, cache_bytes: int) -> PeerServer:
+    """llama-cpp-python's server on the default model's GGUF with its prompt cache (state RAM cache) on."""
     from engine import models
+    from engine.llama_server import start_server
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    gguf = models._gguf_path()  # the GGUF the default model is converted from: the same weights
-    log_path = Path(tempfile.mkstemp(prefix="llama-server-bench-", suffix=".log")[1])
-    cmd = [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-        "--n_ctx", str(n_ctx), "--n_threads", str(min(os.cpu_count() or 2, 4)), "--interrupt_requests", "False",
-        "--cache", "True", "--cache_type", "ram", "--cache_size", str(cache_bytes), "--verbose", "True",
-    ]
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
-    peer = LlamaServerPeer(f"http://127.0.0.1:{port}/v1", proc, log_path)
-    deadline = time.monotonic() + ready_timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"llama_cpp.server exited with {proc.returncode}:\n"
-                               f"{log_path.read_text(errors='replace')[-3000:]}")
-        try:
-            if httpx.get(peer.base_url + "/models", timeout=2.0).status_code == 200:
-                return peer
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)  # readiness poll, bounded by the deadline
-    peer.stop()
-    raise RuntimeError(f"llama_cpp.server not ready after {ready_timeout_s:g} s")
+    return start_server(models.default_gguf_path(), min(os.cpu_count() or 2, 4), n_ctx, extra_args=[
+        "--cache", "True", "--cache_type", "ram", "--cache_size", str(cache_bytes), "--verbose", "True"])
 
 
 # ---------------------------------------------------------------------------------------------- the bench

@@ -1,25 +1,27 @@
-"""The peer column of the engine bench: llama.cpp's own OpenAI server on the same GGUF, n concurrent requests.
+"""llama.cpp's own OpenAI server on loopback: the peer the benches measure against, and the tests' real server.
 
 llama-cpp-python's server (`python -m llama_cpp.server`) is what most people run next to llama.cpp; it runs
-one sequence at a time, so concurrent requests queue. The bench drives it on loopback with 1 and 4 concurrent
+one sequence at a time, so concurrent requests queue. The engine bench drives it with 1 and 4 concurrent
 completions and reports completion tokens/s over the wall time of each round, all requests together.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BackendError
-from .context import default_threads
+from .errors import BackendError
 
 READY_TIMEOUT_S = 120.0
+_PREFIX_HIT = re.compile(r"Llama\.generate: (\d+) prefix-match hit, remaining (\d+) prompt tokens to eval")
 
 
 @dataclass
@@ -29,6 +31,20 @@ class PeerServer:
     base_url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+
+    def log(self) -> str:
+        """Everything the server has written so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def prefix_hits(self) -> list[tuple[int, int]]:
+        """(prompt tokens its cache reused, tokens it computed) per request so far (needs `--verbose True`)."""
+        return [(int(a), int(b)) for a, b in _PREFIX_HIT.findall(self.log())]
+
+    def counters(self) -> dict[str, int]:
+        """Prompt tokens its prompt cache served and it computed, summed over requests (from a --verbose log)."""
+        hits = self.prefix_hits()
+        return {"prefill_reused": sum(a for a, _ in hits), "prefill_computed": sum(b for _, b in hits),
+                "requests": len(hits)}
 
     def stop(self) -> None:
         """Stop the server process and remove its log."""
@@ -41,20 +57,22 @@ class PeerServer:
         self.log_path.unlink(missing_ok=True)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def start_server(gguf: Path, threads: int, n_ctx: int = 4096) -> PeerServer:
+def start_server(gguf: Path, threads: int, n_ctx: int = 4096, extra_args: Sequence[str] = ()) -> PeerServer:
     """Start llama-cpp-python's server on a free loopback port; waits (bounded) until it answers."""
     import httpx
 
-    port = _free_port()
+    port = free_port()
     log_path = Path(tempfile.mkstemp(prefix="llama-peer-", suffix=".log")[1])
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port",
-           str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads), "--interrupt_requests", "False"]
+           str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads), "--interrupt_requests", "False",
+           *extra_args]
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
     server = PeerServer(f"http://127.0.0.1:{port}/v1", proc, log_path)
@@ -93,6 +111,8 @@ async def decode_rate(base_url: str, prompts: list[str], max_tokens: int) -> flo
 def peer_rates(gguf: Path, max_tokens: int, streams: tuple[int, ...] = (1, 4), threads: int | None = None) \
         -> dict[int, float]:
     """llama.cpp server tokens/s at each concurrency (a warm-up request first), on the given GGUF."""
+    from .llamacpp_engine.context import default_threads
+
     server = start_server(gguf, threads or default_threads())
     try:
         async def run() -> dict[int, float]:
