@@ -30,7 +30,9 @@ from .config import AgentConfig
 from .context import ChatFormat, Message
 from .errors import ConfigError
 from .tool_cache import ToolCache
+from .tool_speculation import HistoryPredictor, PredictedCall, SpeculativeCalls
 from .tools import CallFormat, Tool, ToolCall, ToolChoice, ToolResult, ToolSet, call_format, toolset
+from .tools.call_stream import CallPiece, CallStream
 from .tools.executor import ToolExecutor
 
 ToolsArg = ToolSet | Iterable[Tool] | str | None
@@ -55,7 +57,8 @@ class Agent:
                  tool_choice: ToolChoice = "auto", later_tool_choice: ToolChoice | None = None,
                  parallel_calls: bool = True, constrained: bool = True, max_steps: int = 10,
                  tool_timeout: float | None = 30.0, pin_ttl: float | None = 60.0, cache: ToolCache | None = None,
-                 name: str = "agent", cache_salt: str | None = None, slot: AgentSlot | None = None) -> None:
+                 name: str = "agent", cache_salt: str | None = None, slot: AgentSlot | None = None,
+                 speculate: bool = False, predictor: HistoryPredictor | None = None) -> None:
         if max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {max_steps}")
         self.tools = as_toolset(tools, tool_timeout)
@@ -72,6 +75,10 @@ class Agent:
         self.constrained = constrained
         self.max_steps = max_steps
         self.pin_ttl = pin_ttl
+        # Speculative tool calls (pure tools only): start a call as soon as the streamed text parses as one, and/or
+        # start the predictor's guess when a step begins; a call takes an early result only on an exact match.
+        self.speculate = speculate
+        self.predictor = predictor
         self.history: list[Message] = []  # user turns and final replies (tool traffic lives in the sequence only)
         self._live = False  # the slot's sequence holds `history`
         self._turns = 0
@@ -175,6 +182,8 @@ class Agent:
                     base = self.engine.seq_stats(slot.seq)
                     await self._append_results(results)
                 text, reason = "", None
+                early = self._start_speculation(calls_all)
+                splitter = CallStream(self.format) if early is not None and self.speculate else None
                 async with contextlib.aclosing(self.engine.generate(slot.seq, self.step_sampling(step))) as stream:
                     async for delta in stream:
                         if delta.text:
@@ -182,6 +191,9 @@ class Agent:
                                 metrics.ttft_s = time.perf_counter() - step_t0
                             text += delta.text
                             yield AgentDelta(delta.text, step, self.name)
+                            for piece in splitter.feed(delta.text) if splitter else ():
+                                if isinstance(piece, CallPiece) and piece.call.error is None:
+                                    early.start(piece.call.name, piece.call.arguments, "stream")  # type: ignore[union-attr]
                         if delta.finish_reason is not None:
                             reason = delta.finish_reason
                             slot.after_eos = bool(delta.token_ids) and delta.token_ids[-1] in self.engine.eos_token_ids
@@ -205,6 +217,8 @@ class Agent:
                         results = await self._run_calls(calls, parsed, metrics)
                         for r in results:
                             yield r
+                if early is not None:
+                    await self._end_speculation(early, metrics, run)
                 metrics.calls = len(calls)
                 metrics.context_tokens = len(self.engine.tokens(slot.seq))
                 calls_all += calls
@@ -219,6 +233,8 @@ class Agent:
             else:
                 finish = "max_steps"
                 await self._append_results(results)  # the context stays whole for the next turn
+            if self.predictor is not None:  # it learns the workflow, to predict the next run's calls
+                self.predictor.observe([PredictedCall(c.name, c.arguments) for c in calls_all])
             answer = self.format.strip_calls(text)
             run.finish = finish
             run.total_s = time.perf_counter() - t0
@@ -230,6 +246,26 @@ class Agent:
         finally:
             if not finished:  # cancelled or failed halfway: the sequence holds a broken turn, start afresh
                 await self.reset()
+
+    def _start_speculation(self, calls_so_far: Sequence[ToolCall]) -> SpeculativeCalls | None:
+        """The step's speculation (None when off), with the predictor's guess already started."""
+        if not (self.speculate or self.predictor) or not len(self.tools):
+            return None
+        early = self.executor.speculate()
+        guess = self.predictor.predict([PredictedCall(c.name, c.arguments) for c in calls_so_far]) \
+            if self.predictor is not None else None
+        if guess is not None:
+            early.start(guess.name, guess.arguments, self.predictor.name)  # type: ignore[union-attr]
+        return early
+
+    async def _end_speculation(self, early: SpeculativeCalls, metrics: StepMetrics, run: AgentRunMetrics) -> None:
+        """Cancel the guesses no call took (their results reach no context) and count the step's speculation."""
+        await early.cancel_rest()
+        self.executor.speculative = None
+        metrics.speculated = early.stats.taken
+        metrics.tool_time_hidden_s = early.stats.hidden_seconds
+        run.speculations_started += early.stats.started
+        run.speculations_taken += early.stats.taken
 
     async def _run_calls(self, calls: list[ToolCall], parsed: Sequence[Any], metrics: StepMetrics) -> list[ToolResult]:
         """Run the step's readable calls while the sequence is pinned; unreadable ones get their error."""

@@ -26,6 +26,8 @@ class StepMetrics(BaseModel):
     calls: int = 0
     tool_errors: int = 0
     cached: int = 0
+    speculated: int = 0  # calls answered by a speculative start (exact canonical match)
+    tool_time_hidden_s: float = 0.0  # tool time that ran before the model finished asking for it
     context_tokens: int = 0  # the sequence's length when the step ended
     finish_reason: str | None = None
 
@@ -43,6 +45,8 @@ class AgentRunMetrics(BaseModel):
     tool_calls: int = 0
     tool_errors: int = 0
     finish: AgentFinish = "answer"
+    speculations_started: int = 0
+    speculations_taken: int = 0  # alpha = taken / started
     steps: list[StepMetrics] = Field(default_factory=list)
 
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 from ..tool_cache import ToolCache
+from ..tool_speculation import SpeculativeCalls
 from .calls import ToolCall, ToolResult
+from .errors import ToolError
 from .toolset import ToolSet
 
 
@@ -23,9 +26,29 @@ class ToolExecutor:
         self.tools = tools
         self.timeout = timeout
         self.cache = cache
+        self.speculative: SpeculativeCalls | None = None  # the step's early starts, when speculation is on
+
+    def speculate(self) -> SpeculativeCalls:
+        """Open a step's speculation: pure calls may be started before the model has finished writing them."""
+        self.speculative = SpeculativeCalls(self._run_for_speculation, self._pure_name)
+        return self.speculative
+
+    async def _run_for_speculation(self, name: str, arguments: Mapping[str, Any]) -> ToolResult:
+        result = await self.tools.run(ToolCall("speculative", name, dict(arguments)), self.timeout)
+        if not result.ok:  # a failed guess is not taken: the real call runs and reports its own error
+            raise ToolError(result.error or "failed")
+        return result
+
+    def _pure_name(self, name: str) -> bool:
+        tool = self.tools.get(name)
+        return tool is not None and tool.pure
 
     async def run_one(self, call: ToolCall) -> ToolResult:
-        """One call's result (an error result when it fails)."""
+        """One call's result (an error result when it fails): from the cache, a speculative start, or a run."""
+        if self.speculative is not None:
+            taken, early = await self.speculative.take(call.name, call.arguments)
+            if taken:
+                return replace(early, id=call.id, speculated=True)
         tool = self.tools.get(call.name)
         cacheable = self.cache is not None and tool is not None and tool.pure
         if cacheable:
@@ -41,8 +64,7 @@ class ToolExecutor:
         return result
 
     def _pure(self, call: ToolCall) -> bool:
-        tool = self.tools.get(call.name)
-        return tool is not None and tool.pure
+        return self._pure_name(call.name)
 
     async def run(self, calls: Sequence[ToolCall]) -> list[ToolResult]:
         """Every call's result, in the calls' order.

@@ -199,3 +199,49 @@ async def test_the_sequence_is_pinned_while_tools_run(pin_ttl, evicted):
             assert step1.prefill_computed < 100, "only the result turn was computed"
     finally:
         await eng.shutdown()
+
+
+# ------------------------------------------------------------------------------------------- speculative tool calls
+
+RAN: list[str] = []
+
+
+def lookup(flag: bool) -> str:
+    """Look a flag up (no side effects: a pure tool)."""
+    RAN.append(f"lookup:{flag}")
+    return f"value of {flag}"
+
+
+def store(flag: bool) -> str:
+    """Store a flag (a side effect: never run early)."""
+    RAN.append(f"store:{flag}")
+    return "stored"
+
+
+async def test_speculative_starts_are_taken_on_an_exact_match_and_impure_tools_never_start(tiny_chat_engine):
+    """A pure call starts as soon as its streamed text parses (streaming start) or when the step begins from the
+    history of a repeated workflow (predicted start); either is taken only on an exact match and the tool runs
+    once. A wrong guess is cancelled and never reaches the context; an impure tool never starts early."""
+    from moa_stream.tool_speculation import HistoryPredictor
+
+    predictor = HistoryPredictor()
+    tools = ToolSet([Tool.from_function(lookup, pure=True), Tool.from_function(store)])
+
+    def agent(tool: str, stream_start: bool) -> Agent:
+        return Agent(tiny_chat_engine, tools, tool_choice=ForceTool(tool), later_tool_choice="none", max_steps=2,
+                     sampling=SamplingParams(max_tokens=48), speculate=stream_start, predictor=predictor)
+
+    RAN.clear()
+    streamed = done_of(await events_of(agent("lookup", stream_start=True).run("Look up a flag.")))
+    assert streamed.results[0].ok and streamed.results[0].speculated and len(RAN) == 1
+    predicted = done_of(await events_of(agent("lookup", stream_start=False).run("Look up a flag.")))
+    assert predicted.results[0].speculated and predicted.results[0].result == streamed.results[0].result
+    assert predicted.metrics.speculations_taken == 1 and RAN == [RAN[0], RAN[0]], "each run ran the tool once"
+    # The predictor guesses lookup again, but the model must call store: the guess is cancelled, never appended.
+    RAN.clear()
+    wrong = agent("store", stream_start=True)
+    done = done_of(await events_of(wrong.run("Store a flag.")))
+    assert not any(r.speculated for r in done.results) and done.metrics.speculations_taken == 0
+    assert done.metrics.speculations_started == 1, "only the pure guess started early, not the impure call"
+    assert "value of" not in wrong.engine.tokenizer.decode(wrong.engine.tokens(wrong.slot.seq))
+    assert [name for name in RAN if name.startswith("store")] == [f"store:{done.calls[0].arguments['flag']}"]
