@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 from engine import Engine
+from engine.prompt_lookup import PromptLookup
+from engine.response_cache import ResponseCache
 
 from .config import BackendConfig, ConfigError, HttpBackend, LlamaCppBackend, TransformersBackend, VllmBackend
 
@@ -16,15 +18,18 @@ def build_engine(cfg: BackendConfig, model_override: str | None = None) -> Engin
         from engine.transformers_engine import TransformersEngine
 
         kv = int(cfg.kv_cache_gb * (1 << 30)) if cfg.kv_cache_gb else None
-        return TransformersEngine.from_pretrained(model, kv_cache_bytes=kv,
-                                                  **cfg.engine_options("model", "kv_cache_gb"))
+        lookup = PromptLookup(max_draft=cfg.prompt_lookup_tokens) if cfg.prompt_lookup_tokens else None
+        return TransformersEngine.from_pretrained(
+            model, kv_cache_bytes=kv, prompt_lookup=lookup, response_cache=_response_cache(cfg.response_cache_entries),
+            **cfg.engine_options("model", "kv_cache_gb", "prompt_lookup_tokens", "response_cache_entries"))
     if isinstance(cfg, LlamaCppBackend):
         from engine.llamacpp_engine import LlamaCppEngine
         from engine.llamacpp_engine.engine import accepts_model
 
         if not accepts_model(model):  # a HF model given for the default backend (--model): transformers runs it
             return build_engine(TransformersBackend(model=model))
-        return LlamaCppEngine(model, **cfg.engine_options("model"))
+        return LlamaCppEngine(model, response_cache=_response_cache(cfg.response_cache_entries),
+                              **cfg.engine_options("model", "response_cache_entries"))
     if isinstance(cfg, HttpBackend):
         from engine.remote import HttpEngine
 
@@ -42,6 +47,10 @@ def build_engine(cfg: BackendConfig, model_override: str | None = None) -> Engin
             raise ConfigError("a vllm backend needs model: <HF id or folder>")
         return VllmEngine(model, **cfg.engine_args, **cfg.engine_options("model", "engine_args"))
     raise ConfigError(f"unknown backend config {type(cfg).__name__}; use transformers, llamacpp, http or vllm")
+
+
+def _response_cache(entries: int) -> ResponseCache | None:
+    return ResponseCache(entries) if entries else None
 
 
 def build_engines(backends: dict[str, BackendConfig], model_override: str | None = None) -> dict[str, Engine]:

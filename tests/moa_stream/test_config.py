@@ -60,3 +60,27 @@ def test_set_http_options_reach_the_engine_and_unset_ones_keep_its_defaults() ->
     assert (eng.max_retries, eng.backoff_s, eng.timeout_s) == (1, 0.01, 60.0)
     assert eng.extra_body == {"repeat_penalty": 1.0} and 7 in eng.eos_token_ids
     assert eng.include_usage is True  # the engine's own default
+
+
+async def test_a_local_backend_turns_on_prompt_lookup_and_the_response_cache(tmp_path):
+    """Backend options reach the engine: an exact greedy repeat is answered from the cache, drafts are verified."""
+    from engine import SamplingParams
+    from moa_stream.backends import build_engine
+    from moa_stream.config import TransformersBackend
+    from tests.conftest import collect, tiny_llama
+
+    tiny = tiny_llama()
+    tiny.model.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    eng = build_engine(TransformersBackend(model=str(tmp_path), prompt_lookup_tokens=4, response_cache_entries=2))
+    try:
+        params = SamplingParams(max_tokens=12, ignore_eos=True)
+        outputs = []
+        for _ in range(2):
+            seq = await eng.open([5, 6, 7, 8] * 4)
+            outputs.append(await collect(eng, seq, params))
+            await eng.close(seq)
+        assert outputs[0] == outputs[1] and eng.stats().response_cache_hits == 1
+        assert eng.stats().draft_tokens > 0
+    finally:
+        await eng.shutdown()
