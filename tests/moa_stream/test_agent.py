@@ -122,7 +122,10 @@ async def test_constrained_default_model_writes_a_parseable_call_on_every_step_o
     tools = ToolSet([t for t in full if t.name in used])
     steps = min(3, len(trace.steps))
     agent = Agent(engine, tools, tool_choice="required", max_steps=steps, sampling=SamplingParams(max_tokens=96))
-    events = await events_of(agent.run(case.turns[0]))
+    try:
+        events = await events_of(agent.run(case.turns[0]))
+    finally:
+        await agent.aclose()  # the session's shared engine must end every test with no sequence open
     done = done_of(events)
     assert len(done.metrics.steps) == steps
     for step in done.metrics.steps:
