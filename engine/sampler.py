@@ -1,7 +1,8 @@
 """Turn one row of logits into a token under SamplingParams.
 
-The order is transformers' (and vLLM's): banned tokens, penalties on the raw logits, then temperature, top-k,
-top-p and min-p, then the draw (or argmax when greedy: penalties still apply, warpers do not matter).
+The order is transformers' (and vLLM's): the structured-output mask and banned tokens, penalties on the raw
+logits, then temperature, top-k, top-p and min-p, then the draw (or argmax when greedy: penalties still apply,
+warpers do not matter).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from .protocol import SamplingParams
+from .structured_state import StructuredState
 
 
 def make_generator(params: SamplingParams, device: torch.device | str) -> torch.Generator | None:
@@ -44,10 +46,14 @@ def apply_penalties(logits: torch.Tensor, params: SamplingParams, context: Seque
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,
-           context: Sequence[int] = (), generated: int = 0) -> int:
-    """Pick the next token id from a 1-D logits vector; `context`/`generated` feed the penalties."""
-    if params.banned_token_ids:
+           context: Sequence[int] = (), generated: int = 0, structured: StructuredState | None = None) -> int:
+    """Pick the next token id from a 1-D logits vector (left unchanged); `context`/`generated` feed the penalties,
+    `structured` (the generation's grammar state) masks the tokens its grammar forbids next."""
+    if params.banned_token_ids or structured is not None:
         logits = logits.clone()
+    if structured is not None:
+        structured.mask(logits)
+    if params.banned_token_ids:
         logits[list(params.banned_token_ids)] = float("-inf")
     if params.penalized:
         logits = apply_penalties(logits, params, context, generated)

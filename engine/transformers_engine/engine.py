@@ -24,6 +24,7 @@ from ..errors import CapacityError, EngineError, SequenceClosedError, Unsupporte
 from ..protocol import EngineStats, FinishReason, SamplingParams, Sequence, SequenceStats, TokenDelta, Tokenizer
 from ..sampler import make_generator, sample
 from ..sequence_table import SequenceTable
+from ..structured_state import StructuredState, Structurer, structurer_for
 from .kv_cache_manager import KVCacheManager
 from .model_runner import ModelRunner, StepOutput
 from .scheduler import ScheduledStep, Scheduler
@@ -64,6 +65,7 @@ class TransformersEngine:
         self._step_done: asyncio.Event | None = None
         self._in_step: set[int] = set()
         self._task: asyncio.Task[None] | None = None
+        self._structurer: Structurer | None = None  # built on the first structured generation
 
     @classmethod
     def from_pretrained(cls, name: str | None = None, *, device: str | None = None, dtype: str | None = None,
@@ -164,7 +166,8 @@ class TransformersEngine:
         self._table.check_idle(s, "generate on")
         params = sampling or SamplingParams()
         self._table.check_sampling(params)
-        gen = Generation(params, make_generator(params, self.device), Detokenizer(self.tokenizer, params.stop))
+        gen = Generation(params, make_generator(params, self.device), Detokenizer(self.tokenizer, params.stop),
+                         self._structured_state(params))
         stream = TokenStream(gen, functools.partial(self._cancel, s, gen))
         if len(s.tokens) >= self.max_model_len:  # no room for one more token: end at once, like vLLM
             gen.queue.put_nowait(TokenDelta((), "", "length"))
@@ -261,6 +264,14 @@ class TransformersEngine:
             # recomputing its tokens into a fresh block of this sequence's own).
             self._kv.drop_last_full_block(s)
 
+    def _structured_state(self, params: SamplingParams) -> StructuredState | None:
+        """The grammar state of a structured generation; compiling here fails a bad schema before any compute."""
+        if params.structured is None:
+            return None
+        if self._structurer is None:
+            self._structurer = structurer_for(self.tokenizer, self.vocab_size, self._eos)
+        return self._structurer.start(params.structured)
+
     def _kick(self) -> None:
         self._table.check_alive()
         if self._task is None or self._task.done():
@@ -343,7 +354,8 @@ class TransformersEngine:
             gen = s.generation
             if gen is not None and gen.produced == 0 and s.pending == 0 and s.last_logits is not None:
                 try:
-                    token = sample(s.last_logits, gen.params, gen.generator, s.tokens, gen.produced)
+                    token = sample(s.last_logits, gen.params, gen.generator, s.tokens, gen.produced,
+                                   gen.structured)
                 except Exception as exc:  # this generation's sampling failed: it fails alone, the loop goes on
                     self._fail_generation(s, gen, exc)
                     continue
@@ -394,12 +406,20 @@ class TransformersEngine:
                     self._emit(s, gen, output.sampled[s.id])
 
     def _emit(self, s: SeqState, gen: Generation, token: int) -> None:
+        if gen.structured is not None and not gen.structured.accept(token):
+            # Cannot happen after the mask; if it did, the output would break its grammar: fail, never emit it.
+            self._fail_generation(s, gen, EngineError(
+                f"token {token} broke the structured output of sequence {s.id}; this is a bug, please report it"))
+            return
         s.tokens.append(token)
         s.sampled_pos = len(s.tokens) - 1
         s.last_logits = None
         gen.produced += 1
         p = gen.params
-        if (token in self._eos and not p.ignore_eos) or token in p.stop_token_ids:
+        # A grammar ends on a stop token (EOS), which its mask allows only where the output is complete: the
+        # generation ends there even with ignore_eos, since nothing may follow.
+        ended = gen.structured is not None and gen.structured.done
+        if (token in self._eos and not p.ignore_eos) or token in p.stop_token_ids or ended:
             self._finish(s, gen, "stop", token=token)
             return
         text, hit_stop = gen.detok.push(token)

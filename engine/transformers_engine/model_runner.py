@@ -106,7 +106,8 @@ class ModelRunner:
                 if gen is None or s.closed:
                     continue
                 try:
-                    result.sampled[s.id] = sample(logits[row], gen.params, gen.generator, s.tokens, gen.produced)
+                    result.sampled[s.id] = sample(logits[row], gen.params, gen.generator, s.tokens, gen.produced,
+                                                  gen.structured)
                 except Exception as exc:  # one sequence's bad sampling fails only that sequence
                     result.errors[s.id] = exc
         return result

@@ -15,15 +15,17 @@ import torch
 from ..detokenizer import Detokenizer
 from ..protocol import SamplingParams, TokenDelta
 from ..sequence_table import SequenceEntry
+from ..structured_state import StructuredState
 
 
 @dataclass
 class Generation:
-    """One running generate(): its sampling, RNG, detokenizer and the queue its token stream reads."""
+    """One running generate(): its sampling, RNG, detokenizer, grammar state and the queue its stream reads."""
 
     params: SamplingParams
     generator: torch.Generator | None
     detok: Detokenizer
+    structured: StructuredState | None = None  # where the output is in its grammar (structured output only)
     queue: asyncio.Queue[TokenDelta | BaseException | None] = field(default_factory=asyncio.Queue)
     produced: int = 0
 
