@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 from moa_stream import (
     AGENT_FORMATS,
+    BfclCase,
     ConfigError,
     Episode,
     MoA,
@@ -43,6 +45,14 @@ def is_bfcl(name: str) -> bool:
 def category(name: str) -> str:
     """The BFCL multi-turn category a dataset name picks (base unless it says `bfcl-multi-turn-long_context`)."""
     return name.removeprefix(DATASET).lstrip("-") or "base"
+
+
+def pick_cases(name: str, limit: int | None, seed: int) -> list[BfclCase]:
+    """A deterministic random subset of `limit` cases with `seed`, in dataset order (as the other datasets)."""
+    cases = load_cases(category(name))
+    if limit is None or limit >= len(cases):
+        return cases
+    return [cases[i] for i in sorted(random.Random(seed).sample(range(len(cases)), limit))]
 
 
 @dataclass
@@ -231,7 +241,7 @@ def parse_list(spec: str, known: Sequence[str], what: str) -> list[str]:
     return items
 
 
-async def run(moa: MoA, cases: Sequence[tuple[str, Any]], formats: Sequence[str], systems: Sequence[str],
+async def run(moa: MoA, cases: Sequence[tuple[str, BfclCase]], formats: Sequence[str], systems: Sequence[str],
               out: Path, max_tokens: int, progress: bool = True) -> int:
     """Run every (case, format, system) not yet in `out`, appending a row as each finishes; returns rows written."""
     cfg = moa.config
@@ -279,7 +289,7 @@ def main(args: argparse.Namespace, datasets: Sequence[tuple[str, int | None]]) -
             formats = parse_list(args.formats, list(AGENT_FORMATS), "--formats")
             systems = parse_list("single" if args.systems == DEFAULT_SYSTEMS else args.systems, SYSTEMS,
                                  "--systems for bfcl-multi-turn")
-            cases = [(name, c) for name, n in datasets for c in load_cases(category(name), n)]
+            cases = [(name, c) for name, n in datasets for c in pick_cases(name, n, args.seed)]
             cfg = MoAConfig.load(args.config)
         except (MoAStreamError, ValueError) as exc:
             console.print(f"moa-stream eval: {exc}")
