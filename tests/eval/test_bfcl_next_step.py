@@ -70,3 +70,11 @@ def test_bad_formats_or_systems_exit_2(tmp_path, capsys):
     assert "--systems for bfcl-multi-turn" in capsys.readouterr().err
     assert bfcl_next_step.category("bfcl-multi-turn-long_context") == "long_context"
     assert bfcl_next_step.category("bfcl-multi-turn") == "base"
+
+
+def test_cases_are_a_seeded_subset_in_dataset_order_and_a_smaller_one_is_inside_a_larger_one():
+    two = [c.id for c in bfcl_next_step.pick_cases("bfcl-multi-turn", 2, 1)]
+    assert two == [c.id for c in bfcl_next_step.pick_cases("bfcl-multi-turn", 2, 1)] == ["multi_turn_base_34",
+                                                                                          "multi_turn_base_145"]
+    assert {c.id for c in bfcl_next_step.pick_cases("bfcl-multi-turn", 1, 1)} <= set(two)
+    assert len(bfcl_next_step.pick_cases("bfcl-multi-turn-miss_func", None, 0)) == len(load_cases("miss_func"))
