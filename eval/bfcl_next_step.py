@@ -140,7 +140,12 @@ class FormatSummary:
     context_tokens: Estimate
     prefix_tokens: Estimate
     state_match: Estimate
+    repeats_last_call: Estimate  # steps after the first whose prediction is the call just before it (a copy)
     errors: int
+
+
+def _repeats(r: EpisodeRow) -> list[float]:
+    return [float(s.predicted == prev.expected) for prev, s in zip(r.steps, r.steps[1:], strict=False)]
 
 
 def summarize(rows: Sequence[EpisodeRow]) -> list[FormatSummary]:
@@ -159,7 +164,7 @@ def summarize(rows: Sequence[EpisodeRow]) -> list[FormatSummary]:
             estimate([s.prefill_computed for s in steps]), estimate([s.ttft_s for s in steps]),
             estimate([s.context_tokens for s in steps]), estimate([r.prefix_tokens for r in ok]),
             estimate([None if r.state_match is None else float(r.state_match) for r in ok], proportion=True),
-            len(rs) - len(ok)))
+            estimate([x for r in ok for x in _repeats(r)], proportion=True), len(rs) - len(ok)))
     return out
 
 
@@ -174,7 +179,8 @@ def _columns() -> list[tuple[str, Any]]:
             ("prefill tokens / step [95% CI]", lambda s: str(s.prefill_per_step)),
             ("TTFT s / step [95% CI]", lambda s: str(s.ttft_s)),
             ("context tokens", lambda s: mean(s.context_tokens)), ("prefix tokens", lambda s: mean(s.prefix_tokens)),
-            ("episode end state", lambda s: str(s.state_match)), ("errors", lambda s: str(s.errors))]
+            ("episode end state", lambda s: str(s.state_match)),
+            ("repeats last call", lambda s: str(s.repeats_last_call)), ("errors", lambda s: str(s.errors))]
 
 
 def table(summaries: Sequence[FormatSummary], title: str) -> Any:
@@ -198,7 +204,7 @@ def markdown(summaries: Sequence[FormatSummary]) -> str:
     note = ("\nAccuracy CIs are Wilson intervals over steps; steps of one episode are not independent, so they are "
             "optimistic. Prefill tokens per step: the step's events appended to the main sequence plus every cue "
             "on a fork (the prefix is counted apart). TTFT: from appending the step's events to the first token of "
-            "the scored call.\n")
+            "the scored call. Repeats last call: steps whose predicted call is the one the history ended with.\n")
     return "\n".join(lines) + "\n" + note
 
 

@@ -46,6 +46,7 @@ async def test_one_case_runs_every_format_and_system_writes_rows_and_summary_the
         doc = json.loads((tmp_path / "summary.json").read_text())
         assert [(d["format"], d["system"]) for d in doc] == [(r.format, r.system) for r in rows]
         assert all(d["call_match"]["n"] == 3 and d["prefill_per_step"]["mean"] > 0 for d in doc)
+        assert all(d["repeats_last_call"]["n"] == 2 for d in doc)  # steps 1 and 2 have a call before them
         assert matplotlib.image.imread(tmp_path / "plot.png").shape[2] in (3, 4)
 
         # Resume after an interruption that tore the last row: only that episode is redone.
