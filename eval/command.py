@@ -66,6 +66,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="turns of multi-turn samples (MT-Bench has 2) answered in one conversation (2)")
     p.add_argument("--no-loglik", action="store_true",
                    help="skip the option log-likelihood rows of multiple-choice samples (on by default)")
+    p.add_argument("--formats", default="chat,thread,compact",
+                   help="with --dataset bfcl-multi-turn[-CATEGORY]:N (the next-step eval of agent formats): the "
+                        "formats to compare (chat,thread,compact); --systems is then single,moa")
+    p.add_argument("--call-tokens", type=_positive_int, default=128,
+                   help="bfcl-multi-turn: tokens of each predicted call at most (128)")
     p.add_argument("--report-only", action="store_true", help="only summarise an existing rows.jsonl")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -81,6 +86,10 @@ def _datasets(args: argparse.Namespace) -> list[tuple[str, int | None]]:
 
 def main(args: argparse.Namespace) -> int:
     """Run (or resume) the evaluation, then write summary.md, summary.json and plot.png beside rows.jsonl."""
+    from . import bfcl_next_step
+
+    if any(bfcl_next_step.is_bfcl(name) for name, _ in _datasets(args)):
+        return bfcl_next_step.main(args, _datasets(args))
     from rich.console import Console
 
     from moa_stream import MoA, MoAConfig, MoAStreamError

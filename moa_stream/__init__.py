@@ -3,7 +3,9 @@
 from . import events
 from .agent import Agent
 from .agent_events import AgentDelta, AgentDone, AgentEvent, AgentRunMetrics, StepDone, StepMetrics
+from .agent_formats import AGENT_FORMATS, AgentFormat, agent_format, register_agent_format
 from .api import Conversation, MoA, collect
+from .bfcl_traces import BfclCase, Trace, TraceCall, load_cases, replay
 from .config import (
     AgentConfig,
     BackendConfig,
@@ -31,6 +33,7 @@ from .events import (
     RunResult,
 )
 from .layouts import AggregatorLayout, IncrementalLayout, register_layout
+from .next_step import Episode, StepOutcome, predict_next_steps
 from .option_scoring import OptionScores, UnsupportedFeatureError, score_options
 from .tools import (
     CallFormat,
@@ -48,6 +51,7 @@ from .tools import (
 )
 
 __all__ = [
+    "AGENT_FORMATS",
     "MODES",
     "Agent",
     "AgentConfig",
@@ -55,17 +59,20 @@ __all__ = [
     "AgentDone",
     "AgentError",
     "AgentEvent",
+    "AgentFormat",
     "AgentMetrics",
     "AgentRunMetrics",
     "AggregatorDelta",
     "AggregatorLayout",
     "BackendConfig",
+    "BfclCase",
     "CallFormat",
     "ChunkIngested",
     "ConfigError",
     "Conversation",
     "Done",
     "EngineError",
+    "Episode",
     "Event",
     "FirstToken",
     "ForceTool",
@@ -85,6 +92,7 @@ __all__ = [
     "StaircaseConfig",
     "StepDone",
     "StepMetrics",
+    "StepOutcome",
     "Tool",
     "ToolCall",
     "ToolChoice",
@@ -92,14 +100,21 @@ __all__ = [
     "ToolResult",
     "ToolSchemaError",
     "ToolSet",
+    "Trace",
+    "TraceCall",
     "TransformersBackend",
     "UnsupportedFeatureError",
     "VllmBackend",
+    "agent_format",
     "call_format",
     "collect",
     "events",
+    "load_cases",
+    "predict_next_steps",
+    "register_agent_format",
     "register_call_format",
     "register_layout",
+    "replay",
     "score_options",
     "toolset",
 ]
