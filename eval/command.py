@@ -88,7 +88,7 @@ def main(args: argparse.Namespace) -> int:
     """Run (or resume) the evaluation, then write summary.md, summary.json and plot.png beside rows.jsonl."""
     from . import bfcl_next_step
 
-    if any(bfcl_next_step.is_bfcl(name) for name, _ in _datasets(args)):
+    if any(bfcl_next_step.is_bfcl(spec.split(":")[0]) for spec in getattr(args, "dataset", None) or []):
         return bfcl_next_step.main(args, _datasets(args))
     from rich.console import Console
 

@@ -85,7 +85,7 @@ async def test_a_conversation_history_is_accepted(live):
     ({"model": "moa-stream", "messages": [{"role": "user", "content": "  "}]}, 400, "empty"),
     ({"model": "moa-stream", "messages": [{"role": "robot", "content": "hi"}]}, 400, "role"),
     ({"model": "moa-stream", "messages": [{"role": "tool", "content": "42"}, {"role": "user", "content": "hi"}]},
-     400, "no tools"),
+     400, "`tools`"),
     ({"model": "moa-stream", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400, "text"),
     ({"model": "moa-stream", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 400, "max_tokens"),
     ({"model": "moa-stream", "messages": [{"role": "user", "content": "hi"}], "temperature": 9}, 400,
