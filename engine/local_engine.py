@@ -17,12 +17,14 @@ from collections.abc import AsyncIterator
 from collections.abc import Sequence as Seq
 from typing import Any
 
+import torch
+
 from .detokenizer import Detokenizer
-from .errors import EngineError
+from .errors import CapacityError, EngineError
 from .generation import Generation, Waiter
 from .protocol import FinishReason, SamplingParams, Sequence, SequenceStats, TokenDelta
 from .response_cache import CachedResponse, ResponseCache
-from .sampler import make_generator
+from .sampler import make_generator, sample
 from .sequence_table import SequenceTable
 from .structured_state import StructuredState, Structurer, structurer_for
 from .token_stream import TokenStream
@@ -60,6 +62,36 @@ class LocalEngine:
 
     def _before_generate(self, s: Any) -> None:
         """Make sure a generation starting on `s` will get logits (a hook; nothing to do by default)."""
+
+    def _capacity_error(self, s: Any) -> CapacityError:
+        raise NotImplementedError
+
+    def _forget_uncomputed(self, s: Any) -> None:
+        """Drop what the KV index knows of `s` beyond its computed tokens (they were just taken back)."""
+        raise NotImplementedError
+
+    def _sample(self, s: Any, gen: Generation, row: torch.Tensor) -> None:
+        """Sample the generation's next token from `row` and emit it; a failure fails only this generation."""
+        try:
+            token = sample(row, gen.params, gen.generator, s.tokens, gen.produced, gen.structured)
+        except Exception as exc:  # this generation's sampling failed: it fails alone, the loop goes on
+            self._fail_generation(s, gen, exc)
+            return
+        self._emit(s, gen, token)
+
+    def _refuse(self, s: Any) -> None:
+        """The sequence cannot get KV even with every idle sequence evicted: end or fail what waits on it."""
+        if s.generation is not None and s.generation.produced > 0:
+            self._finish(s, s.generation, "length")
+            return
+        exc = self._capacity_error(s)
+        rollback = min((w.rollback_to for w in s.waiters), default=len(s.tokens))
+        self._fail_waiters(s, exc)
+        if s.generation is not None:
+            s.generation.queue.put_nowait(exc)
+            s.generation = None
+        del s.tokens[max(rollback, s.num_computed):]
+        self._forget_uncomputed(s)
 
     @property
     def vocab_size(self) -> int:

@@ -24,13 +24,12 @@ from ..errors import CapacityError, EngineError, ModelLoadError, SequenceClosedE
 from ..local_engine import LocalEngine
 from ..protocol import EngineStats, Sequence, Tokenizer
 from ..response_cache import ResponseCache
-from ..sampler import sample
 from ..sequence_table import SequenceTable
 from ..structured_state import Structurer
 from .context import ContextOptions, LlamaContext
 from .kv_residency import KVResidency
 from .scheduler import Scheduler, Step
-from .sequence_state import Generation, LlamaSeq
+from .sequence_state import LlamaSeq
 from .tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -291,30 +290,14 @@ class LlamaCppEngine(LocalEngine):
                 # Computed but without logits (a rolled-back append, a fork of one): recompute the last token.
                 self._kv.truncate(s, len(s.tokens) - 1)
                 continue
-            self._sample(s, gen, s.last_logits)
+            self._sample(s, gen, torch.from_numpy(s.last_logits))
 
-    def _sample(self, s: LlamaSeq, gen: Generation, row: np.ndarray) -> None:
-        try:
-            token = sample(torch.from_numpy(row), gen.params, gen.generator, s.tokens, gen.produced, gen.structured)
-        except Exception as exc:  # this generation's sampling failed: it fails alone, the loop goes on
-            self._fail_generation(s, gen, exc)
-            return
-        self._emit(s, gen, token)
+    def _capacity_error(self, s: LlamaSeq) -> CapacityError:
+        return CapacityError(f"sequence {s.id} needs {len(s.tokens)} tokens of KV but the budget holds "
+                             f"{self._kv.ledger.n_cells} cells (or every slot is busy); close sequences or raise "
+                             "kv_cells")
 
-    def _refuse(self, s: LlamaSeq) -> None:
-        """The sequence cannot get KV even with every idle sequence evicted: end or fail what waits on it."""
-        if s.generation is not None and s.generation.produced > 0:
-            self._finish(s, s.generation, "length")
-            return
-        msg = (f"sequence {s.id} needs {len(s.tokens)} tokens of KV but the budget holds "
-               f"{self._kv.ledger.n_cells} cells (or every slot is busy); close sequences or raise kv_cells")
-        exc = CapacityError(msg)
-        rollback = min((w.rollback_to for w in s.waiters), default=len(s.tokens))
-        self._fail_waiters(s, exc)
-        if s.generation is not None:
-            s.generation.queue.put_nowait(exc)
-            s.generation = None
-        del s.tokens[max(rollback, s.num_computed):]
+    def _forget_uncomputed(self, s: LlamaSeq) -> None:
         self._kv.index.unregister(s, keep_tokens=s.num_computed)
 
     def _update(self, step: Step, rows: list[np.ndarray]) -> None:
@@ -343,7 +326,7 @@ class LlamaCppEngine(LocalEngine):
                 s.last_logits = mine[-1]
                 gen = c.gen
                 if gen is not None and s.generation is gen:
-                    self._sample(s, gen, s.last_logits)
+                    self._sample(s, gen, torch.from_numpy(s.last_logits))
 
     def _fail_step(self, step: Step, exc: Exception) -> None:
         err = exc if isinstance(exc, EngineError) else EngineError(f"llama_decode failed: {exc}")

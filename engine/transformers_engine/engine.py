@@ -22,7 +22,6 @@ from ..local_engine import LocalEngine
 from ..prompt_lookup import PromptLookup
 from ..protocol import EngineStats, Sequence, Tokenizer
 from ..response_cache import ResponseCache
-from ..sampler import sample
 from ..sequence_table import SequenceTable
 from ..structured_state import Structurer
 from .kv_cache_manager import KVCacheManager
@@ -281,28 +280,13 @@ class TransformersEngine(LocalEngine):
         for s in self._table:
             gen = s.generation
             if gen is not None and gen.produced == 0 and s.pending == 0 and s.last_logits is not None:
-                try:
-                    token = sample(s.last_logits, gen.params, gen.generator, s.tokens, gen.produced,
-                                   gen.structured)
-                except Exception as exc:  # this generation's sampling failed: it fails alone, the loop goes on
-                    self._fail_generation(s, gen, exc)
-                    continue
-                self._emit(s, gen, token)
+                self._sample(s, gen, s.last_logits)
 
-    def _refuse(self, s: SeqState) -> None:
-        """The sequence cannot get KV even with every idle sequence evicted: end or fail what waits on it."""
-        if s.generation is not None and s.generation.produced > 0:
-            self._finish(s, s.generation, "length")
-            return
-        msg = (f"sequence {s.id} needs {len(s.tokens)} tokens of KV but the budget holds "
-               f"{self._kv.pool.num_blocks * self.block_size}; close sequences or raise kv_cache_bytes")
-        exc = CapacityError(msg)
-        rollback = min((w.rollback_to for w in s.waiters), default=len(s.tokens))
-        self._fail_waiters(s, exc)
-        if s.generation is not None:
-            s.generation.queue.put_nowait(exc)
-            s.generation = None
-        del s.tokens[max(rollback, s.num_computed):]
+    def _capacity_error(self, s: SeqState) -> CapacityError:
+        return CapacityError(f"sequence {s.id} needs {len(s.tokens)} tokens of KV but the budget holds "
+                             f"{self._kv.pool.num_blocks * self.block_size}; close sequences or raise kv_cache_bytes")
+
+    def _forget_uncomputed(self, s: SeqState) -> None:
         self._kv.drop_stale_hashes(s)
 
     def _update(self, step: ScheduledStep, output: StepOutput) -> None:
