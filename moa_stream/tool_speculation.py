@@ -138,7 +138,3 @@ class HistoryPredictor:
                 return self._calls[counts.most_common(1)[0][0]]
         return None
 
-
-def speculative_step_time(alpha: float, steps: int, generate: float, draft: float, tool: float) -> float:
-    """The paper's T_spec: total time of `steps` steps when a fraction `alpha` of speculations is right."""
-    return alpha * steps * max(generate, draft + tool) + (1 - alpha) * steps * (generate + tool)
