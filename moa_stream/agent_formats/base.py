@@ -21,7 +21,7 @@ import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from engine import StructuralTag
 
@@ -29,6 +29,7 @@ from ..bfcl_traces import TraceCall
 from ..context import ChatFormat
 from ..errors import ConfigError
 from ..prompts import render
+from ..registry import Registry
 from ..tools import HermesFormat, ToolCall, ToolSet
 from .events import HistoryEvent
 from .template_glue import TemplateGlue
@@ -111,20 +112,8 @@ def json_line(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=str)
 
 
-AGENT_FORMATS: dict[str, type[AgentFormat]] = {}
-
-F = TypeVar("F", bound=type[AgentFormat])
-
-
-def register_agent_format(cls: F) -> F:
-    """Class decorator: make the agent format selectable by its `name`."""
-    name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"{cls.__name__} needs a class attribute name = '<format name>'")
-    if AGENT_FORMATS.get(name, cls) is not cls:
-        raise ValueError(f"agent format name {name!r} is taken by {AGENT_FORMATS[name].__name__}")
-    AGENT_FORMATS[name] = cls
-    return cls
+AGENT_FORMATS = Registry("agent format")
+register_agent_format = AGENT_FORMATS.register  # class decorator: the format becomes selectable by its `name`
 
 
 def agent_format(name: str, chat: ChatFormat, tools: ToolSet, instructions: str | None = None) -> AgentFormat:

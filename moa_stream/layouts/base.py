@@ -18,11 +18,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import TYPE_CHECKING, ClassVar
 
 from ..agents import AgentSlot, Chunk
 from ..errors import ConfigError
 from ..events import MODES
+from ..registry import Registry
 from .marker_filter import MarkerFilter
 
 if TYPE_CHECKING:
@@ -76,20 +77,8 @@ class IncrementalLayout(AggregatorLayout):
         """Take in chunks that arrived since the last intake; `texts` holds every proposal's text so far."""
 
 
-LAYOUTS: dict[str, type[AggregatorLayout]] = {}
-
-L = TypeVar("L", bound=type[AggregatorLayout])
-
-
-def register_layout(cls: L) -> L:
-    """Class decorator: make the layout selectable by its `name` (as a mode)."""
-    name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"{cls.__name__} needs a class attribute name = '<mode name>'")
-    if LAYOUTS.get(name, cls) is not cls:
-        raise ValueError(f"layout name {name!r} is taken by {LAYOUTS[name].__name__}")
-    LAYOUTS[name] = cls
-    return cls
+LAYOUTS = Registry("layout")
+register_layout = LAYOUTS.register  # class decorator: the layout becomes selectable by its `name` (as a mode)
 
 
 def alias_layout(alias: str, cls: type[AggregatorLayout]) -> None:

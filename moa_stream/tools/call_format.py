@@ -10,11 +10,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal, TypeVar
+from typing import ClassVar, Literal
 
 from engine import StructuralTag
 
 from ..errors import ConfigError
+from ..registry import Registry
 from .calls import ParsedCall, ToolCall, ToolResult
 from .toolset import ToolSet
 
@@ -76,20 +77,8 @@ class CallFormat(ABC):
         return out + "]"
 
 
-CALL_FORMATS: dict[str, type[CallFormat]] = {}
-
-F = TypeVar("F", bound=type[CallFormat])
-
-
-def register_call_format(cls: F) -> F:
-    """Class decorator: make the call format selectable by its `name`."""
-    name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"{cls.__name__} needs a class attribute name = '<format name>'")
-    if CALL_FORMATS.get(name, cls) is not cls:
-        raise ValueError(f"call format name {name!r} is taken by {CALL_FORMATS[name].__name__}")
-    CALL_FORMATS[name] = cls
-    return cls
+CALL_FORMATS = Registry("call format")
+register_call_format = CALL_FORMATS.register  # class decorator: the format becomes selectable by its `name`
 
 
 def call_format(name: str | CallFormat = "hermes") -> CallFormat:
