@@ -13,6 +13,16 @@ from typing import Any
 from .errors import InvalidSamplingError
 
 
+def _parsed(value: Any, what: str) -> Any:
+    """`value` itself, or the JSON it holds when it is text (InvalidSamplingError if that does not parse)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as e:
+        raise InvalidSamplingError(f"{what} is not valid JSON: {e}; pass a JSON object") from e
+
+
 @dataclass(frozen=True)
 class JsonSchema:
     """Output must be JSON valid under `schema` (kept as compact JSON text so params stay hashable)."""
@@ -22,11 +32,7 @@ class JsonSchema:
     @classmethod
     def of(cls, schema: dict[str, Any] | str) -> JsonSchema:
         """From a schema dict or its JSON text (checked to parse as a JSON object)."""
-        if isinstance(schema, str):
-            try:
-                schema = json.loads(schema)
-            except json.JSONDecodeError as e:
-                raise InvalidSamplingError(f"JSON schema is not valid JSON: {e}; pass a JSON object") from e
+        schema = _parsed(schema, "JSON schema")
         if not isinstance(schema, dict):
             raise InvalidSamplingError(f"a JSON schema must be a JSON object, got {type(schema).__name__}")
         # Key order is kept: xgrammar writes an object's properties in the schema's order.
@@ -66,11 +72,7 @@ class StructuralTag:
     @classmethod
     def of(cls, spec: dict[str, Any] | str) -> StructuralTag:
         """From a structural-tag dict or its JSON text (checked to be a `structural_tag` object)."""
-        if isinstance(spec, str):
-            try:
-                spec = json.loads(spec)
-            except json.JSONDecodeError as e:
-                raise InvalidSamplingError(f"structural tag is not valid JSON: {e}") from e
+        spec = _parsed(spec, "structural tag")
         if not isinstance(spec, dict) or spec.get("type") != "structural_tag" or "format" not in spec:
             raise InvalidSamplingError('a structural tag must be {"type": "structural_tag", "format": {...}}')
         return cls(json.dumps(spec, sort_keys=True, separators=(",", ":")))
