@@ -12,11 +12,13 @@ from .config import (
     HttpBackend,
     LlamaCppBackend,
     MoAConfig,
+    SpeculationConfig,
     StaircaseConfig,
     TransformersBackend,
     VllmBackend,
 )
 from .context import Message
+from .draft_speculator import DraftSpeculator, DraftStats
 from .errors import ConfigError, EngineError, MoAError, MoAStreamError
 from .events import (
     MODES,
@@ -35,6 +37,7 @@ from .events import (
 from .layouts import AggregatorLayout, IncrementalLayout, register_layout
 from .next_step import Episode, StepOutcome, predict_next_steps
 from .option_scoring import OptionScores, UnsupportedFeatureError, score_options
+from .tool_speculation import HistoryPredictor, PredictedCall, SpeculationStats, Speculator, StepContext
 from .tools import (
     CallFormat,
     ForceTool,
@@ -71,11 +74,14 @@ __all__ = [
     "ConfigError",
     "Conversation",
     "Done",
+    "DraftSpeculator",
+    "DraftStats",
     "EngineError",
     "Episode",
     "Event",
     "FirstToken",
     "ForceTool",
+    "HistoryPredictor",
     "HttpBackend",
     "IncrementalLayout",
     "LlamaCppBackend",
@@ -87,9 +93,14 @@ __all__ = [
     "MoAStreamError",
     "Mode",
     "OptionScores",
+    "PredictedCall",
     "ProposerDelta",
     "RunResult",
+    "SpeculationConfig",
+    "SpeculationStats",
+    "Speculator",
     "StaircaseConfig",
+    "StepContext",
     "StepDone",
     "StepMetrics",
     "StepOutcome",

@@ -26,11 +26,12 @@ from engine import Engine, SamplingParams, SequenceStats
 
 from .agent_events import AgentDelta, AgentDone, AgentEvent, AgentFinish, AgentRunMetrics, StepDone, StepMetrics
 from .agents import AgentSlot
-from .config import AgentConfig
+from .config import AgentConfig, SpeculationConfig
 from .context import ChatFormat, Message
+from .draft_speculator import DraftSpeculator
 from .errors import ConfigError
 from .tool_cache import ToolCache
-from .tool_speculation import HistoryPredictor, PredictedCall, SpeculativeCalls
+from .tool_speculation import HistoryPredictor, PredictedCall, PredictedStart, SpeculativeCalls, Speculator, StepContext
 from .tools import CallFormat, Tool, ToolCall, ToolChoice, ToolResult, ToolSet, call_format, toolset
 from .tools.call_stream import CallPiece, CallStream
 from .tools.executor import ToolExecutor
@@ -58,7 +59,8 @@ class Agent:
                  parallel_calls: bool = True, constrained: bool = True, max_steps: int = 10,
                  tool_timeout: float | None = 30.0, pin_ttl: float | None = 60.0, cache: ToolCache | None = None,
                  name: str = "agent", cache_salt: str | None = None, slot: AgentSlot | None = None,
-                 speculate: bool = False, predictor: HistoryPredictor | None = None) -> None:
+                 speculate: bool | None = None, speculator: Speculator | None = None,
+                 draft_engine: Engine | None = None) -> None:
         if max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {max_steps}")
         self.tools = as_toolset(tools, tool_timeout)
@@ -76,12 +78,25 @@ class Agent:
         self.max_steps = max_steps
         self.pin_ttl = pin_ttl
         # Speculative tool calls (pure tools only): start a call as soon as the streamed text parses as one, and/or
-        # start the predictor's guess when a step begins; a call takes an early result only on an exact match.
-        self.speculate = speculate
-        self.predictor = predictor
+        # start the speculator's guess while a step decodes; a call takes an early result only on an exact match.
+        # Unset, both come from the agent's config (`speculation`).
+        spec = self.slot.cfg.speculation
+        self.speculate = spec.stream_start if speculate is None else speculate
+        self.speculator = speculator if speculator is not None else self._configured_speculator(spec, draft_engine)
         self.history: list[Message] = []  # user turns and final replies (tool traffic lives in the sequence only)
         self._live = False  # the slot's sequence holds `history`
         self._turns = 0
+
+    def _configured_speculator(self, spec: SpeculationConfig, draft_engine: Engine | None) -> Speculator | None:
+        """The speculator `spec.predict` names; a draft on another backend needs that backend's engine."""
+        if spec.predict == "history":
+            return HistoryPredictor()
+        if spec.predict == "draft":
+            if spec.draft_backend not in (None, self.slot.cfg.backend) and draft_engine is None:
+                raise ConfigError(f"agent {self.name!r}: speculation.draft_backend {spec.draft_backend!r} needs its "
+                                  "engine: pass draft_engine")
+            return DraftSpeculator(draft_engine, spec.draft_max_tokens)
+        return None
 
     @property
     def name(self) -> str:
@@ -182,21 +197,27 @@ class Agent:
                     base = self.engine.seq_stats(slot.seq)
                     await self._append_results(results)
                 text, reason = "", None
-                early = self._start_speculation(calls_all)
+                sampling = self.step_sampling(step)
+                early, predicted = await self._start_speculation(calls_all, step, sampling)
                 splitter = CallStream(self.format) if early is not None and self.speculate else None
-                async with contextlib.aclosing(self.engine.generate(slot.seq, self.step_sampling(step))) as stream:
-                    async for delta in stream:
-                        if delta.text:
-                            if metrics.ttft_s is None:
-                                metrics.ttft_s = time.perf_counter() - step_t0
-                            text += delta.text
-                            yield AgentDelta(delta.text, step, self.name)
-                            for piece in splitter.feed(delta.text) if splitter else ():
-                                if isinstance(piece, CallPiece) and piece.call.error is None:
-                                    early.start(piece.call.name, piece.call.arguments, "stream")  # type: ignore[union-attr]
-                        if delta.finish_reason is not None:
-                            reason = delta.finish_reason
-                            slot.after_eos = bool(delta.token_ids) and delta.token_ids[-1] in self.engine.eos_token_ids
+                try:
+                    async with contextlib.aclosing(self.engine.generate(slot.seq, sampling)) as stream:
+                        async for delta in stream:
+                            if delta.text:
+                                if metrics.ttft_s is None:
+                                    metrics.ttft_s = time.perf_counter() - step_t0
+                                text += delta.text
+                                yield AgentDelta(delta.text, step, self.name)
+                                for piece in splitter.feed(delta.text) if splitter else ():
+                                    if isinstance(piece, CallPiece) and piece.call.error is None:
+                                        early.start(piece.call.name, piece.call.arguments, "stream")  # type: ignore[union-attr]
+                            if delta.finish_reason is not None:
+                                reason = delta.finish_reason
+                                slot.after_eos = (bool(delta.token_ids)
+                                                  and delta.token_ids[-1] in self.engine.eos_token_ids)
+                finally:
+                    if predicted is not None:  # the calls are written: a guess still being made is cancelled
+                        await predicted.stop()
                 metrics.generate_s = time.perf_counter() - step_t0
                 metrics.finish_reason = reason
                 now = self.engine.seq_stats(slot.seq)
@@ -233,8 +254,8 @@ class Agent:
             else:
                 finish = "max_steps"
                 await self._append_results(results)  # the context stays whole for the next turn
-            if self.predictor is not None:  # it learns the workflow, to predict the next run's calls
-                self.predictor.observe([PredictedCall(c.name, c.arguments) for c in calls_all])
+            if self.speculator is not None:  # it may learn the workflow, to predict the next run's calls
+                self.speculator.observe([PredictedCall(c.name, c.arguments) for c in calls_all])
             answer = self.format.strip_calls(text)
             run.finish = finish
             run.total_s = time.perf_counter() - t0
@@ -247,16 +268,21 @@ class Agent:
             if not finished:  # cancelled or failed halfway: the sequence holds a broken turn, start afresh
                 await self.reset()
 
-    def _start_speculation(self, calls_so_far: Sequence[ToolCall]) -> SpeculativeCalls | None:
-        """The step's speculation (None when off), with the predictor's guess already started."""
-        if not (self.speculate or self.predictor) or not len(self.tools):
-            return None
+    async def _start_speculation(self, calls_so_far: Sequence[ToolCall], step: int, sampling: SamplingParams
+                                 ) -> tuple[SpeculativeCalls | None, PredictedStart | None]:
+        """The step's speculation (None when off) and its speculator's guessing, begun (the sequence released)."""
+        if not (self.speculate or self.speculator) or not len(self.tools) or self.choice(step) == "none":
+            return None, None  # a step that may not call has nothing to guess
         early = self.executor.speculate()
-        guess = self.predictor.predict([PredictedCall(c.name, c.arguments) for c in calls_so_far]) \
-            if self.predictor is not None else None
-        if guess is not None:
-            early.start(guess.name, guess.arguments, self.predictor.name)  # type: ignore[union-attr]
-        return early
+        if self.speculator is None:
+            return early, None
+        assert self.slot.seq is not None
+        context = StepContext(tuple(PredictedCall(c.name, c.arguments) for c in calls_so_far), self.engine,
+                              self.slot.seq, tuple(self.engine.tokens(self.slot.seq)), self.format,
+                              sampling.structured, self.slot.cache_salt)
+        predicted = PredictedStart(self.speculator, context, early)
+        await predicted.begin()
+        return early, predicted
 
     async def _end_speculation(self, early: SpeculativeCalls, metrics: StepMetrics, run: AgentRunMetrics) -> None:
         """Cancel the guesses no call took (their results reach no context) and count the step's speculation."""

@@ -175,6 +175,18 @@ def check_temperature(value: float) -> float:
     return value
 
 
+class SpeculationConfig(_Strict):
+    """Speculative tool calls of an agent with tools: pure tools only, an early result taken on an exact match."""
+
+    stream_start: bool = Field(False, description="start a call the moment the streamed text parses as one")
+    predict: Literal["off", "history", "draft"] = Field("off", description="start a guessed call while the step "
+                                                        "decodes: history (calls seen in earlier runs) or draft "
+                                                        "(a short greedy draft of the call)")
+    draft_backend: str | None = Field(None, description="predict=draft: the backend that drafts (default: the "
+                                      "agent's own, drafting on a fork of its sequence)")
+    draft_max_tokens: int = Field(48, ge=1, le=1024, description="predict=draft: the draft's token budget")
+
+
 class AgentConfig(_Strict):
     """One proposer or the aggregator."""
 
@@ -197,6 +209,8 @@ class AgentConfig(_Strict):
                                                      "the turn's first step a call (later steps choose freely)")
     max_tool_steps: int = Field(4, ge=1, description="proposers with tools: most generate-and-call steps per turn")
     tool_timeout_s: float = Field(30.0, gt=0, description="proposers with tools: a call running longer fails")
+    speculation: SpeculationConfig = Field(default_factory=SpeculationConfig,
+                                           description="proposers with tools: speculative tool calls")
 
     @field_validator("tools")
     @classmethod
@@ -288,9 +302,10 @@ class MoAConfig(_Strict):
         if dupes:
             raise ValueError(f"agent names must be unique; repeated: {dupes}")
         for agent in [*(a for layer in self.layers for a in layer), self.aggregator]:
-            if agent.backend not in self.backends:
-                raise ValueError(f"agent {agent.name!r} uses backend {agent.backend!r}; defined: "
-                                 f"{sorted(self.backends)}")
+            for backend in (agent.backend, agent.speculation.draft_backend):
+                if backend is not None and backend not in self.backends:
+                    raise ValueError(f"agent {agent.name!r} uses backend {backend!r}; defined: "
+                                     f"{sorted(self.backends)}")
         if self.aggregator.tools:
             raise ValueError("aggregator.tools: only proposers may have tools (their calls and results reach the "
                              "aggregator as chunks); move them to a proposer")

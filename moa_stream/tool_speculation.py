@@ -1,7 +1,8 @@
 """Speculative tool calls: start a pure call before the model has finished asking for it.
 
 Two starts feed one mechanism: the streaming start (the streamed text already parses as a complete call) and
-the predicted start (a speculator guesses the step's call when the step begins). The real call takes a
+the predicted start (a `Speculator` guesses the step's call while the step decodes: `HistoryPredictor` from calls
+seen before, `DraftSpeculator` (moa_stream/draft_speculator.py) from a short greedy draft). The real call takes a
 speculative result only on an exact canonical match; every other speculation is cancelled and its result
 never reaches a context. Impure tools are never started early. The timing model (arXiv 2512.15834) is
 T_spec = alpha*N*max(G, g+T) + (1-alpha)*N*(G+T), alpha being how often the speculation was right.
@@ -14,9 +15,15 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from engine import Engine, StructuredOutput
+from engine import Sequence as EngineSequence
 
 from .tool_cache import canonical_call
+
+if TYPE_CHECKING:
+    from .tools import CallFormat
 
 RunTool = Callable[[str, Mapping[str, Any]], Awaitable[Any]]
 
@@ -106,6 +113,87 @@ class PredictedCall:
     arguments: dict[str, Any]
 
 
+@dataclass
+class StepContext:
+    """What a speculator may read when a step begins. The agent's sequence is there to fork, never to write.
+
+    The step's generation waits until the speculator calls `release()` (or returns), so a fork taken before
+    that holds exactly `tokens`: the context the step decodes from.
+    """
+
+    calls: tuple[PredictedCall, ...]  # the turn's calls so far
+    engine: Engine  # the agent's engine
+    seq: EngineSequence  # the agent's sequence, idle until released
+    tokens: tuple[int, ...]  # its token ids now: the rendered context
+    format: CallFormat  # how calls are written and parsed
+    structured: StructuredOutput | None  # the step's call grammar (None: unconstrained)
+    cache_salt: str | None = None  # the tenant's prefix-cache salt, for a sequence opened on another engine
+    _released: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @property
+    def text(self) -> str:
+        """The rendered context as text (special tokens kept), for an engine with another tokenizer."""
+        return self.engine.tokenizer.decode(list(self.tokens), skip_special_tokens=False)
+
+    def release(self) -> None:
+        """Let the step start: the speculator has forked the sequence or needs it no more."""
+        self._released.set()
+
+    async def wait_released(self) -> None:
+        """Return once the speculator released the agent's sequence."""
+        await self._released.wait()
+
+
+@runtime_checkable
+class Speculator(Protocol):
+    """Guesses the call a step will make; `guess` runs beside the step's decoding and is cancelled at its end."""
+
+    name: str
+
+    async def guess(self, context: StepContext) -> PredictedCall | None:
+        """The predicted call, or None; it must never write to `context.seq` and must free what it opened."""
+        ...
+
+    def observe(self, calls: Sequence[PredictedCall]) -> None:
+        """Learn from one finished run's calls, in order (a speculator that does not learn ignores them)."""
+        ...
+
+
+class PredictedStart:
+    """One step's predicted start: the speculator runs as a task; its guess is started the moment it comes."""
+
+    def __init__(self, speculator: Speculator, context: StepContext, early: SpeculativeCalls) -> None:
+        self.speculator = speculator
+        self.context = context
+        self.early = early
+        self._task: asyncio.Task[None] | None = None
+
+    async def begin(self) -> None:
+        """Start guessing; return once the agent's sequence is released (the step may decode then)."""
+        self._task = asyncio.ensure_future(self._run())
+        try:
+            await self.context.wait_released()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _run(self) -> None:
+        try:
+            guess = await self.speculator.guess(self.context)
+        finally:
+            self.context.release()  # a speculator that never released (or failed) must not hold the step
+        if guess is not None:
+            self.early.start(guess.name, guess.arguments, self.speculator.name)
+
+    async def stop(self) -> None:
+        """Cancel a guess still being made: once the step has written its calls a late guess is worthless."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        # A speculator's failure is a missed guess, never the step's failure: the real calls run as written.
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
 class HistoryPredictor:
     """Predicts the next call from calls seen before: what followed the same previous call, else the same step.
 
@@ -137,4 +225,9 @@ class HistoryPredictor:
             if counts:
                 return self._calls[counts.most_common(1)[0][0]]
         return None
+
+    async def guess(self, context: StepContext) -> PredictedCall | None:
+        """The Speculator side: `predict` from the step's calls so far (the sequence is not read)."""
+        context.release()
+        return self.predict(context.calls)
 

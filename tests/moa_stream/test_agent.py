@@ -232,7 +232,7 @@ async def test_speculative_starts_are_taken_on_an_exact_match_and_impure_tools_n
 
     def agent(tool: str, stream_start: bool) -> Agent:
         return Agent(tiny_chat_engine, tools, tool_choice=ForceTool(tool), later_tool_choice="none", max_steps=2,
-                     sampling=SamplingParams(max_tokens=48), speculate=stream_start, predictor=predictor)
+                     sampling=SamplingParams(max_tokens=48), speculate=stream_start, speculator=predictor)
 
     RAN.clear()
     streamed = done_of(await events_of(agent("lookup", stream_start=True).run("Look up a flag.")))
@@ -248,3 +248,97 @@ async def test_speculative_starts_are_taken_on_an_exact_match_and_impure_tools_n
     assert done.metrics.speculations_started == 1, "only the pure guess started early, not the impure call"
     assert "value of" not in wrong.engine.tokenizer.decode(wrong.engine.tokens(wrong.slot.seq))
     assert [name for name in RAN if name.startswith("store")] == [f"store:{done.calls[0].arguments['flag']}"]
+
+
+async def test_a_draft_agent_guesses_each_step_on_a_fork_and_never_touches_the_agents_sequence(tiny_chat_engine):
+    """The draft (same model, greedy, a short budget, the step's grammar) guesses the call on a fork of the
+    agent's sequence: a right guess is taken (alpha counted), the agent's sequence and its computed tokens are
+    those of a run without drafting, every fork is closed, and an impure tool is never started early."""
+    from moa_stream.draft_speculator import DraftSpeculator
+
+    eng = tiny_chat_engine
+    tools = ToolSet([Tool.from_function(lookup, pure=True), Tool.from_function(store)])
+
+    async def run(tool: str, draft: DraftSpeculator | None) -> tuple[AgentDone, list[int]]:
+        agent = Agent(eng, tools, tool_choice=ForceTool(tool), later_tool_choice="none", max_steps=2,
+                      sampling=SamplingParams(max_tokens=48), speculator=draft)
+        done = done_of(await events_of(agent.run("Look up a flag.")))
+        tokens = eng.tokens(agent.slot.seq)
+        await agent.aclose()
+        return done, tokens
+
+    RAN.clear()
+    plain, plain_tokens = await run("lookup", None)
+    draft = DraftSpeculator(max_tokens=48)
+    drafted, drafted_tokens = await run("lookup", draft)
+    assert drafted_tokens == plain_tokens, "drafting appended nothing to the agent's sequence"
+    # The same tokens reached the agent's sequence (the second run's prompt is partly a prefix-cache hit) and
+    # step 1 computed just its Δ, as without drafting.
+    assert [(s.prefill_computed + s.prefill_reused, s.decode_tokens) for s in drafted.metrics.steps] == \
+        [(s.prefill_computed + s.prefill_reused, s.decode_tokens) for s in plain.metrics.steps]
+    assert drafted.metrics.steps[1].prefill_computed == plain.metrics.steps[1].prefill_computed
+    assert drafted.results[0].speculated and drafted.results[0].result == plain.results[0].result
+    assert drafted.metrics.speculations_started == drafted.metrics.speculations_taken == 1  # alpha = 1
+    assert draft.stats.drafts == 1 and draft.stats.guessed == 1, "step 1 (tool_choice none) offers no tools"
+    assert RAN == [RAN[0], RAN[0]], "each run ran the tool once"
+    assert eng.stats().sequences_open == 0, "every fork was closed"
+    RAN.clear()
+    impure, _ = await run("store", draft)
+    assert draft.stats.guessed == 2, "the draft guessed store"
+    assert impure.metrics.speculations_started == 0 and not impure.results[0].speculated
+    assert RAN == [f"store:{impure.calls[0].arguments['flag']}"], "store ran once, when the model asked"
+
+
+async def test_a_wrong_draft_is_cancelled_and_its_result_never_appended(tiny_chat_engine):
+    """A draft on another engine (another random model) guesses another call than the agent writes: the
+    guess is started, cancelled, and its result reaches no context."""
+    from moa_stream.draft_speculator import DraftSpeculator
+
+    other = TransformersEngine(tiny_llama(seed=4, vocab=49152), block_size=4, kv_cache_bytes=64 << 20)
+    try:
+        tools = ToolSet([Tool.from_function(lookup, pure=True)])
+        draft = DraftSpeculator(other, max_tokens=48)
+        agent = Agent(tiny_chat_engine, tools, tool_choice=ForceTool("lookup"), later_tool_choice="none",
+                      max_steps=2, sampling=SamplingParams(max_tokens=48), speculator=draft)
+        RAN.clear()
+        done = done_of(await events_of(agent.run("Look up a flag.")))
+        assert draft.stats.guessed == 1 and done.metrics.speculations_started == 1
+        flag = done.calls[0].arguments["flag"]
+        assert RAN[0] == f"lookup:{not flag}", "the draft guessed the other flag (this pair of models does)"
+        assert done.metrics.speculations_taken == 0 and not done.results[0].speculated
+        assert done.results[0].result == f"value of {flag}"
+        context = tiny_chat_engine.tokenizer.decode(tiny_chat_engine.tokens(agent.slot.seq))
+        assert f"value of {not flag}" not in context
+        await agent.aclose()
+        assert other.stats().sequences_open == 0
+    finally:
+        await other.shutdown()
+
+
+async def test_speculation_is_turned_on_in_a_proposers_config(tiny_chat_engine):
+    """`speculation:` in an agent's config builds its speculator (a draft on its own backend, or history) and the
+    streaming start; a draft backend that is not defined is an error naming it."""
+    from moa_stream.agent_proposer import tool_agent
+    from moa_stream.agents import AgentSlot
+    from moa_stream.context import ChatFormat
+    from moa_stream.draft_speculator import DraftSpeculator
+    from moa_stream.tool_speculation import HistoryPredictor
+
+    def proposer(speculation: dict) -> dict:
+        return {"name": "calc", "temperature": 0.0, "max_tokens": 64, "tool_choice": "required",
+                "tools": ["tests.moa_stream.test_agent:lucky_number"], "speculation": speculation}
+
+    cfg = MoAConfig.parse({"layers": [[proposer({"predict": "draft", "draft_max_tokens": 24, "stream_start": True})]],
+                           "aggregator": {"name": "aggregator"}})
+    slot = AgentSlot(cfg=cfg.layers[0][0], engine=tiny_chat_engine, fmt=ChatFormat(tiny_chat_engine.tokenizer))
+    agent = tool_agent(slot)
+    assert isinstance(agent.speculator, DraftSpeculator) and agent.speculator.max_tokens == 24 and agent.speculate
+    done = done_of(await events_of(agent.run("What is the lucky number today?")))
+    assert done.results[0].result == "84" and agent.speculator.stats.drafts >= 1
+    await agent.aclose()
+    history = MoAConfig.parse({"layers": [[proposer({"predict": "history"})]], "aggregator": {"name": "aggregator"}})
+    slot = AgentSlot(cfg=history.layers[0][0], engine=tiny_chat_engine, fmt=ChatFormat(tiny_chat_engine.tokenizer))
+    assert isinstance(tool_agent(slot).speculator, HistoryPredictor) and not tool_agent(slot).speculate
+    with pytest.raises(ConfigError, match="'calc' uses backend 'small'"):
+        MoAConfig.parse({"layers": [[proposer({"predict": "draft", "draft_backend": "small"})]],
+                         "aggregator": {"name": "aggregator"}})

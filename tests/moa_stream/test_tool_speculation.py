@@ -1,4 +1,8 @@
-"""Speculative tool calls: exact matches are taken, wrong guesses cancelled unseen, impure tools never started."""
+"""Speculative tool calls: exact matches are taken, wrong guesses cancelled unseen, impure tools never started.
+
+The draft speculator guesses on a fork (the agent's sequence untouched) or on another engine, and stops with the
+step.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,27 @@ from typing import Any
 
 import pytest
 
-from moa_stream.tool_speculation import HistoryPredictor, PredictedCall, SpeculativeCalls
+from engine.transformers_engine import TransformersEngine
+from moa_stream.context import ChatFormat
+from moa_stream.draft_speculator import DraftSpeculator, DraftStats
+from moa_stream.tool_speculation import (
+    HistoryPredictor,
+    PredictedCall,
+    PredictedStart,
+    SpeculativeCalls,
+    Speculator,
+    StepContext,
+)
+from moa_stream.tools import ForceTool, Tool, ToolSet
+from tests.conftest import tiny_llama
+
+
+@pytest.fixture
+async def tiny_engine_49k() -> TransformersEngine:
+    """A tiny random model over the default model's whole vocabulary (chat text encodes to any id)."""
+    eng = TransformersEngine(tiny_llama(vocab=49152), block_size=4, kv_cache_bytes=64 << 20)
+    yield eng
+    await eng.shutdown()
 
 
 class Tools:
@@ -76,3 +100,72 @@ def test_history_predicts_the_usual_follower_else_the_usual_step(seen: list[Pred
     history.observe([pwd, pwd])
     assert history.predict(seen) == (ls if seen else cd)
     assert history.predict([PredictedCall("mkdir", {"dir_name": "b"})]) == ls  # unseen: step 1's usual call
+
+
+# ------------------------------------------------------------------------------------------ the draft speculator
+
+
+def lookup(flag: bool) -> str:
+    """Look a flag up (a pure tool)."""
+    return f"value of {flag}"
+
+
+async def draft_context(eng: Any, tool: str = "lookup") -> StepContext:
+    """A step's context on `eng`: a fresh agent prompt for a forced call of `tool`, the sequence opened."""
+    from moa_stream.agent import Agent
+
+    agent = Agent(eng, ToolSet([Tool.from_function(lookup, pure=True)]), tool_choice=ForceTool(tool))
+    messages = agent.with_tools(agent.messages("Look up the flag."))
+    seq = await eng.open(ChatFormat(eng.tokenizer).prompt_split(messages)[0])
+    return StepContext((), eng, seq, tuple(eng.tokens(seq)), agent.format, agent.step_sampling().structured)
+
+
+async def test_a_draft_on_a_fork_of_the_real_model_predicts_the_call_and_leaves_the_sequence_as_it_was(engine):
+    ctx = await draft_context(engine)
+    before_tokens, before_stats = engine.tokens(ctx.seq), engine.seq_stats(ctx.seq)
+    open_before = engine.stats().sequences_open
+    draft = DraftSpeculator(max_tokens=48)
+    try:
+        guess = await asyncio.wait_for(draft.guess(ctx), 120)
+        assert guess is not None and guess.name == "lookup" and isinstance(guess.arguments.get("flag"), bool)
+        assert draft.stats == DraftStats(drafts=1, guessed=1, tokens=draft.stats.tokens) and draft.stats.tokens > 0
+        assert engine.tokens(ctx.seq) == before_tokens, "the draft wrote nothing into the agent's sequence"
+        assert engine.seq_stats(ctx.seq) == before_stats
+        assert engine.stats().sequences_open == open_before, "the draft's fork was closed"
+        assert ctx._released.is_set(), "the step was let go"
+    finally:
+        await engine.close(ctx.seq)
+
+
+async def test_a_draft_cancelled_when_the_step_ends_closes_its_fork_and_starts_nothing(tiny_engine_49k):
+    eng = tiny_engine_49k
+    ctx = await draft_context(eng)
+    tools = Tools()
+    early = SpeculativeCalls(tools.run, tools.is_pure)
+    draft = DraftSpeculator(max_tokens=512)  # long enough to be cut short
+    predicted = PredictedStart(draft, ctx, early)
+    await predicted.begin()
+    assert ctx._released.is_set() and eng.stats().sequences_open == 2  # the agent's and the draft's fork
+    await predicted.stop()
+    assert draft.stats.cancelled == 1 and draft.stats.guessed == 0
+    assert early.stats.started == 0 and tools.ran == []
+    assert eng.stats().sequences_open == 1 and len(eng.tokens(ctx.seq)) == len(ctx.tokens)
+    await eng.close(ctx.seq)
+
+
+async def test_a_draft_on_another_engine_opens_the_rendered_text(tiny_engine_49k, engine):
+    """Another backend (here the real model drafting for a tiny one) reads the context as text."""
+    ctx = await draft_context(tiny_engine_49k)
+    draft = DraftSpeculator(engine, max_tokens=48)
+    open_before = engine.stats().sequences_open
+    try:
+        guess = await asyncio.wait_for(draft.guess(ctx), 120)
+        assert guess is not None and guess.name == "lookup" and draft.stats.guessed == 1
+        assert engine.stats().sequences_open == open_before
+        assert tiny_engine_49k.tokens(ctx.seq) == list(ctx.tokens)
+    finally:
+        await tiny_engine_49k.close(ctx.seq)
+
+
+async def test_both_speculators_meet_the_protocol() -> None:
+    assert isinstance(HistoryPredictor(), Speculator) and isinstance(DraftSpeculator(), Speculator)
