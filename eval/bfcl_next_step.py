@@ -30,6 +30,7 @@ from moa_stream import (
     predict_next_steps,
 )
 
+from .progress import progress_bar
 from .report import Estimate, estimate
 from .rows import drop_torn_tail
 
@@ -259,15 +260,10 @@ async def run(moa: MoA, cases: Sequence[tuple[str, BfclCase]], formats: Sequence
     drop_torn_tail(out)
     done = {r.key for r in read_episodes(out)}
     todo = [(d, c, f, sy) for d, c in cases for f in formats for sy in systems if (c.id, f, sy) not in done]
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-               TextColumn("{task.description}"))
     written = 0
-    with Progress(*columns, disable=not progress) as bar, out.open("a", encoding="utf-8") as f:
-        task = bar.add_task("", total=len(todo))
+    with progress_bar(len(todo), progress) as bar, out.open("a", encoding="utf-8") as f:
         for dataset, case, fmt, system in todo:
-            bar.update(task, description=f"{case.id} {fmt} {system}")
+            bar.show(f"{case.id} {fmt} {system}")
             try:
                 ep = await predict_next_steps(engine, case, fmt, aggregator=cfg.aggregator,
                                               proposers=proposers if system == "moa" else (), max_tokens=max_tokens)
@@ -277,7 +273,7 @@ async def run(moa: MoA, cases: Sequence[tuple[str, BfclCase]], formats: Sequence
             f.write(json.dumps(asdict(row)) + "\n")
             f.flush()  # a row on disk is an episode a resumed run skips
             written += 1
-            bar.advance(task)
+            bar.advance()
     return written
 
 

@@ -20,6 +20,7 @@ from moa_stream import MODES, Metrics, MoA, MoAError, Mode, StaircaseConfig, Uns
 
 from .datasets import Sample
 from .judge import Judge
+from .progress import progress_bar
 from .rows import LaterTurn, Row, done_keys, drop_torn_tail, read_rows
 from .scorers import degeneration, options, score
 
@@ -199,15 +200,10 @@ async def run(moa: MoA, samples: Sequence[Sample], systems: Sequence[System], ou
     todo = [(s, sy, ll, i) for s, sy, ll, i in _plan(samples, systems, with_loglik, judge is not None, seed)
             if (s.id + (LOGLIK if ll else ""), sy.name) not in done]
     written = 0
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-               TextColumn("{task.description}"))
-    with Progress(*columns, disable=not progress, transient=False) as bar, out.open("a", encoding="utf-8") as f:
-        task = bar.add_task("", total=len(todo))
+    with progress_bar(len(todo), progress) as bar, out.open("a", encoding="utf-8") as f:
         classic = {r.sample_id: r for r in read_rows(out) if r.mode == "classic" and not r.error}
         for sample, system, ll, place in todo:
-            bar.update(task, description=f"{sample.id}{LOGLIK if ll else ''} {system.name}")
+            bar.show(f"{sample.id}{LOGLIK if ll else ''} {system.name}")
             salt = cold_salt(sample, system, "loglik" if ll else "answer")
             if ll:
                 row = await loglik(moa, sample, system, salt)
@@ -221,5 +217,5 @@ async def run(moa: MoA, samples: Sequence[Sample], systems: Sequence[System], ou
             f.write(row.to_json() + "\n")
             f.flush()  # a row on disk is a row a resumed run will skip
             written += 1
-            bar.advance(task)
+            bar.advance()
     return written
