@@ -49,6 +49,7 @@ class _Started:
     task: asyncio.Task[Any]
     started_at: float
     source: str  # "stream" or the speculator's name
+    finished_at: float | None = None  # when the tool returned (it may be long before the real call asks)
 
 
 @dataclass
@@ -70,7 +71,8 @@ class SpeculativeCalls:
         if key in self._started:
             return False
         task = asyncio.ensure_future(self.run(name, dict(arguments)))
-        self._started[key] = _Started(task, self.clock(), source)
+        started = self._started[key] = _Started(task, self.clock(), source)
+        task.add_done_callback(lambda _: setattr(started, "finished_at", self.clock()))
         self.stats.started += 1
         return True
 
@@ -88,8 +90,9 @@ class SpeculativeCalls:
         except Exception:
             self.stats.cancelled += 1
             return False, None
-        finished_at = self.clock()
-        # What ran before the real call asked is tool time the step no longer waits for.
+        finished_at = self.clock() if started.finished_at is None else started.finished_at
+        # What ran before the real call asked is tool time the step no longer waits for (not the idle wait after
+        # the tool returned).
         self.stats.hidden_seconds += max(0.0, min(finished_at, asked_at) - started.started_at)
         self.stats.taken += 1
         return True, result

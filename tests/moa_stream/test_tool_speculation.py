@@ -169,3 +169,18 @@ async def test_a_draft_on_another_engine_opens_the_rendered_text(tiny_engine_49k
 
 async def test_both_speculators_meet_the_protocol() -> None:
     assert isinstance(HistoryPredictor(), Speculator) and isinstance(DraftSpeculator(), Speculator)
+
+
+async def test_hidden_time_is_the_tool_time_before_the_real_call_asked_not_the_wait_after() -> None:
+    tools = Tools()
+    now = [0.0]
+    spec = SpeculativeCalls(tools.run, tools.is_pure, clock=lambda: now[0])
+    spec.start("add", {"numbers": [1]}, "draft")
+    await asyncio.sleep(0)
+    now[0] = 0.2  # the tool returns after 0.2 s...
+    tools.release.set()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    now[0] = 1.0  # ...and the model asks for the call at 1.0 s
+    assert await spec.take("add", {"numbers": [1]}) == (True, {"sum": 1})
+    assert spec.stats.hidden_seconds == pytest.approx(0.2)
