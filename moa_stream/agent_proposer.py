@@ -32,7 +32,7 @@ def tool_agent(slot: AgentSlot) -> Agent:
         tools = toolset(",".join(cfg.tools), timeout=cfg.tool_timeout_s)
         slot.tool_agent = Agent(slot.engine, tools, slot=slot, max_steps=cfg.max_tool_steps,
                                 tool_choice=cfg.tool_choice, later_tool_choice="auto", parallel_calls=False,
-                                tool_timeout=cfg.tool_timeout_s, name=cfg.name)
+                                tool_timeout=cfg.tool_timeout_s, name=cfg.name, draft_engine=slot.draft_engine)
     agent: Agent = slot.tool_agent
     return agent
 

@@ -35,6 +35,7 @@ class AgentSlot:
     prompt_tokens: int = 0  # context length when the turn's first sequence was ready
     cache_salt: str | None = None  # the tenant's prefix-cache salt, passed to every engine.open
     tool_agent: Any = None  # a proposer with tools: its moa_stream.agent.Agent, made on its first turn
+    draft_engine: Engine | None = None  # speculation.draft_backend's engine, when the draft runs on another backend
 
     def sampling(self, max_tokens: int | None = None) -> SamplingParams:
         """SamplingParams from the agent's config."""

@@ -50,7 +50,9 @@ class MoA:
     def _slots(self) -> tuple[list[list[AgentSlot]], AgentSlot]:
         def slot(cfg: Any, layer: int) -> AgentSlot:
             eng = self.engines[cfg.backend]
-            return AgentSlot(cfg=cfg, engine=eng, fmt=self._fmt(eng), layer=layer)
+            draft = cfg.speculation.draft_backend
+            return AgentSlot(cfg=cfg, engine=eng, fmt=self._fmt(eng), layer=layer,
+                             draft_engine=self.engines[draft] if draft else None)
 
         layers = [[slot(a, i) for a in layer] for i, layer in enumerate(self.config.layers)]
         return layers, slot(self.config.aggregator, len(layers))

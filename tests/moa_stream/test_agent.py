@@ -342,3 +342,11 @@ async def test_speculation_is_turned_on_in_a_proposers_config(tiny_chat_engine):
     with pytest.raises(ConfigError, match="'calc' uses backend 'small'"):
         MoAConfig.parse({"layers": [[proposer({"predict": "draft", "draft_backend": "small"})]],
                          "aggregator": {"name": "aggregator"}})
+    # A draft on another backend: the MoA hands that backend's engine to the proposer's draft.
+    other = MoAConfig.parse({"backends": {"default": {}, "small": {}},
+                             "layers": [[proposer({"predict": "draft", "draft_backend": "small"})]],
+                             "aggregator": {"name": "aggregator"}})
+    draft_engine = object()
+    moa = MoA(other, {"default": tiny_chat_engine, "small": draft_engine})  # type: ignore[dict-item]
+    (calc,), _ = moa._slots()[0][0], None
+    assert calc.draft_engine is draft_engine and tool_agent(calc).speculator.engine is draft_engine
