@@ -4,12 +4,20 @@ Tool calls and structured output repeat what the context already holds (names, p
 the tokens that followed an earlier occurrence of the last n tokens are a cheap, often right guess (the
 n-gram proposer of vLLM and transformers' `prompt_lookup_num_tokens`). The engine verifies a draft in the same
 forward pass as the rest of the step and keeps only what its own sampling would have produced.
+
+Both local engines use the two halves here: `PromptLookup.propose` picks a generation's draft when its step is
+scheduled, `verify_draft` walks the logits rows the step returned for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import torch
+
+from .generation import Generation
+from .sampler import sample
 
 
 @dataclass(frozen=True)
@@ -39,3 +47,43 @@ class PromptLookup:
                     if follow:
                         return follow
         return []
+
+    def propose(self, tokens: Sequence[int], gen: Generation, room: int, max_model_len: int,
+                stop_ids: frozenset[int]) -> tuple[int, ...]:
+        """A draft for a greedy generation (sampled ones draw afresh), cut before any stop token.
+
+        `room` is what the step's token budget has left after the generation's own token.
+        """
+        if not gen.params.greedy:
+            return ()
+        # The token sampled now is one of the budget; a draft fills at most what is left of it and of the context.
+        limit = min(room, gen.params.max_tokens - gen.produced - 1, max_model_len - len(tokens) - 1)
+        draft = self.draft(tokens, limit) if limit > 0 else []
+        stops = stop_ids | set(gen.params.stop_token_ids)
+        cut = next((i for i, t in enumerate(draft) if t in stops), len(draft))
+        return tuple(draft[:cut])
+
+
+def verify_draft(rows: torch.Tensor, draft: Sequence[int], gen: Generation,
+                 tokens: Sequence[int]) -> tuple[list[int], int]:
+    """Sample after each draft token in turn (`rows[i]`: logits after draft[i-1], row 0 after `tokens`) while
+    sampling agrees with the draft.
+
+    Returns the draft tokens sampling reproduced and the token it drew after them: exactly the tokens
+    one-at-a-time decoding would have produced (greedy), computed in one pass. The grammar state is left where
+    it was: the engine accepts the tokens again as it emits them.
+    """
+    context = list(tokens)
+    accepted: list[int] = []
+    token = -1
+    for i, row in enumerate(rows):
+        token = sample(row, gen.params, gen.generator, context, gen.produced + i, gen.structured)
+        if i == len(draft) or token != draft[i]:
+            break
+        accepted.append(token)
+        context.append(token)
+        if gen.structured is not None:
+            gen.structured.accept(token)  # the next row's mask follows the accepted token
+    if gen.structured is not None and accepted:
+        gen.structured.rollback(len(accepted))
+    return accepted, token
