@@ -38,28 +38,40 @@ def test_bad_settings_are_refused() -> None:
         PromptLookup(min_ngram=3, max_ngram=2)
 
 
+@pytest.fixture(scope="module")
+def tokenizer(default_model_path: str) -> Any:
+    """The default model's tokenizer (a generation's detokenizer needs one)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(default_model_path)
+
+
 def _generation(tokenizer: Any, params: SamplingParams) -> Generation:
     return Generation(params, None, Detokenizer(tokenizer, params.stop))
 
 
-def test_greedy_generations_get_drafts_cut_at_stops_and_budget_sampled_ones_none() -> None:
-    tok = tiny_llama().tokenizer
+def test_greedy_generations_get_drafts_as_long_as_the_copied_run_cut_at_stops_and_budget(tokenizer: Any) -> None:
+    tok = tokenizer
     pl = PromptLookup(max_draft=4, max_ngram=2, min_ngram=1)
-    tokens = [1, 2, 3, 4, 9, 6, 1, 2]
     greedy = _generation(tok, SamplingParams(max_tokens=50))
-    assert pl.propose(tokens, greedy, room=10, max_model_len=100, stop_ids=frozenset()) == (3, 4, 9, 6)
+    # (1, 2) matched at 1, and the token before it agrees too: a run of 3 stands behind the guess.
+    tokens = [5, 1, 2, 3, 4, 9, 6, 7, 5, 1, 2]
+    assert pl.propose(tokens, greedy, room=10, max_model_len=100, stop_ids=frozenset()) == (3, 4, 9)
     assert pl.propose(tokens, greedy, room=10, max_model_len=100, stop_ids=frozenset({9})) == (3, 4)
     assert pl.propose(tokens, greedy, room=2, max_model_len=100, stop_ids=frozenset()) == (3, 4)
     assert pl.propose(tokens, greedy, room=10, max_model_len=len(tokens) + 2, stop_ids=frozenset()) == (3,)
+    # A bare two-token match guesses two tokens, though four followed it.
+    assert pl.propose([1, 2, 3, 4, 9, 6, 8, 1, 2], greedy, room=10, max_model_len=100,
+                      stop_ids=frozenset()) == (3, 4)
     short = _generation(tok, SamplingParams(max_tokens=1))  # the step's own token is the whole budget
     assert pl.propose(tokens, short, room=10, max_model_len=100, stop_ids=frozenset()) == ()
     sampled = _generation(tok, SamplingParams(max_tokens=50, temperature=0.8, seed=1))
     assert pl.propose(tokens, sampled, room=10, max_model_len=100, stop_ids=frozenset()) == ()
 
 
-def test_verification_keeps_the_prefix_greedy_sampling_reproduces() -> None:
+def test_verification_keeps_the_prefix_greedy_sampling_reproduces(tokenizer: Any) -> None:
     """Row i holds the logits after draft token i-1: accepted while its argmax is the next draft token."""
-    gen = _generation(tiny_llama().tokenizer, SamplingParams())
+    gen = _generation(tokenizer, SamplingParams())
     rows = torch.full((4, 16), -1.0)
     for i, best in enumerate([5, 6, 2, 8]):
         rows[i, best] = 1.0
