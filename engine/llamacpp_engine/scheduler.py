@@ -3,12 +3,13 @@
 Continuous batching as in the embedded engine's scheduler: one-token decodes go first so running streams never
 stall behind a long prompt, prefill chunks fill the rest of the token budget, and each sequence gets its slot,
 cached prefix and cells before its chunk is taken. With prompt lookup, a greedy decode brings its draft along:
-the guessed tokens sit right after it in the same batch, each asking for logits, on cells that were free anyway.
+the guessed tokens sit right after it in the same batch, each asking for logits, in what the certain work left
+of the budget and on cells that were free anyway.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..prompt_lookup import PromptLookup
 from ..sequence_table import SequenceTable
@@ -98,16 +99,27 @@ class Scheduler:
                 if not chunks:
                     return Step(unfit=s)
                 continue  # others run this step; their cells come back or they finish, then it is retried
-            tokens = batch_tokens(s, s.num_computed, count)
-            draft = self._draft(s, budget - count) if s.id in decode_ids else ()
-            if draft:
-                draft = draft[:self._kv.reserve_spare(s, len(draft))]
-                assert s.slot is not None
-                tokens += tuple(BatchToken(t, len(s.tokens) + i, s.slot, True) for i, t in enumerate(draft))
-            chunks.append(Chunk(s, s.num_computed, count, s.generation, tokens, draft))
+            chunks.append(Chunk(s, s.num_computed, count, s.generation, batch_tokens(s, s.num_computed, count)))
             chosen.add(s.id)
-            budget -= count + len(draft)
+            budget -= count
+        # Drafts come after the certain work, since they are guesses: they take only what it left of the budget,
+        # and only cells that are free (a guess never evicts anyone).
+        for i, c in enumerate(chunks):
+            if budget > 0 and c.seq.id in decode_ids:
+                chunks[i] = self._with_draft(c, budget)
+                budget -= len(chunks[i].draft)
         return Step(chunks)
+
+    def _with_draft(self, c: Chunk, room: int) -> Chunk:
+        """The decode chunk with its prompt-lookup draft (at most `room` tokens) decoded after it."""
+        s = c.seq
+        draft = self._draft(s, room)
+        draft = draft[:self._kv.reserve_spare(s, len(draft))] if draft else ()
+        if not draft:
+            return c
+        assert s.slot is not None
+        extra = tuple(BatchToken(t, c.end + i, s.slot, True) for i, t in enumerate(draft))
+        return replace(c, tokens=c.tokens + extra, draft=draft)
 
     def _draft(self, s: LlamaSeq, room: int) -> tuple[int, ...]:
         """The prompt-lookup draft of a generating sequence (none without a drafter)."""

@@ -194,3 +194,30 @@ async def test_llamacpp_greedy_output_is_the_same_with_prompt_lookup_on_and_off_
     assert off_stats.draft_tokens == 0 and on_stats.draft_tokens > on_stats.draft_accepted > 0
     assert on_stats.decode_tokens == off_stats.decode_tokens
     assert on_decodes < off_decodes
+
+
+async def test_llamacpp_drafts_use_only_free_cells_and_never_evict() -> None:
+    """A generation running out of KV beside a pinned sequence: drafts shrink to the free cells, nothing is
+    evicted, and it ends ("length") on the same tokens as without prompt lookup."""
+    pytest.importorskip("llama_cpp")
+    from engine.llamacpp_engine import LlamaCppEngine
+
+    text = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu"
+    runs = {}
+    for lookup in (None, PromptLookup()):
+        eng = LlamaCppEngine(kv_cells=256, n_seq_max=4, prompt_lookup=lookup)
+        try:
+            other = await eng.open(list(range(1000, 1150)))  # no prefix in common: 150 cells of its own
+            await eng.pin(other)
+            seq = await eng.open(_chat(eng, f"Repeat this list exactly, twice: {text}"))
+            out = await collect(eng, seq, SamplingParams(max_tokens=150, ignore_eos=True))
+            stats = eng.stats()
+            assert stats.evictions == 0 and eng.is_resident(other)
+            s = eng._table.get(seq)
+            assert eng.context.seq_pos_max(s.slot) == s.num_computed - 1 == len(s.cells) - 1
+            runs[lookup is not None] = (out, stats)
+        finally:
+            await eng.shutdown()
+    (off, _), (on, on_stats) = runs[False], runs[True]
+    assert on == off and on[2] == "length" and len(on[0]) < 150
+    assert on_stats.draft_accepted > 0
