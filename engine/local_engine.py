@@ -22,6 +22,7 @@ import torch
 from .detokenizer import Detokenizer
 from .errors import CapacityError, EngineError
 from .generation import Generation, Waiter
+from .prompt_lookup import verify_draft
 from .protocol import FinishReason, SamplingParams, Sequence, SequenceStats, TokenDelta
 from .response_cache import CachedResponse, ResponseCache
 from .sampler import make_generator, sample
@@ -215,6 +216,16 @@ class LocalEngine:
         if s.generation is gen:
             s.generation = None
         self._kv.touch(s)
+
+    def _sample_verified(self, s: Any, gen: Generation, rows: torch.Tensor, draft: Seq[int]) -> None:
+        """Verify a step's draft against its logits rows and emit what sampling reproduced (`rows[0]`: after the
+        sequence's last token; one more row per draft token); a failure fails only this generation."""
+        try:
+            accepted, token = verify_draft(rows, draft, gen, s.tokens)
+        except Exception as exc:  # this generation's sampling failed: it fails alone, the loop goes on
+            self._fail_generation(s, gen, exc)
+            return
+        self._emit_verified(s, gen, len(draft), accepted, token)
 
     def _emit_verified(self, s: Any, gen: Generation, drafted: int, accepted: list[int], token: int) -> None:
         """Emit a step's draft tokens that sampling reproduced (their KV is computed already), then its sample."""

@@ -4,12 +4,20 @@ Tool calls and structured output repeat what the context already holds (names, p
 the tokens that followed an earlier occurrence of the last n tokens are a cheap, often right guess (the
 n-gram proposer of vLLM and transformers' `prompt_lookup_num_tokens`). The engine verifies a draft in the same
 forward pass as the rest of the step and keeps only what its own sampling would have produced.
+
+Both local engines use the two halves here: `PromptLookup.propose` picks a generation's draft when its step is
+scheduled, `verify_draft` walks the logits rows the step returned for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import torch
+
+from .generation import Generation
+from .sampler import sample
 
 
 @dataclass(frozen=True)
@@ -27,15 +35,68 @@ class PromptLookup:
     def draft(self, tokens: Sequence[int], limit: int | None = None) -> list[int]:
         """Tokens that followed the latest earlier match of the longest matching suffix ([] if none)."""
         k = self.max_draft if limit is None else min(self.max_draft, limit)
+        found = self._match(tokens) if k > 0 else None
+        return [] if found is None else list(tokens[found[0]:found[0] + k])
+
+    def _match(self, tokens: Sequence[int]) -> tuple[int, int] | None:
+        """Where the continuation of the latest earlier match of the longest matching suffix starts, and for how
+        many tokens (up to max_draft) the text before it equals the text before the end."""
         n_tokens = len(tokens)
-        if k <= 0:
-            return []
         for n in range(min(self.max_ngram, n_tokens - 1), self.min_ngram - 1, -1):
             suffix = list(tokens[n_tokens - n:])
             # The latest occurrence wins: recent context predicts the continuation best.
             for start in range(n_tokens - n - 1, -1, -1):
                 if tokens[start] == suffix[0] and list(tokens[start:start + n]) == suffix:
-                    follow = list(tokens[start + n:start + n + k])
-                    if follow:
-                        return follow
-        return []
+                    run = n
+                    while run < self.max_draft and start > run - n and tokens[start + n - 1 - run] == \
+                            tokens[n_tokens - 1 - run]:
+                        run += 1
+                    return start + n, run
+        return None
+
+    def propose(self, tokens: Sequence[int], gen: Generation, room: int, max_model_len: int,
+                stop_ids: frozenset[int]) -> tuple[int, ...]:
+        """A draft for a greedy generation (sampled ones draw afresh), cut before any stop token.
+
+        `room` is what the step's token budget has left after the generation's own token. The draft is at most
+        as long as the run of text the match stands on: a fresh two-token match is a weak guess, a long copy a
+        strong one. Where a decode costs about what its tokens do (a loaded CPU), a long guess on a short match
+        mostly computes tokens that are thrown away.
+        """
+        if not gen.params.greedy:
+            return ()
+        # The token sampled now is one of the budget; a draft fills at most what is left of it and of the context.
+        limit = min(room, gen.params.max_tokens - gen.produced - 1, max_model_len - len(tokens) - 1)
+        found = self._match(tokens) if limit > 0 else None
+        if found is None:
+            return ()
+        start, run = found
+        draft = tokens[start:start + min(limit, run)]
+        stops = stop_ids | set(gen.params.stop_token_ids)
+        cut = next((i for i, t in enumerate(draft) if t in stops), len(draft))
+        return tuple(draft[:cut])
+
+
+def verify_draft(rows: torch.Tensor, draft: Sequence[int], gen: Generation,
+                 tokens: Sequence[int]) -> tuple[list[int], int]:
+    """Sample after each draft token in turn (`rows[i]`: logits after draft[i-1], row 0 after `tokens`) while
+    sampling agrees with the draft.
+
+    Returns the draft tokens sampling reproduced and the token it drew after them: exactly the tokens
+    one-at-a-time decoding would have produced (greedy), computed in one pass. The grammar state is left where
+    it was: the engine accepts the tokens again as it emits them.
+    """
+    context = list(tokens)
+    accepted: list[int] = []
+    token = -1
+    for i, row in enumerate(rows):
+        token = sample(row, gen.params, gen.generator, context, gen.produced + i, gen.structured)
+        if i == len(draft) or token != draft[i]:
+            break
+        accepted.append(token)
+        context.append(token)
+        if gen.structured is not None:
+            gen.structured.accept(token)  # the next row's mask follows the accepted token
+    if gen.structured is not None and accepted:
+        gen.structured.rollback(len(accepted))
+    return accepted, token

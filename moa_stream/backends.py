@@ -18,18 +18,20 @@ def build_engine(cfg: BackendConfig, model_override: str | None = None) -> Engin
         from engine.transformers_engine import TransformersEngine
 
         kv = int(cfg.kv_cache_gb * (1 << 30)) if cfg.kv_cache_gb else None
-        lookup = PromptLookup(max_draft=cfg.prompt_lookup_tokens) if cfg.prompt_lookup_tokens else None
         return TransformersEngine.from_pretrained(
-            model, kv_cache_bytes=kv, prompt_lookup=lookup, response_cache=_response_cache(cfg.response_cache_entries),
+            model, kv_cache_bytes=kv, prompt_lookup=_prompt_lookup(cfg.prompt_lookup_tokens),
+            response_cache=_response_cache(cfg.response_cache_entries),
             **cfg.engine_options("model", "kv_cache_gb", "prompt_lookup_tokens", "response_cache_entries"))
     if isinstance(cfg, LlamaCppBackend):
         from engine.llamacpp_engine import LlamaCppEngine
         from engine.llamacpp_engine.engine import accepts_model
 
         if not accepts_model(model):  # a HF model given for the default backend (--model): transformers runs it
-            return build_engine(TransformersBackend(model=model))
-        return LlamaCppEngine(model, response_cache=_response_cache(cfg.response_cache_entries),
-                              **cfg.engine_options("model", "response_cache_entries"))
+            return build_engine(TransformersBackend(model=model, prompt_lookup_tokens=cfg.prompt_lookup_tokens,
+                                                    response_cache_entries=cfg.response_cache_entries))
+        return LlamaCppEngine(model, prompt_lookup=_prompt_lookup(cfg.prompt_lookup_tokens),
+                              response_cache=_response_cache(cfg.response_cache_entries),
+                              **cfg.engine_options("model", "prompt_lookup_tokens", "response_cache_entries"))
     if isinstance(cfg, HttpBackend):
         from engine.remote import HttpEngine
 
@@ -47,6 +49,10 @@ def build_engine(cfg: BackendConfig, model_override: str | None = None) -> Engin
             raise ConfigError("a vllm backend needs model: <HF id or folder>")
         return VllmEngine(model, **cfg.engine_args, **cfg.engine_options("model", "engine_args"))
     raise ConfigError(f"unknown backend config {type(cfg).__name__}; use transformers, llamacpp, http or vllm")
+
+
+def _prompt_lookup(tokens: int) -> PromptLookup | None:
+    return PromptLookup(max_draft=tokens) if tokens else None
 
 
 def _response_cache(entries: int) -> ResponseCache | None:

@@ -78,6 +78,8 @@ class LlamaCppBackend(_Backend):
     max_model_len: int | None = Field(None, ge=1, description="longest sequence (default: the model's, within kv)")
     threads: int | None = Field(None, ge=1, description="CPU threads (default: the cores but one, at most 8)")
     gpu_layers: int | None = Field(None, ge=-1, description="layers offloaded to the GPU (-1: all; default 0)")
+    prompt_lookup_tokens: int = Field(0, ge=0, le=32, description="prompt-lookup draft tokens per step (0: off; "
+                                      "greedy output is the same, repeated text decodes faster)")
     response_cache_entries: int = Field(0, ge=0, description="exact greedy repeats answered with no compute (0: off)")
 
 

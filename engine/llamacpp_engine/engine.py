@@ -22,6 +22,7 @@ import torch
 from .. import models
 from ..errors import CapacityError, EngineError, ModelLoadError, SequenceClosedError
 from ..local_engine import LocalEngine
+from ..prompt_lookup import PromptLookup
 from ..protocol import EngineStats, Sequence, Tokenizer
 from ..response_cache import ResponseCache
 from ..sequence_table import SequenceTable
@@ -70,6 +71,7 @@ class LlamaCppEngine(LocalEngine):
         tokenizer: str | None = None,
         keep_closed_prefixes: bool = True,
         name: str | None = None,
+        prompt_lookup: PromptLookup | None = None,
         response_cache: ResponseCache | None = None,
     ) -> None:
         self._responses = response_cache
@@ -88,7 +90,9 @@ class LlamaCppEngine(LocalEngine):
         self.id = self._table.engine_id
         self._eos = frozenset(self._ctx.eog_ids)
         self._kv = KVResidency(self._ctx, self._table, kv_cells, block_size, keep_closed=keep_closed_prefixes)
-        self._scheduler = Scheduler(self._table, self._kv, self._ctx.n_batch)
+        self._scheduler = Scheduler(self._table, self._kv, self._ctx.n_batch, prompt_lookup, self._eos)
+        self._drafted = 0
+        self._draft_accepted = 0
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"llamacpp-{self.id}")
         self._forward_steps = 0
         self._decoding = False
@@ -212,6 +216,8 @@ class LlamaCppEngine(LocalEngine):
             kv_bytes_budget=self._kv.ledger.n_cells * per_cell,
             evictions=self._kv.evictions,
             forward_steps=self._forward_steps,
+            draft_tokens=self._drafted,
+            draft_accepted=self._draft_accepted,
             response_cache_hits=self._responses.stats.hits if self._responses else 0,
         )
 
@@ -301,12 +307,13 @@ class LlamaCppEngine(LocalEngine):
         self._kv.index.unregister(s, keep_tokens=s.num_computed)
 
     def _update(self, step: Step, rows: list[np.ndarray]) -> None:
-        """Take in a finished step: progress and counters, prefix index, waiters, sampled tokens."""
+        """Take in a finished step: progress and counters, prefix index, waiters, sampled tokens, drafts."""
         self._forward_steps += 1
         it = iter(rows)
         for c in step.chunks:
             s = c.seq
             mine = [next(it) for _ in range(c.n_logits)]
+            own = len(mine) - len(c.draft)  # rows of the chunk's tokens; the draft's follow
             decoded = 1 if s.sampled_pos is not None and c.start <= s.sampled_pos < c.end else 0
             if decoded:
                 s.sampled_pos = None
@@ -314,19 +321,24 @@ class LlamaCppEngine(LocalEngine):
             self._table.account(s, computed=c.count - decoded, decoded=decoded)
             s.num_computed = c.end
             if s.closed:
-                continue
+                continue  # closing drops every cell beyond what it keeps, the draft's too
             self._kv.index.register(s)
             if s.logits_from is not None:
-                s.scored.extend(mine)
+                s.scored.extend(mine[:own])
             for w in s.waiters:
                 if w.target <= s.num_computed and not w.future.done():
                     w.future.set_result(None)
             s.waiters = [w for w in s.waiters if w.target > s.num_computed]
             if c.ends_sequence and c.end == len(s.tokens):
-                s.last_logits = mine[-1]
+                s.last_logits = mine[own - 1]
                 gen = c.gen
                 if gen is not None and s.generation is gen:
-                    self._sample(s, gen, torch.from_numpy(s.last_logits))
+                    # Accepted draft tokens become computed as they are emitted (their KV is in place).
+                    self._sample_verified(s, gen, torch.from_numpy(np.stack(mine[own - 1:])), c.draft)
+            if c.draft:
+                # The rejected draft tokens' KV goes from the first of them on, so later positions stay exact.
+                self._kv.truncate(s, s.num_computed)
+                self._kv.index.register(s)
 
     def _fail_step(self, step: Step, exc: Exception) -> None:
         err = exc if isinstance(exc, EngineError) else EngineError(f"llama_decode failed: {exc}")

@@ -98,6 +98,13 @@ class KVResidency:
         s.cells.extend(got)
         return True
 
+    def reserve_spare(self, s: LlamaSeq, n: int) -> int:
+        """Up to n more cells for the sequence from those free now, never evicting (a guess costs nobody their KV);
+        how many it got."""
+        got = self.ledger.allocate(min(n, self.ledger.free_count)) or []
+        s.cells.extend(got)
+        return len(got)
+
     def can_fit(self, n: int, protect: Collection[int]) -> bool:
         """Whether n cells are free now or would be after evicting every evictable sequence not in protect."""
         if self.ledger.free_count >= n:

@@ -2,13 +2,16 @@
 
 Continuous batching as in the embedded engine's scheduler: one-token decodes go first so running streams never
 stall behind a long prompt, prefill chunks fill the rest of the token budget, and each sequence gets its slot,
-cached prefix and cells before its chunk is taken.
+cached prefix and cells before its chunk is taken. With prompt lookup, a greedy decode brings its draft along:
+the guessed tokens sit right after it in the same batch, each asking for logits, in what the certain work left
+of the budget and on cells that were free anyway.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from ..prompt_lookup import PromptLookup
 from ..sequence_table import SequenceTable
 from .context import BatchToken
 from .kv_residency import KVResidency
@@ -26,7 +29,10 @@ class Chunk:
     # another started meanwhile, the token (drawn with the old settings) is dropped.
     gen: Generation | None = None
     # Fixed when scheduled too: an append during the step must not change which rows the decode returned.
-    tokens: tuple[BatchToken, ...] = ()
+    tokens: tuple[BatchToken, ...] = ()  # the chunk's own, then its draft's
+    # Guessed next tokens (prompt lookup) decoded after the chunk at positions end..; sampling keeps the longest
+    # prefix it would have produced itself, the KV of the rest is removed.
+    draft: tuple[int, ...] = ()
 
     @property
     def end(self) -> int:
@@ -40,8 +46,9 @@ class Chunk:
 
     @property
     def ends_sequence(self) -> bool:
-        """Whether its last token was the sequence's last when scheduled (its logits row is then the last one)."""
-        return bool(self.tokens) and self.tokens[-1].logits and self.tokens[-1].pos == self.end - 1
+        """Whether its last token was the sequence's last when scheduled (its logits row then precedes the draft's)."""
+        last = self.tokens[self.count - 1] if self.count else None
+        return last is not None and last.logits and last.pos == self.end - 1
 
 
 def batch_tokens(s: LlamaSeq, start: int, count: int) -> tuple[BatchToken, ...]:
@@ -63,10 +70,13 @@ class Step:
 class Scheduler:
     """Chooses the chunks of the next decode from the sequences of one table."""
 
-    def __init__(self, table: SequenceTable[LlamaSeq], kv: KVResidency, max_tokens_per_step: int) -> None:
+    def __init__(self, table: SequenceTable[LlamaSeq], kv: KVResidency, max_tokens_per_step: int,
+                 drafter: PromptLookup | None = None, stop_ids: frozenset[int] = frozenset()) -> None:
         self._table = table
         self._kv = kv
         self.max_tokens_per_step = max_tokens_per_step
+        self.drafter = drafter
+        self._stop_ids = stop_ids
 
     def schedule(self) -> Step:
         """The next step: decodes first, then waited-for prefills (generations first, then least recently used)."""
@@ -92,4 +102,27 @@ class Scheduler:
             chunks.append(Chunk(s, s.num_computed, count, s.generation, batch_tokens(s, s.num_computed, count)))
             chosen.add(s.id)
             budget -= count
+        # Drafts come after the certain work, since they are guesses: they take only what it left of the budget,
+        # and only cells that are free (a guess never evicts anyone).
+        for i, c in enumerate(chunks):
+            if budget > 0 and c.seq.id in decode_ids:
+                chunks[i] = self._with_draft(c, budget)
+                budget -= len(chunks[i].draft)
         return Step(chunks)
+
+    def _with_draft(self, c: Chunk, room: int) -> Chunk:
+        """The decode chunk with its prompt-lookup draft (at most `room` tokens) decoded after it."""
+        s = c.seq
+        draft = self._draft(s, room)
+        draft = draft[:self._kv.reserve_spare(s, len(draft))] if draft else ()
+        if not draft:
+            return c
+        assert s.slot is not None
+        extra = tuple(BatchToken(t, c.end + i, s.slot, True) for i, t in enumerate(draft))
+        return replace(c, tokens=c.tokens + extra, draft=draft)
+
+    def _draft(self, s: LlamaSeq, room: int) -> tuple[int, ...]:
+        """The prompt-lookup draft of a generating sequence (none without a drafter)."""
+        if self.drafter is None or s.generation is None:
+            return ()
+        return self.drafter.propose(s.tokens, s.generation, room, self._table.max_model_len, self._stop_ids)

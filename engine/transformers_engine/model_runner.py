@@ -15,8 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelLoadError
-from ..generation import Generation
-from ..sampler import sample
+from ..prompt_lookup import verify_draft
 from . import paged_attention
 from .kv_cache_manager import BlockCopy
 from .paged_attention import KVPool, PackedBatch, SeqSlice
@@ -118,31 +117,10 @@ class ModelRunner:
                 if gen is None or s.closed:
                     continue
                 try:
-                    result.accepted[s.id], result.sampled[s.id] = self._verify(rows, c, gen)
+                    result.accepted[s.id], result.sampled[s.id] = verify_draft(rows, c.draft, gen, s.tokens)
                 except Exception as exc:  # one sequence's bad sampling fails only that sequence
                     result.errors[s.id] = exc
         return result
-
-    @staticmethod
-    def _verify(rows: torch.Tensor, c: ScheduledChunk, gen: Generation) -> tuple[list[int], int]:
-        """Sample after each of the chunk's draft tokens in turn while sampling agrees with the draft.
-
-        Returns the draft tokens sampling reproduced and the token it drew after them: exactly the tokens
-        one-at-a-time decoding would have produced (greedy), computed in one pass.
-        """
-        context = list(c.seq.tokens)
-        accepted: list[int] = []
-        for i, row in enumerate(rows):
-            token = sample(row, gen.params, gen.generator, context, gen.produced + i, gen.structured)
-            if i == len(c.draft) or token != c.draft[i]:
-                break
-            accepted.append(token)
-            context.append(token)
-            if gen.structured is not None:
-                gen.structured.accept(token)  # the next row's mask follows the accepted token
-        if gen.structured is not None and accepted:
-            gen.structured.rollback(len(accepted))  # the engine accepts them again as it emits them
-        return accepted, token
 
     def shutdown(self) -> None:
         """Stop the worker thread once the step in flight (if any) is over."""

@@ -90,13 +90,7 @@ class Scheduler:
         return ScheduledStep(chunks)
 
     def _draft(self, s: SeqState, room: int) -> tuple[int, ...]:
-        """A prompt-lookup guess for a greedy generation (sampled ones draw afresh), cut before any stop token."""
-        gen = s.generation
-        if self.drafter is None or gen is None or not gen.params.greedy:
+        """The prompt-lookup draft of a generating sequence (none without a drafter)."""
+        if self.drafter is None or s.generation is None:
             return ()
-        # The token sampled now is one of the budget; a draft fills at most what is left of it and of the context.
-        limit = min(room, gen.params.max_tokens - gen.produced - 1, self._table.max_model_len - len(s.tokens) - 1)
-        draft = self.drafter.draft(s.tokens, limit) if limit > 0 else []
-        stops = self._stop_ids | set(gen.params.stop_token_ids)
-        cut = next((i for i, t in enumerate(draft) if t in stops), len(draft))
-        return tuple(draft[:cut])
+        return self.drafter.propose(s.tokens, s.generation, room, self._table.max_model_len, self._stop_ids)
