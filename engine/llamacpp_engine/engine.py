@@ -213,6 +213,7 @@ class LlamaCppEngine(LocalEngine):
             evictions=self._kv.evictions,
             forward_steps=self._forward_steps,
             response_cache_hits=self._responses.stats.hits if self._responses else 0,
+            preemptions=self._scheduler.preemption.count,
         )
 
     def drop_prefix_cache(self) -> None:

@@ -2,13 +2,15 @@
 
 Continuous batching as in the embedded engine's scheduler: one-token decodes go first so running streams never
 stall behind a long prompt, prefill chunks fill the rest of the token budget, and each sequence gets its slot,
-cached prefix and cells before its chunk is taken.
+cached prefix and cells before its chunk is taken. Work short of KV preempts younger work, as vLLM's scheduler
+does (engine/preemption.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..preemption import Preemption
 from ..sequence_table import SequenceTable
 from .context import BatchToken
 from .kv_residency import KVResidency
@@ -54,9 +56,11 @@ def batch_tokens(s: LlamaSeq, start: int, count: int) -> tuple[BatchToken, ...]:
 
 @dataclass(frozen=True)
 class Step:
-    """One llama_decode worth of chunks, or (no chunks) a sequence that cannot fit the KV budget at all."""
+    """One llama_decode worth of chunks, or a sequence that cannot fit the KV budget at all."""
 
     chunks: list[Chunk] = field(default_factory=list)
+    # A sequence that cannot fit even if every other unpinned sequence gave its KV back: the engine refuses it
+    # and asks again (chunks packed before it keep their cells and are packed again).
     unfit: LlamaSeq | None = None
 
 
@@ -67,29 +71,50 @@ class Scheduler:
         self._table = table
         self._kv = kv
         self.max_tokens_per_step = max_tokens_per_step
+        self.preemption: Preemption[LlamaSeq] = Preemption(table, kv)
 
     def schedule(self) -> Step:
-        """The next step: decodes first, then waited-for prefills (generations first, then least recently used)."""
+        """The next step: decodes first, then waited-for prefills (generations first), each in arrival order.
+
+        Work that lacks a slot or cells preempts younger work (see engine/preemption.py), even work already
+        packed in this step; work that only older work could make room for waits for it.
+        """
+        self.preemption.observe()
+        arrival = self.preemption.arrival
         budget = self.max_tokens_per_step
         chunks: list[Chunk] = []
-        chosen: set[int] = set()
+        preempted: set[int] = set()
+        waiting: list[LlamaSeq] = []
         seqs = list(self._table)
-        decodes = [s for s in seqs if s.generation is not None and s.pending == 1]
+        decodes = sorted((s for s in seqs if s.generation is not None and s.pending == 1), key=arrival)
         decode_ids = {d.id for d in decodes}
         prefills = sorted((s for s in seqs if s.wants_compute and s.id not in decode_ids),
-                          key=lambda s: (s.generation is None, s.last_used))
+                          key=lambda s: (s.generation is None, arrival(s)))
         for s in [*decodes, *prefills]:
             if budget <= 0:
                 break
-            protect = chosen | {s.id}
-            ok = self._kv.make_resident(s, protect)
+            if s.id in preempted:
+                continue  # it gave its KV to older work in this pass: it waits for the next steps
+            protect = {c.seq.id for c in chunks} | {s.id}
+            if not self._place(s, min(s.pending, budget), protect):
+                victims = self.preemption.make_room(s, protect)
+                if victims is None:
+                    return Step(chunks, unfit=s)
+                preempted.update(v.id for v in victims)
+                chunks = [c for c in chunks if c.seq.id not in preempted]
+                budget = self.max_tokens_per_step - sum(c.count for c in chunks)
+                protect = {c.seq.id for c in chunks} | {s.id}
+                if not victims or not self._place(s, min(s.pending, budget), protect):
+                    waiting.append(s)
+                    continue  # older work holds the cells; they come back when it ends, then it is retried
             count = min(s.pending, budget)
-            ok = ok and self._kv.reserve(s, count, protect)
-            if not ok:
-                if not chunks:
-                    return Step(unfit=s)
-                continue  # others run this step; their cells come back or they finish, then it is retried
             chunks.append(Chunk(s, s.num_computed, count, s.generation, batch_tokens(s, s.num_computed, count)))
-            chosen.add(s.id)
             budget -= count
+        if not chunks and waiting:
+            # Cannot happen while the oldest work can always preempt the rest; refuse rather than spin.
+            return Step(unfit=min(waiting, key=arrival))
         return Step(chunks)
+
+    def _place(self, s: LlamaSeq, count: int, protect: set[int]) -> bool:
+        """Give the sequence a slot, its cached prefix and cells for `count` tokens (evicting idle ones if short)."""
+        return self._kv.make_resident(s, protect) and self._kv.reserve(s, min(count, s.pending), protect)
