@@ -70,12 +70,13 @@ class Preemption(Generic[S]):
         [] means `s` must wait for older work to end; None means it cannot fit even if every other unpinned
         sequence gave its KV back (it is refused). Nothing is preempted unless it makes `s` fit.
         """
-        others = [v for v in self._table if v.id != s.id and _work(v) is not None and not v.pinned
-                  and self._room.preemptible(v)]
+        # Busy unpinned work gives its KV back when it ends even if it may not be preempted (a score's fork).
+        others = [v for v in self._table if v.id != s.id and _work(v) is not None and not v.pinned]
         if not self._room.fits(s, {s.id}, others):
             return None
         mine = self.arrival(s)
-        younger = sorted((v for v in others if self.arrival(v) > mine), key=self.arrival, reverse=True)
+        younger = sorted((v for v in others if self.arrival(v) > mine and self._room.preemptible(v)),
+                         key=self.arrival, reverse=True)
         if not younger or not self._room.fits(s, _without(protect, younger), younger):
             return []
         for n in range(1, len(younger) + 1):

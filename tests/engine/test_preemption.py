@@ -93,6 +93,28 @@ async def test_older_generation_keeps_its_kv_and_the_younger_resumes_first_in_fi
         await eng.shutdown()
 
 
+async def test_appends_and_generations_share_a_tight_budget(ref_model: Any) -> None:
+    """An append racing generations is work like them: whoever arrived later gives its KV back, and every
+    result is what it is alone (the appended sequence then writes what transformers writes on its tokens)."""
+    eng = small_engine(blocks=12)
+    try:
+        prompts = [rand_tokens(10, seed=100 + i) for i in range(2)]
+        gens = [await eng.open(p) for p in prompts]
+        base, delta = rand_tokens(8, seed=102), rand_tokens(16, seed=103)
+        appended = await eng.open(base)
+        runs = [asyncio.ensure_future(collect(eng, s, greedy(20))) for s in gens]
+        await asyncio.sleep(0)
+        await asyncio.wait_for(eng.append(appended, delta), GUARD_S)
+        results = await asyncio.wait_for(asyncio.gather(*runs), GUARD_S)
+        assert eng.stats().preemptions > 0
+        for (ids, _, reason), p in zip(results, prompts, strict=True):
+            assert (ids, reason) == (hf_generate(ref_model, p, 20), "length")
+        ids, _, _ = await collect(eng, appended, greedy(6))
+        assert ids == hf_generate(ref_model, base + delta, 6)
+    finally:
+        await eng.shutdown()
+
+
 async def test_a_generation_too_big_for_the_budget_alone_is_cut_the_others_finish(ref_model: Any) -> None:
     """A generation whose own context outgrows the whole budget ends with "length" at the budget (it preempts
     the others first); a concurrent one that fits alone still finishes in full and exact."""
