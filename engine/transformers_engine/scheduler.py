@@ -111,7 +111,8 @@ class Scheduler:
             chunks.append(ScheduledChunk(s, s.num_computed, count, s.generation, draft))
             budget -= count + len(draft)
         if not chunks and waiting:
-            # Cannot happen while the oldest work can always preempt the rest; refuse rather than spin.
+            # The oldest work can preempt all younger work, so this needs KV held by work that may not be
+            # preempted (a pinned generation, a score's fork) blocking everyone: refuse the oldest, never spin.
             return ScheduledStep(unfit=min(waiting, key=arrival))
         return ScheduledStep(chunks)
 
