@@ -112,7 +112,7 @@ class Scheduler:
             budget -= count
         if not chunks and waiting:
             # The oldest work can preempt all younger work, so this needs KV held by work that may not be
-            # preempted (a pinned generation, a score's fork) blocking everyone: refuse the oldest, never spin.
+            # preempted (a score's fork) blocking everyone: refuse the oldest rather than spin.
             return Step(unfit=min(waiting, key=arrival))
         return Step(chunks)
 
