@@ -81,11 +81,13 @@ class LocalEngine:
         self._emit(s, gen, token)
 
     def _refuse(self, s: Any) -> None:
-        """The sequence cannot get KV even with every idle sequence evicted: end or fail what waits on it."""
+        """The sequence cannot get KV even if every other unpinned sequence gave its KV back (it alone is too big
+        for the budget left by pinned ones): end a generation that already wrote with "length", else fail it."""
+        exc = self._refusal(s)
         if s.generation is not None and s.generation.produced > 0:
+            log.warning("generation ended with 'length' before its limit: %s", exc)
             self._finish(s, s.generation, "length")
             return
-        exc = self._capacity_error(s)
         rollback = min((w.rollback_to for w in s.waiters), default=len(s.tokens))
         self._fail_waiters(s, exc)
         if s.generation is not None:
@@ -93,6 +95,14 @@ class LocalEngine:
             s.generation = None
         del s.tokens[max(rollback, s.num_computed):]
         self._forget_uncomputed(s)
+
+    def _refusal(self, s: Any) -> CapacityError:
+        """The engine's capacity error for `s`, naming the pinned sequences that keep KV out of its reach."""
+        exc = self._capacity_error(s)
+        pinned = [v.id for v in self._table if v.pinned and v.id != s.id]
+        if not pinned:
+            return exc
+        return CapacityError(f"{exc}; pinned sequences {pinned} keep their KV until unpinned or their TTL ends")
 
     @property
     def vocab_size(self) -> int:

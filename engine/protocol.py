@@ -129,6 +129,7 @@ class EngineStats:
     draft_tokens: int = 0  # tokens prompt lookup guessed and the model verified
     draft_accepted: int = 0  # of those, the ones sampling reproduced (each saved a forward pass)
     response_cache_hits: int = 0  # generations answered from the response cache, with no compute
+    preemptions: int = 0  # busy sequences whose KV went to older work, to be recomputed when they resume
 
 
 @runtime_checkable

@@ -219,6 +219,7 @@ class LlamaCppEngine(LocalEngine):
             draft_tokens=self._drafted,
             draft_accepted=self._draft_accepted,
             response_cache_hits=self._responses.stats.hits if self._responses else 0,
+            preemptions=self._scheduler.preemption.count,
         )
 
     def drop_prefix_cache(self) -> None:

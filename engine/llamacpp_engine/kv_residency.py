@@ -4,7 +4,8 @@ A resident sequence has a llama.cpp sequence id (a slot) and holds cells in the 
 longest cached prefix with `seq_cp`; forking shares everything; closing keeps the KV as a prefix cache (as the
 embedded engine keeps freed blocks findable) until its cells or slot are wanted. When short of cells or slots,
 cached closed sequences go first, then idle unpinned ones, least recently used first; an evicted sequence is
-recomputed from its tokens when used again. Every method runs while no decode is in flight.
+recomputed from its tokens when used again, as is a busy one preempted for older work (engine/preemption.py).
+Every method runs while no decode is in flight.
 """
 
 from __future__ import annotations
@@ -121,15 +122,38 @@ class KVResidency:
         self.index.unregister(s, keep_tokens=n)
 
     def evict(self, s: LlamaSeq) -> None:
-        """Drop the sequence's KV; it is recomputed from its tokens when used again."""
+        """Drop an idle sequence's KV; it is recomputed from its tokens when used again."""
         log.debug("evicting sequence %d (%d tokens)", s.id, s.num_computed)
-        s.recompute_until = max(s.recompute_until, s.num_computed)
-        self._drop(s)
-        s.last_logits = None  # sampled_pos stays: that token is still uncomputed, a decode when computed
+        self._forget(s)
         if s.closed:
             self._closed.pop(s.id, None)
         else:
             self.evictions += 1
+
+    def preemptible(self, s: LlamaSeq) -> bool:
+        """Whether the busy sequence is resident and may be recomputed (a score()'s fork collects rows as it
+        computes, so it is never preempted)."""
+        return s.slot is not None and s.logits_from is None
+
+    def fits(self, s: LlamaSeq, protect: Collection[int], also: Collection[LlamaSeq]) -> bool:
+        """Whether a slot and cells for all the sequence's pending tokens can be had once cached closed
+        sequences, idle ones not in protect and those in `also` are gone."""
+        victims = [*self._victims(protect), *also]
+        if s.slot is None:
+            if not self._free_slots and not victims:
+                return False
+            holder, n = self.index.longest(s)
+            going = {v.id for v in also}
+            shared = n if holder is not None and holder.slot is not None and holder.id not in going else 0
+            need = len(s.tokens) - shared
+        else:
+            need = s.pending - (len(s.cells) - s.num_computed)
+        return self.ledger.free_count + self.ledger.freed_by(v.cells for v in victims) >= need
+
+    def preempt(self, s: LlamaSeq) -> None:
+        """Drop a busy sequence's KV (recompute preemption); its work resumes by recomputing its tokens."""
+        log.debug("preempting sequence %d (%d tokens)", s.id, s.num_computed)
+        self._forget(s)
 
     def close(self, s: LlamaSeq) -> None:
         """A closed sequence: its KV stays as a prefix cache if it holds a full block, else it is freed."""
@@ -155,6 +179,11 @@ class KVResidency:
         return self.ledger.used_count - cached
 
     # ---------------------------------------------------------------- internals
+
+    def _forget(self, s: LlamaSeq) -> None:
+        s.recompute_until = max(s.recompute_until, s.num_computed)
+        self._drop(s)
+        s.last_logits = None  # sampled_pos stays: that token is still uncomputed, a decode when computed
 
     def _drop(self, s: LlamaSeq) -> None:
         if s.slot is not None:

@@ -4,13 +4,15 @@ Continuous batching as in the embedded engine's scheduler: one-token decodes go 
 stall behind a long prompt, prefill chunks fill the rest of the token budget, and each sequence gets its slot,
 cached prefix and cells before its chunk is taken. With prompt lookup, a greedy decode brings its draft along:
 the guessed tokens sit right after it in the same batch, each asking for logits, in what the certain work left
-of the budget and on cells that were free anyway.
+of the budget and on cells that were free anyway. Work short of KV preempts younger work, as vLLM's
+scheduler does (engine/preemption.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from ..preemption import Preemption
 from ..prompt_lookup import PromptLookup
 from ..sequence_table import SequenceTable
 from .context import BatchToken
@@ -61,9 +63,11 @@ def batch_tokens(s: LlamaSeq, start: int, count: int) -> tuple[BatchToken, ...]:
 
 @dataclass(frozen=True)
 class Step:
-    """One llama_decode worth of chunks, or (no chunks) a sequence that cannot fit the KV budget at all."""
+    """One llama_decode worth of chunks, or a sequence that cannot fit the KV budget at all."""
 
     chunks: list[Chunk] = field(default_factory=list)
+    # A sequence that cannot fit even if every other unpinned sequence gave its KV back: the engine refuses it
+    # and asks again (chunks packed before it keep their cells and are packed again).
     unfit: LlamaSeq | None = None
 
 
@@ -77,30 +81,44 @@ class Scheduler:
         self.max_tokens_per_step = max_tokens_per_step
         self.drafter = drafter
         self._stop_ids = stop_ids
+        self.preemption: Preemption[LlamaSeq] = Preemption(table, kv)
 
     def schedule(self) -> Step:
-        """The next step: decodes first, then waited-for prefills (generations first, then least recently used)."""
+        """The next step: decodes first, then waited-for prefills (generations first), each in arrival order.
+
+        Work that lacks a slot or cells preempts younger work (see engine/preemption.py), even work already
+        packed in this step; work that only older work could make room for waits for it.
+        """
+        self.preemption.observe()
+        arrival = self.preemption.arrival
         budget = self.max_tokens_per_step
         chunks: list[Chunk] = []
-        chosen: set[int] = set()
+        preempted: set[int] = set()
+        waiting: list[LlamaSeq] = []
         seqs = list(self._table)
-        decodes = [s for s in seqs if s.generation is not None and s.pending == 1]
+        decodes = sorted((s for s in seqs if s.generation is not None and s.pending == 1), key=arrival)
         decode_ids = {d.id for d in decodes}
         prefills = sorted((s for s in seqs if s.wants_compute and s.id not in decode_ids),
-                          key=lambda s: (s.generation is None, s.last_used))
+                          key=lambda s: (s.generation is None, arrival(s)))
         for s in [*decodes, *prefills]:
             if budget <= 0:
                 break
-            protect = chosen | {s.id}
-            ok = self._kv.make_resident(s, protect)
+            if s.id in preempted:
+                continue  # it gave its KV to older work in this pass: it waits for the next steps
+            protect = {c.seq.id for c in chunks} | {s.id}
+            if not self._place(s, min(s.pending, budget), protect):
+                victims = self.preemption.make_room(s, protect)
+                if victims is None:
+                    return Step(chunks, unfit=s)
+                preempted.update(v.id for v in victims)
+                chunks = [c for c in chunks if c.seq.id not in preempted]
+                budget = self.max_tokens_per_step - sum(c.count for c in chunks)
+                protect = {c.seq.id for c in chunks} | {s.id}
+                if not victims or not self._place(s, min(s.pending, budget), protect):
+                    waiting.append(s)
+                    continue  # older work holds the cells; they come back when it ends, then it is retried
             count = min(s.pending, budget)
-            ok = ok and self._kv.reserve(s, count, protect)
-            if not ok:
-                if not chunks:
-                    return Step(unfit=s)
-                continue  # others run this step; their cells come back or they finish, then it is retried
             chunks.append(Chunk(s, s.num_computed, count, s.generation, batch_tokens(s, s.num_computed, count)))
-            chosen.add(s.id)
             budget -= count
         # Drafts come after the certain work, since they are guesses: they take only what it left of the budget,
         # and only cells that are free (a guess never evicts anyone).
@@ -108,6 +126,10 @@ class Scheduler:
             if budget > 0 and c.seq.id in decode_ids:
                 chunks[i] = self._with_draft(c, budget)
                 budget -= len(chunks[i].draft)
+        if not chunks and waiting:
+            # The oldest work can preempt all younger work, so this needs KV held by work that may not be
+            # preempted (a score's fork) blocking everyone: refuse the oldest rather than spin.
+            return Step(unfit=min(waiting, key=arrival))
         return Step(chunks)
 
     def _with_draft(self, c: Chunk, room: int) -> Chunk:
@@ -126,3 +148,7 @@ class Scheduler:
         if self.drafter is None or s.generation is None:
             return ()
         return self.drafter.propose(s.tokens, s.generation, room, self._table.max_model_len, self._stop_ids)
+
+    def _place(self, s: LlamaSeq, count: int, protect: set[int]) -> bool:
+        """Give the sequence a slot, its cached prefix and cells for `count` tokens (evicting idle ones if short)."""
+        return self._kv.make_resident(s, protect) and self._kv.reserve(s, min(count, s.pending), protect)

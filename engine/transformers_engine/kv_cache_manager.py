@@ -1,4 +1,4 @@
-"""Which KV blocks each sequence holds: prefix-cache hits, allocation with LRU eviction, forks, frees.
+"""Which KV blocks each sequence holds: prefix-cache hits, allocation with LRU eviction, preemption, forks, frees.
 
 It works on block ids only (through the BlockPool); the tensors behind them belong to the model runner, so a
 fork that must copy a partial block hands back a BlockCopy for the runner to perform.
@@ -96,28 +96,44 @@ class KVCacheManager:
                 return self.pool.allocate(n)
         return None  # pragma: no cover - can_fit said evicting every idle sequence frees enough
 
-    def can_fit(self, n: int, protect: Collection[int]) -> bool:
-        """Whether n blocks are free now or would be after evicting every idle sequence not in protect."""
+    def can_fit(self, n: int, protect: Collection[int], also: Collection[SeqState] = ()) -> bool:
+        """Whether n blocks are free now or would be after evicting every idle sequence not in protect (and
+        preempting the busy ones in `also`)."""
         if self.pool.free_count >= n:
             return True
         refs: dict[int, int] = {}
-        for s in self._table:
-            if s.evictable and s.id not in protect:
-                for b in s.blocks:
-                    refs[b] = refs.get(b, 0) + 1
+        for s in [*(s for s in self._table if s.evictable and s.id not in protect), *also]:
+            for b in s.blocks:
+                refs[b] = refs.get(b, 0) + 1
         # A block shared with a busy sequence stays referenced: only blocks whose every holder goes come back.
         freed = sum(1 for b, k in refs.items() if self.pool.refcount(b) == k)
         return self.pool.free_count + freed >= n
 
     def evict(self, s: SeqState) -> None:
-        """Drop the sequence's KV; it is recomputed from its tokens when the sequence is used again."""
+        """Drop an idle sequence's KV; it is recomputed from its tokens when the sequence is used again."""
         log.debug("evicting sequence %d (%d tokens)", s.id, s.num_computed)
+        self._drop(s)
+        self.evictions += 1
+
+    def preemptible(self, s: SeqState) -> bool:
+        """Whether the busy sequence holds blocks (preempting it gives back those nobody else holds)."""
+        return bool(s.blocks)
+
+    def fits(self, s: SeqState, protect: Collection[int], also: Collection[SeqState]) -> bool:
+        """Whether all the sequence's pending tokens fit once idle sequences not in protect and `also` are gone."""
+        return self.can_fit(self.blocks_needed(s, s.pending), protect, also)
+
+    def preempt(self, s: SeqState) -> None:
+        """Drop a busy sequence's KV (recompute preemption); its work resumes by recomputing its tokens."""
+        log.debug("preempting sequence %d (%d tokens)", s.id, s.num_computed)
+        self._drop(s)
+
+    def _drop(self, s: SeqState) -> None:
         self.free(s)
         s.recompute_until = max(s.recompute_until, s.num_computed)
         s.num_computed = 0
         s.registered = 0
         s.last_logits = None  # sampled_pos stays: that token is still uncomputed, a decode when computed
-        self.evictions += 1
 
     def free(self, s: SeqState) -> None:
         """Release the sequence's blocks (full ones stay in the prefix cache until reused)."""

@@ -2,6 +2,7 @@
 
 Like vLLM v1's scheduler, a step mixes the one-token decodes of all generating sequences with chunks of the
 prefills that someone waits for (chunked prefill), so a long prompt never stalls the streams already running.
+Work short of KV preempts younger work, as vLLM's scheduler does (engine/preemption.py).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..generation import Generation
+from ..preemption import Preemption
 from ..prompt_lookup import PromptLookup
 from ..sequence_table import SequenceTable
 from .kv_cache_manager import KVCacheManager
@@ -37,10 +39,12 @@ class ScheduledChunk:
 
 @dataclass(frozen=True)
 class ScheduledStep:
-    """One forward pass worth of chunks, or (with no chunks) a sequence that cannot fit the KV budget at all."""
+    """One forward pass worth of chunks, or a sequence that cannot fit the KV budget at all."""
 
     chunks: list[ScheduledChunk] = field(default_factory=list)
-    unfit: SeqState | None = None  # nothing else was scheduled and even evicting every idle sequence was not enough
+    # A sequence that cannot fit even if every other unpinned sequence gave its KV back: the engine refuses it
+    # and asks again (chunks picked before it keep their blocks and are picked again).
+    unfit: SeqState | None = None
 
 
 class Scheduler:
@@ -53,40 +57,63 @@ class Scheduler:
         self.max_tokens_per_step = max_tokens_per_step
         self.drafter = drafter
         self._stop_ids = stop_ids
+        self.preemption: Preemption[SeqState] = Preemption(table, kv)
 
     def schedule(self) -> ScheduledStep:
-        """The next step: decodes first, then waited-for prefills (generations first, then least recently used)."""
+        """The next step: decodes first, then waited-for prefills (generations first), each in arrival order.
+
+        Work that lacks KV preempts younger work (see engine/preemption.py), even work already picked for this
+        step; work that only older work could make room for waits for it.
+        """
+        self.preemption.observe()
+        arrival = self.preemption.arrival
         budget = self.max_tokens_per_step
         chunks: list[ScheduledChunk] = []
-        chosen: set[int] = set()
+        preempted: set[int] = set()
+        waiting: list[SeqState] = []
         seqs = list(self._table)
-        decodes = [s for s in seqs if s.generation is not None and s.pending == 1]
+        decodes = sorted((s for s in seqs if s.generation is not None and s.pending == 1), key=arrival)
         decode_ids = {d.id for d in decodes}
         prefills = sorted(
             (s for s in seqs if s.wants_compute and s.id not in decode_ids),
-            key=lambda s: (s.generation is None, s.last_used),
+            key=lambda s: (s.generation is None, arrival(s)),
         )
         for s in [*decodes, *prefills]:
             if budget <= 0:
                 break
+            if s.id in preempted:
+                continue  # it gave its KV to older work in this pass: it waits for the next steps
             if s.num_computed == 0 and not s.blocks:
                 self._kv.match_prefix(s)
-            count = min(s.pending, budget)
-            protect = chosen | {s.id}
+            protect = {c.seq.id for c in chunks} | {s.id}
             # Judge the whole sequence, not this chunk: a prompt that can never fit fails before any eviction.
             fits = self._kv.can_fit(self._kv.blocks_needed(s, s.pending), protect)
-            draft = self._draft(s, budget - count) if s.id in decode_ids and fits else ()
+            if not fits:
+                victims = self.preemption.make_room(s, protect)
+                if victims is None:
+                    return ScheduledStep(chunks, unfit=s)
+                if not victims:
+                    waiting.append(s)
+                    continue  # older work holds the KV; its blocks come back when it ends, then we retry
+                preempted.update(v.id for v in victims)
+                chunks = [c for c in chunks if c.seq.id not in preempted]
+                budget = self.max_tokens_per_step - sum(c.count + len(c.draft) for c in chunks)
+                protect = {c.seq.id for c in chunks} | {s.id}
+            count = min(s.pending, budget)
+            draft = self._draft(s, budget - count) if s.id in decode_ids else ()
             if draft and not self._kv.can_fit(self._kv.blocks_needed(s, count + len(draft)), protect):
                 draft = ()  # a guess never evicts anyone
-            blocks = self._kv.allocate(self._kv.blocks_needed(s, count + len(draft)), protect) if fits else None
-            if blocks is None:
-                if not chunks:
-                    return ScheduledStep(unfit=s)
-                continue  # others run this step; their blocks come back or they finish, then we retry
+            blocks = self._kv.allocate(self._kv.blocks_needed(s, count + len(draft)), protect)
+            if blocks is None:  # pragma: no cover - the whole of what is pending was judged to fit
+                waiting.append(s)
+                continue
             s.blocks.extend(blocks)
             chunks.append(ScheduledChunk(s, s.num_computed, count, s.generation, draft))
-            chosen.add(s.id)
             budget -= count + len(draft)
+        if not chunks and waiting:
+            # The oldest work can preempt all younger work, so this needs KV held by work that may not be
+            # preempted (a score's fork) blocking everyone: refuse the oldest rather than spin.
+            return ScheduledStep(unfit=min(waiting, key=arrival))
         return ScheduledStep(chunks)
 
     def _draft(self, s: SeqState, room: int) -> tuple[int, ...]:

@@ -1,0 +1,100 @@
+"""Recompute preemption, as vLLM's scheduler does it: work that cannot get KV takes it from younger work.
+
+Work is a generation or an open/append/score waiting for its tokens; it arrives when it is first scheduled
+and keeps that place until it ends, even when preempted. When work cannot get KV even with every idle sequence
+evicted, the most recently arrived work holding KV gives it back (its tokens stay; it is recomputed from them,
+as an evicted idle sequence is) until the older work fits. Work that no younger work can make room for waits
+for older work to end; since the oldest work always can take what it needs, nothing starves. Only work that
+would not fit even if every other unpinned sequence gave its KV back is refused. Pinned sequences are never
+preempted. Both local engines' schedulers use this one policy over their own KV bookkeeping (`Room`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Collection, Iterable
+from typing import Generic, Protocol, TypeVar
+
+from .generation import LocalSequence
+
+S = TypeVar("S", bound=LocalSequence)
+S_contra = TypeVar("S_contra", bound=LocalSequence, contravariant=True)
+
+
+class Room(Protocol[S_contra]):
+    """What the policy needs from an engine's KV bookkeeping."""
+
+    def preemptible(self, s: S_contra) -> bool:
+        """Whether the busy sequence holds KV that preempting it would give back (and it may be recomputed)."""
+        ...
+
+    def fits(self, s: S_contra, protect: Collection[int], also: Collection[S_contra]) -> bool:
+        """Whether what `s` waits for fits once every idle sequence not in protect and those in `also` are gone."""
+        ...
+
+    def preempt(self, s: S_contra) -> None:
+        """Drop the KV of a busy sequence; it is recomputed from its tokens when scheduled again."""
+        ...
+
+
+class Preemption(Generic[S]):
+    """Arrival order of the work on one engine's sequences, and who gives KV back when an older one lacks it."""
+
+    def __init__(self, table: Iterable[S], room: Room[S]) -> None:
+        self._table = table
+        self._room = room
+        self._clock = itertools.count(1)
+        # seq id -> (the work it was given for: a Generation or a waiter's future, its arrival ticket)
+        self._arrivals: dict[int, tuple[object, int]] = {}
+        self.count = 0
+
+    def observe(self) -> None:
+        """Give new work its arrival ticket (call at the start of each scheduling pass)."""
+        seen: dict[int, tuple[object, int]] = {}
+        for s in self._table:
+            work = _work(s)
+            if work is None:
+                continue
+            known = self._arrivals.get(s.id)
+            seen[s.id] = known if known is not None and known[0] is work else (work, next(self._clock))
+        self._arrivals = seen
+
+    def arrival(self, s: S) -> int:
+        """The ticket of the sequence's current work (lower arrived earlier); idle sequences rank first."""
+        known = self._arrivals.get(s.id)
+        return 0 if known is None else known[1]
+
+    def make_room(self, s: S, protect: Collection[int]) -> list[S] | None:
+        """Preempt the fewest, most recently arrived, works that let `s` fit; the preempted ones are returned.
+
+        [] means `s` must wait for older work to end; None means it cannot fit even if every other unpinned
+        sequence gave its KV back (it is refused). Nothing is preempted unless it makes `s` fit.
+        """
+        # Busy unpinned work gives its KV back when it ends even if it may not be preempted (a score's fork).
+        others = [v for v in self._table if v.id != s.id and _work(v) is not None and not v.pinned]
+        if not self._room.fits(s, {s.id}, others):
+            return None
+        mine = self.arrival(s)
+        younger = sorted((v for v in others if self.arrival(v) > mine and self._room.preemptible(v)),
+                         key=self.arrival, reverse=True)
+        if not younger or not self._room.fits(s, _without(protect, younger), younger):
+            return []
+        for n in range(1, len(younger) + 1):
+            victims = younger[:n]
+            if self._room.fits(s, _without(protect, victims), victims):
+                for v in victims:
+                    self._room.preempt(v)
+                self.count += len(victims)
+                return victims
+        return []  # pragma: no cover - the whole younger set fits, so some prefix of it does
+
+
+def _work(s: LocalSequence) -> object | None:
+    """What the sequence is busy with (a generation or its first waiter), or None when idle."""
+    if s.generation is not None:
+        return s.generation
+    return s.waiters[0].future if s.waiters else None
+
+
+def _without(protect: Collection[int], victims: Collection[LocalSequence]) -> set[int]:
+    return set(protect) - {v.id for v in victims}

@@ -1,0 +1,223 @@
+"""Recompute preemption on both local engines: concurrent generations that do not fit the KV budget together
+(but each does alone) all finish as they would alone, the younger ones giving their KV to the older ones and
+resuming by recompute; only a sequence too big for the budget by itself is cut, with an error that says why."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from engine import CapacityError, SamplingParams
+from engine.llamacpp_engine import LlamaCppEngine
+from tests.conftest import collect
+from tests.engine.test_transformers_engine_tiny import BS, greedy, hf_generate, rand_tokens, small_engine
+
+GUARD_S = 120  # a stalled or starving generation fails the test instead of hanging the suite
+
+
+async def run_all(eng: Any, prompts: list[list[int]], params: list[SamplingParams]) -> list[tuple[list[int], Any]]:
+    """Open every prompt, then run one generation on each, all at once: (token ids, finish reason) each."""
+    seqs = [await eng.open(p) for p in prompts]
+    out = await asyncio.wait_for(asyncio.gather(*(collect(eng, s, p) for s, p in zip(seqs, params, strict=True))),
+                                 GUARD_S)
+    for s in seqs:
+        await eng.close(s)
+    return [(ids, reason) for ids, _, reason in out]
+
+
+async def run_alone(eng: Any, prompts: list[list[int]], params: list[SamplingParams]) -> list[tuple[list[int], Any]]:
+    """The same generations one after the other, each with the engine to itself."""
+    out = []
+    for p, sp in zip(prompts, params, strict=True):
+        seq = await eng.open(p)
+        ids, _, reason = await collect(eng, seq, sp)
+        await eng.close(seq)
+        out.append((ids, reason))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- transformers
+
+
+async def test_concurrent_generations_over_budget_finish_as_alone(ref_model: Any) -> None:
+    """Four greedy generations of 24 tokens on 10-token prompts need 36 blocks together, the budget holds 12
+    (each needs 9 alone): every one finishes with its full length and the tokens it writes alone."""
+    eng = small_engine(blocks=12)
+    try:
+        prompts = [rand_tokens(10, seed=50 + i) for i in range(4)]
+        params = [greedy(24)] * 4
+        together = await run_all(eng, prompts, params)
+        st = eng.stats()
+        assert st.preemptions > 0, "the budget was too small for all four: someone must have been preempted"
+        alone = await run_alone(eng, prompts, params)
+        assert together == alone
+        assert all(len(ids) == 24 and reason == "length" for ids, reason in together)
+        for (ids, _), p in zip(together, prompts, strict=True):
+            assert ids == hf_generate(ref_model, p, 24)
+        assert eng.stats().sequences_open == 0
+    finally:
+        await eng.shutdown()
+
+
+async def test_preempted_sampled_generations_draw_the_same_tokens() -> None:
+    """Seeded sampling comes out as it does alone: a preempted generation's random draws are neither repeated
+    nor skipped when it resumes."""
+    eng = small_engine(blocks=12)
+    try:
+        prompts = [rand_tokens(12, seed=60 + i) for i in range(3)]
+        params = [SamplingParams(max_tokens=22, temperature=1.0, seed=7 + i, ignore_eos=True) for i in range(3)]
+        together = await run_all(eng, prompts, params)
+        assert eng.stats().preemptions > 0
+        assert together == await run_alone(eng, prompts, params)
+    finally:
+        await eng.shutdown()
+
+
+async def test_older_generation_keeps_its_kv_and_the_younger_resumes_first_in_first_out() -> None:
+    """The generation that started first is never preempted for a younger one; younger ones all finish."""
+    eng = small_engine(blocks=12)
+    try:
+        seqs = [await eng.open(rand_tokens(10, seed=70 + i)) for i in range(3)]
+        first = asyncio.ensure_future(collect(eng, seqs[0], greedy(26)))
+        await asyncio.sleep(0)
+        rest = [asyncio.ensure_future(collect(eng, s, greedy(20))) for s in seqs[1:]]
+        results = await asyncio.wait_for(asyncio.gather(first, *rest), GUARD_S)
+        assert [len(ids) for ids, _, _ in results] == [26, 20, 20]
+        assert eng.stats().preemptions > 0
+        assert eng.seq_stats(seqs[0]).recomputed_after_eviction == 0, "the oldest generation kept its KV"
+        assert any(eng.seq_stats(s).recomputed_after_eviction > 0 for s in seqs[1:])
+    finally:
+        await eng.shutdown()
+
+
+async def test_appends_and_generations_share_a_tight_budget(ref_model: Any) -> None:
+    """An append racing generations is work like them: whoever arrived later gives its KV back, and every
+    result is what it is alone (the appended sequence then writes what transformers writes on its tokens)."""
+    eng = small_engine(blocks=12)
+    try:
+        prompts = [rand_tokens(10, seed=100 + i) for i in range(2)]
+        gens = [await eng.open(p) for p in prompts]
+        base, delta = rand_tokens(8, seed=102), rand_tokens(16, seed=103)
+        appended = await eng.open(base)
+        runs = [asyncio.ensure_future(collect(eng, s, greedy(20))) for s in gens]
+        await asyncio.sleep(0)
+        await asyncio.wait_for(eng.append(appended, delta), GUARD_S)
+        results = await asyncio.wait_for(asyncio.gather(*runs), GUARD_S)
+        assert eng.stats().preemptions > 0
+        for (ids, _, reason), p in zip(results, prompts, strict=True):
+            assert (ids, reason) == (hf_generate(ref_model, p, 20), "length")
+        ids, _, _ = await collect(eng, appended, greedy(6))
+        assert ids == hf_generate(ref_model, base + delta, 6)
+    finally:
+        await eng.shutdown()
+
+
+async def test_a_generation_too_big_for_the_budget_alone_is_cut_the_others_finish(ref_model: Any) -> None:
+    """A generation whose own context outgrows the whole budget ends with "length" at the budget (it preempts
+    the others first); a concurrent one that fits alone still finishes in full and exact."""
+    eng = small_engine(blocks=8)  # 32 tokens of KV
+    try:
+        big = await eng.open(rand_tokens(20, seed=80))
+        small_prompt = rand_tokens(6, seed=81)
+        small = await eng.open(small_prompt)
+        big_run = asyncio.ensure_future(collect(eng, big, greedy(40)))
+        await asyncio.sleep(0)
+        small_run = asyncio.ensure_future(collect(eng, small, greedy(10)))
+        (big_ids, _, big_reason), (small_ids, _, small_reason) = await asyncio.wait_for(
+            asyncio.gather(big_run, small_run), GUARD_S)
+        assert big_reason == "length" and 0 < len(big_ids) <= 32 - 20 + 1 < 40  # its last token needs no KV
+        assert (small_ids, small_reason) == (hf_generate(ref_model, small_prompt, 10), "length")
+        with pytest.raises(CapacityError, match=r"budget holds 32.*raise kv_cache_bytes"):
+            await asyncio.wait_for(eng.open(rand_tokens(40, seed=82)), GUARD_S)
+    finally:
+        await eng.shutdown()
+
+
+async def test_pinned_sequence_is_never_preempted() -> None:
+    """A pinned idle sequence keeps its KV while concurrent generations preempt each other around it; a
+    generation that could only fit by taking the pinned KV is refused with an error naming the pin."""
+    eng = small_engine(blocks=16)
+    try:
+        pinned = await eng.open(rand_tokens(16, seed=90))  # 4 blocks
+        await eng.pin(pinned)
+        prompts = [rand_tokens(10, seed=91 + i) for i in range(3)]
+        params = [greedy(22)] * 3  # 8 blocks each alone; 12 blocks are left beside the pinned sequence
+        together = await run_all(eng, prompts, params)
+        assert eng.stats().preemptions > 0
+        assert together == await run_alone(eng, prompts, params)
+        await eng.append(pinned, [3])
+        assert eng.seq_stats(pinned).recomputed_after_eviction == 0, "the pinned sequence kept its KV"
+
+        with pytest.raises(CapacityError, match=r"pinned sequences \[\d+\]"):
+            await asyncio.wait_for(eng.open(rand_tokens(13 * BS, seed=95)), GUARD_S)
+    finally:
+        await eng.shutdown()
+
+
+# ------------------------------------------------------------------------------------------- llama.cpp
+
+
+@pytest.fixture(scope="module")
+async def roomy() -> AsyncIterator[LlamaCppEngine]:
+    """A llama.cpp engine with room for everything: the reference each generation alone."""
+    pytest.importorskip("llama_cpp")
+    eng = LlamaCppEngine(kv_cells=2048, n_seq_max=8)
+    yield eng
+    await eng.shutdown()
+
+
+def chat(eng: Any, text: str) -> list[int]:
+    """Token ids of a one-turn chat ready for the assistant."""
+    ids = eng.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                            tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+async def test_llamacpp_concurrent_generations_over_budget_finish_as_alone(roomy: LlamaCppEngine) -> None:
+    """On the default GGUF: four greedy generations that together need more cells than the budget, each
+    fitting alone, all finish with their full length and the tokens they write alone.
+
+    Cells freed by preemption are reused, so llama.cpp may place a sequence's later cells before its earlier
+    ones and attention then sums in another order (as on any churned llama.cpp cache, preempted or not): a
+    near-tie can flip. These questions have none within their 32 tokens; "What is the capital of France?"
+    does (its 16th token flips the same way when run alone on a churned engine, without any preemption).
+    """
+    n = 32
+    prompts = [chat(roomy, q) for q in ("Name three colors.", "What is two plus two?", "Write a haiku about rain.",
+                                        "Who wrote Hamlet?")]
+    params = [SamplingParams(max_tokens=n, ignore_eos=True)] * 4
+    alone = await run_alone(roomy, prompts, params)
+    shared = min(next((i for i, t in enumerate(p) if t != prompts[0][i]), len(p)) for p in prompts[1:])
+    together_cells = shared + sum(len(p) - shared + n for p in prompts)
+    budget = max(len(p) for p in prompts) + n + 16
+    assert budget < together_cells * 0.7, (budget, together_cells)
+    eng = LlamaCppEngine(kv_cells=budget, n_seq_max=8, max_tokens_per_step=64)
+    try:
+        together = await run_all(eng, prompts, params)
+        assert eng.stats().preemptions > 0
+        assert all(len(ids) == n and reason == "length" for ids, reason in together)
+        assert together == alone
+    finally:
+        await eng.shutdown()
+
+
+async def test_llamacpp_generation_that_only_pinned_kv_could_hold_is_cut_with_a_clear_error() -> None:
+    """The context caps a sequence at the cell budget, so on llama.cpp only pinned KV can leave a sequence too
+    big: its generation ends with "length" where the cells run out, and a prompt that cannot fit fails with a
+    CapacityError naming the pin and what to raise."""
+    pytest.importorskip("llama_cpp")
+    eng = LlamaCppEngine(kv_cells=128, n_seq_max=4)
+    try:
+        pinned = await eng.open(list(range(1000, 1060)))
+        await eng.pin(pinned)
+        seq = await eng.open(list(range(2000, 2040)))
+        ids, _, reason = await collect(eng, seq, SamplingParams(max_tokens=60, ignore_eos=True))
+        assert reason == "length" and 0 < len(ids) <= 128 - 60 - 40 + 1
+        assert eng.is_resident(pinned)
+        with pytest.raises(CapacityError, match=r"raise kv_cells; pinned sequences \[\d+\]"):
+            await eng.open(list(range(3000, 3080)))
+    finally:
+        await eng.shutdown()
