@@ -13,6 +13,7 @@ from moa_stream.agent_benchmark import (
     AgentBenchConfig,
     ChatRendering,
     ModeRun,
+    TransformersFactory,
     StatefulAgent,
     Workflow,
     call_text,
@@ -154,10 +155,9 @@ async def test_interleaved_stateful_agents_finish_under_a_budget_below_their_con
 
 
 async def test_the_json_has_the_contract_fields(loaded: Any) -> None:
-    def factory(kv_cache_bytes: int | None) -> TransformersEngine:
-        return make_engine(loaded, kv_cache_bytes)
-
-    config = AgentBenchConfig(agents=(1, 8), steps=(6,), cases=12, tool_latency_ms=0.0, llamacpp=False)
+    factory = TransformersFactory(loaded, {"block_size": BLOCK, "max_model_len": 8192})
+    config = AgentBenchConfig(agents=(1, 8), steps=(6,), cases=12, tool_latency_ms=0.0, llamacpp=False,
+                              speculation=None, prompt_lookup=None)
     result = await run_agent_bench(factory, config)
     json.dumps(result)
     for key in ("ratio_reprefill_6", "ratio_reprefill_35", "ratio_prefix_cache_8", "ratio_llamacpp_8"):
