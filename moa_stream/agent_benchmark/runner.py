@@ -271,6 +271,7 @@ def ratios(runs: Seq[ModeRun], shortest: int, longest: int, most_agents: int) ->
         "ratio_prefix_cache_8": ratio("prefix-cache", 8, shortest),
         "ratio_llamacpp_8": ratio("llamacpp", 8, shortest),
         f"ratio_reprefill_{shortest}_steps_{most_agents}_agents": ratio("reprefill", most_agents, shortest),
+        f"ratio_llamacpp_{shortest}_steps_{most_agents}_agents": ratio("llamacpp", most_agents, shortest),
         f"ratio_prefix_cache_{longest}_steps_1_agent": ratio("prefix-cache", 1, longest),
     }
 
