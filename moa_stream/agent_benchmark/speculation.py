@@ -193,10 +193,12 @@ async def run_speculation_bench(engine: Engine, cases: Sequence[BfclCase],
                 predictor.observe(calls)
         predictors.append(predictor)
     figures = []
-    for latency_ms in config.latencies_ms:
+    for j, latency_ms in enumerate(config.latencies_ms):
         fig = LatencyFigures(latency_ms)
-        for (case, steps), predictor in zip(chosen, predictors, strict=True):
-            for speculate, runs in ((False, fig.off), (True, fig.on)):
+        for i, ((case, steps), predictor) in enumerate(zip(chosen, predictors, strict=True)):
+            pair = [(False, fig.off), (True, fig.on)]
+            # Which goes first alternates, so a machine slowing down (a shared CPU) favours neither side.
+            for speculate, runs in pair if (i + j) % 2 == 0 else pair[::-1]:
                 runs.append(await run_case(engine, case, steps, latency_ms / 1000.0, speculate=speculate,
                                            predictor=predictor, timeout_s=config.tool_timeout_s))
         figures.append(fig.to_dict())
@@ -218,6 +220,7 @@ async def run_speculation_bench(engine: Engine, cases: Sequence[BfclCase],
                 "speculator_history": "the speculator observed one earlier (warm-up, untimed) run of the same "
                                       "workflow, as in arXiv 2512.15834's repeated workflows",
                 "step_time": "the Agent's turn time over its steps: Δ appended, forced call written, tools run",
+                "order": "off and on alternate which runs first per (case, latency)",
             },
         },
     }
