@@ -11,10 +11,14 @@ result and any next user turn), generates the call forced to the trace's text by
 - `reprefill`: a new sequence per step with a fresh cache salt, so nothing is shared (no cache);
 - `llamacpp`: llama.cpp's server (llama-cpp-python) re-sent the conversation every step, its prompt cache on.
 
-Several agents run interleaved on one engine whose KV budget is smaller than their summed contexts.
+Several agents run interleaved on one engine whose KV budget is smaller than their summed contexts. Two more
+sections: speculative tool calls off and on per tool latency (the real Agent, `speculation`), and prompt-lookup
+decoding off and on over the forced calls (`prompt_lookup_bench`). Engines come from a factory per backend.
 """
 
+from .engines import EngineFactory, LlamaCppFactory, TransformersFactory
 from .modes import LOCAL_MODES, AgentMode, LlamaServerAgent, ReopeningAgent, StatefulAgent, StepRecord, make_mode
+from .prompt_lookup_bench import PromptLookupBenchConfig
 from .runner import (
     TARGETS,
     AgentBenchConfig,
@@ -26,20 +30,28 @@ from .runner import (
     run_llamacpp_mode,
     run_local_mode,
 )
+from .speculation import SPECULATORS, SpeculationBenchConfig, TraceAgent
 from .workload import ChatRendering, Segment, Workflow, call_text, literal_grammar, workflows
 
 __all__ = [
     "LOCAL_MODES",
+    "SPECULATORS",
     "TARGETS",
     "AgentBenchConfig",
     "AgentMode",
     "ChatRendering",
+    "EngineFactory",
+    "LlamaCppFactory",
     "LlamaServerAgent",
     "ModeRun",
+    "PromptLookupBenchConfig",
     "ReopeningAgent",
     "Segment",
+    "SpeculationBenchConfig",
     "StatefulAgent",
     "StepRecord",
+    "TraceAgent",
+    "TransformersFactory",
     "Workflow",
     "call_text",
     "conversations",

@@ -40,6 +40,8 @@ class StepRecord:
     recomputed: int = 0
     call_matched: bool = True  # the model wrote exactly the trace's call
     capacity_retries: int = 0
+    decode_s: float = 0.0  # from the step's first token to its last
+    decode_tokens: int = 0  # tokens written after the first (what decode_s produced)
 
 
 @dataclass
@@ -53,6 +55,18 @@ class Generated:
     reused: int = 0
     recomputed: int = 0
     capacity_retries: int = 0
+    decode_s: float = 0.0
+    decode_tokens: int = 0
+
+
+@dataclass
+class Written:
+    """One whole generation: its text, token ids, and the time its tokens after the first took."""
+
+    text: str
+    ids: list[int]
+    decode_s: float = 0.0
+    decode_tokens: int = 0
 
 
 class AgentMode(Protocol):
@@ -75,13 +89,23 @@ class AgentMode(Protocol):
         ...
 
 
-async def generate_all(engine: Engine, seq: Sequence, params: SamplingParams) -> tuple[str, list[int]]:
-    """One whole generation: its text and token ids."""
-    text, ids = "", []
+async def generate_all(engine: Engine, seq: Sequence, params: SamplingParams) -> Written:
+    """One whole generation; the decode clock starts at the first delta (the prefill's token) and ends at the last."""
+    out = Written("", [])
+    first_at, first_tokens = 0.0, 0
     async for delta in engine.generate(seq, params):
-        text += delta.text
-        ids.extend(delta.token_ids)
-    return text, ids
+        if not out.ids and delta.token_ids:
+            first_at, first_tokens = time.perf_counter(), len(delta.token_ids)
+        out.text += delta.text
+        out.ids.extend(delta.token_ids)
+    if out.ids:
+        out.decode_s = time.perf_counter() - first_at
+        out.decode_tokens = len(out.ids) - first_tokens
+    return out
+
+
+def _written(out: Generated, gen: Written) -> None:
+    out.text, out.ids, out.decode_s, out.decode_tokens = gen.text, gen.ids, gen.decode_s, gen.decode_tokens
 
 
 async def _retrying(op: Any, deadline_s: float) -> int:
@@ -126,7 +150,7 @@ class StatefulAgent:
 
         async def write() -> None:
             assert self._seq is not None
-            out.text, out.ids = await generate_all(eng, self._seq, params)
+            _written(out, await generate_all(eng, self._seq, params))
 
         out.capacity_retries = await _retrying(feed, 60.0) + await _retrying(write, 60.0)
         assert self._seq is not None
@@ -179,7 +203,7 @@ class ReopeningAgent:
 
         async def write() -> None:
             assert seq is not None
-            out.text, out.ids = await generate_all(eng, seq, params)
+            _written(out, await generate_all(eng, seq, params))
 
         out.capacity_retries = await _retrying(feed, 60.0)
         assert seq is not None

@@ -14,8 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from engine import Engine, SamplingParams
 
-from ..bfcl_traces import TraceStep, execute, fresh_instances, load_cases
+from ..bfcl_traces import BfclCase, TraceStep, execute, fresh_instances, load_cases
+from .engines import EngineFactory, transformers_kv_bytes_per_token
 from .modes import LOCAL_MODES, AgentMode, LlamaServerAgent, StepRecord, generate_all, make_mode
+from .prompt_lookup_bench import PromptLookupBenchConfig, run_prompt_lookup_bench
+from .speculation import SpeculationBenchConfig, run_speculation_bench
 from .workload import ChatRendering, Workflow, call_text, literal_grammar, workflows
 
 if TYPE_CHECKING:
@@ -27,6 +30,8 @@ TARGETS: dict[str, float] = {
     "ratio_reprefill_35": 4.2,
     "ratio_prefix_cache_8": 1.3,
     "ratio_llamacpp_8": 1.0,
+    "speculation_saving_200ms": 0.15,  # arXiv 2512.15834: up to 21% less time per turn on BFCL
+    "prompt_lookup_speedup": 1.5,
 }
 CALL_SLACK_TOKENS = 8  # room past the call's own length: a forced call may tokenize a little differently
 WARMUP_TOKENS = 300
@@ -67,7 +72,7 @@ async def run_agent(agent_id: int, mode: AgentMode, workflow: Workflow, renderin
         context += len(delta.ids) + written
         records.append(StepRecord(agent_id, i, model_s, tool_s, len(delta.ids), written, context,
                                   out.computed, out.reused, out.recomputed, out.text.strip() == text,
-                                  out.capacity_retries))
+                                  out.capacity_retries, out.decode_s, out.decode_tokens))
         previous = step
         previous_end = out.text[len(text):] if out.text.startswith(text) else ""
         if out.ids and out.ids[-1] in getattr(tokenizer, "all_special_ids", ()):
@@ -118,8 +123,14 @@ class ModeRun:
             "calls_matched": sum(r.call_matched for r in self.records),
             "calls": len(self.records),
             "capacity_retries": sum(r.capacity_retries for r in self.records),
+            "decode_tok_s": self.decode_tok_s(),
             "engine": self.engine,
         }
+
+    def decode_tok_s(self) -> float | None:
+        """Tokens written after each step's first, per second of the time they took (None: nothing decoded)."""
+        seconds = sum(r.decode_s for r in self.records)
+        return sum(r.decode_tokens for r in self.records) / seconds if seconds > 0 else None
 
 
 @dataclass(frozen=True)
@@ -145,6 +156,8 @@ class AgentBenchConfig:
     llamacpp: bool = True
     all_pairs: bool = False
     pin_ttl_s: float | None = None  # None: pinned until the tool returns
+    speculation: SpeculationBenchConfig | None = field(default_factory=SpeculationBenchConfig)  # None: section off
+    prompt_lookup: PromptLookupBenchConfig | None = field(default_factory=PromptLookupBenchConfig)  # None: off
 
     def scenarios_shape(self) -> list[tuple[int, int]]:
         """(agents, steps) pairs: every agent count on the shortest workflow, one agent on the longer ones."""
@@ -153,13 +166,14 @@ class AgentBenchConfig:
                 if self.all_pairs or a == 1 or s == short]
 
 
-def _engine_counters(engine: Engine) -> dict[str, int]:
+def engine_counters(engine: Engine) -> dict[str, int]:
     st = engine.stats()
     return {"prefill_computed": st.prefill_computed, "prefill_reused": st.prefill_reused,
-            "decode_tokens": st.decode_tokens, "evictions": st.evictions}
+            "decode_tokens": st.decode_tokens, "evictions": st.evictions, "draft_tokens": st.draft_tokens,
+            "draft_accepted": st.draft_accepted}
 
 
-def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+def counter_delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {k: after[k] - before.get(k, 0) for k in after}
 
 
@@ -196,7 +210,7 @@ async def run_local_mode(mode: str, engine: Engine, flows: Seq[Workflow], render
     """Every workflow through one local mode, its agents interleaved on the engine."""
     tok = engine.tokenizer
     systems = [rendering.system(f) for f in flows]
-    before = _engine_counters(engine)
+    before = engine_counters(engine)
     t0 = time.perf_counter()
     results = await asyncio.gather(*(
         run_agent(i, make_mode(mode, engine, systems[i], pin_ttl_s), flow, rendering, tok, tool_latency_s,
@@ -205,7 +219,7 @@ async def run_local_mode(mode: str, engine: Engine, flows: Seq[Workflow], render
     wall = time.perf_counter() - t0
     records = [r for rs in results for r in rs]
     return ModeRun(mode, len(flows), len(flows[0].steps), wall, records,
-                   _delta(_engine_counters(engine), before))
+                   counter_delta(engine_counters(engine), before))
 
 
 async def run_llamacpp_mode(base_url: str, flows: Seq[Workflow], rendering: ChatRendering, tokenizer: Any,
@@ -227,25 +241,20 @@ async def run_llamacpp_mode(base_url: str, flows: Seq[Workflow], rendering: Chat
 # ---------------------------------------------------------------------------------------------- llama.cpp's server
 
 
-def start_llama_server(n_ctx: int, cache_bytes: int) -> PeerServer:
+def start_llama_server(n_ctx: int, cache_bytes: int, threads: int | None = None) -> PeerServer:
     """llama-cpp-python's server on the default model's GGUF with its prompt cache (state RAM cache) on."""
     from engine import models
     from engine.llama_server import start_server
 
-    return start_server(models.default_gguf_path(), min(os.cpu_count() or 2, 4), n_ctx, extra_args=[
+    threads = threads or min(os.cpu_count() or 2, 4)
+    return start_server(models.default_gguf_path(), threads, n_ctx, extra_args=[
         "--cache", "True", "--cache_type", "ram", "--cache_size", str(cache_bytes), "--verbose", "True"])
 
 
 # ---------------------------------------------------------------------------------------------- the bench
 
 
-def kv_bytes_per_token(engine: Any) -> int:
-    """KV bytes one token takes in the engine's model (keys and values, every layer)."""
-    cfg = engine.model.config
-    heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
-    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
-    elem = next(engine.model.parameters()).element_size()
-    return 2 * int(cfg.num_hidden_layers) * heads * head_dim * elem
+kv_bytes_per_token = transformers_kv_bytes_per_token  # the name the bench's tests and callers know
 
 
 def ratios(runs: Seq[ModeRun], shortest: int, longest: int, most_agents: int) -> dict[str, float | None]:
@@ -262,14 +271,16 @@ def ratios(runs: Seq[ModeRun], shortest: int, longest: int, most_agents: int) ->
         "ratio_prefix_cache_8": ratio("prefix-cache", 8, shortest),
         "ratio_llamacpp_8": ratio("llamacpp", 8, shortest),
         f"ratio_reprefill_{shortest}_steps_{most_agents}_agents": ratio("reprefill", most_agents, shortest),
+        f"ratio_llamacpp_{shortest}_steps_{most_agents}_agents": ratio("llamacpp", most_agents, shortest),
         f"ratio_prefix_cache_{longest}_steps_1_agent": ratio("prefix-cache", 1, longest),
     }
 
 
-async def run_agent_bench(engine_factory: Any, config: AgentBenchConfig) -> dict[str, Any]:
-    """Run every scenario and mode; returns the JSON the CLI prints (contract fields at the top level).
+async def run_agent_bench(engine_factory: EngineFactory, config: AgentBenchConfig) -> dict[str, Any]:
+    """Run every scenario and mode, then the speculation and prompt-lookup sections; returns the JSON the CLI prints.
 
-    `engine_factory(kv_cache_bytes)` builds a fresh engine for a scenario's KV budget (None: the default).
+    `engine_factory(kv_budget_tokens, prompt_lookup)` builds a fresh engine for a scenario's KV budget in tokens
+    (None: the engine's default). The contract fields are at the top level.
     """
     cases = load_cases("base", limit=config.cases)
     tool_s = config.tool_latency_ms / 1000.0
@@ -280,7 +291,7 @@ async def run_agent_bench(engine_factory: Any, config: AgentBenchConfig) -> dict
     probe = engine_factory(None)
     tok = probe.tokenizer
     rendering = ChatRendering(tok)
-    per_token = kv_bytes_per_token(probe)
+    per_token = engine_factory.kv_bytes_per_token(probe)
     await probe.shutdown()
     for agents, steps in config.scenarios_shape():
         flows = workflows(agents, steps, cases)
@@ -295,32 +306,62 @@ async def run_agent_bench(engine_factory: Any, config: AgentBenchConfig) -> dict
         scenarios.append({**asdict(scenario), "summed_context_tokens": sum(contexts), "kv_footprint_tokens": footprint,
                           "max_context_tokens": max(contexts)})
         for mode in config.modes:
-            engine = engine_factory(budget * per_token if budget else None)
+            engine = engine_factory(budget)
             try:
                 await _warm(engine)
                 runs.append(await run_local_mode(mode, engine, flows, rendering, tool_s, config.pin_ttl_s))
             finally:
                 await engine.shutdown()
         if config.llamacpp and agents == most_agents and steps == shortest:
-            peer = start_llama_server(n_ctx=max(contexts) + 256, cache_bytes=(budget or footprint) * per_token)
+            peer = start_llama_server(n_ctx=max(contexts) + 256, cache_bytes=(budget or footprint) * per_token,
+                                      threads=engine_factory.peer_threads())
             try:
                 before = peer.counters()
                 run = await run_llamacpp_mode(peer.base_url, flows, rendering, tok, tool_s)
-                run.engine = _delta(peer.counters(), before)
+                run.engine = counter_delta(peer.counters(), before)
                 runs.append(run)
             finally:
                 peer.stop()
     out: dict[str, Any] = dict(ratios(runs, shortest, longest, most_agents))
+    out.update(await _speculation_section(engine_factory, cases, config))
+    out.update(await _prompt_lookup_section(engine_factory, cases, rendering, config))
     out["targets"] = {k: f">= {v}" for k, v in TARGETS.items()}
     out["runs"] = [r.summary() for r in runs]
     out["scenarios"] = scenarios
     out["setup"] = {
-        "model": config.model or "default (SmolLM2-135M-Instruct)", "cases": config.cases,
-        "tool_latency_ms": config.tool_latency_ms, "kv_fraction": config.kv_fraction,
+        "model": config.model or "default (SmolLM2-135M-Instruct)", "backend": engine_factory.backend,
+        "cases": config.cases, "tool_latency_ms": config.tool_latency_ms, "kv_fraction": config.kv_fraction,
         "pin_ttl_s": config.pin_ttl_s, "kv_bytes_per_token": per_token,
+        "peer_threads": engine_factory.peer_threads(),
         "step_latency": "model time of a step: Δ appended and the forced call written (tool time excluded)",
     }
     return out
+
+
+async def _speculation_section(factory: EngineFactory, cases: Seq[BfclCase], config: AgentBenchConfig
+                               ) -> dict[str, Any]:
+    """The speculation fields (null with the reason when the section is off)."""
+    if config.speculation is None:
+        return {"speculation_saving_200ms": None, "speculation_alpha": None, "speculation": {"skipped": "off"}}
+    engine = factory(None)
+    try:
+        await _warm(engine)
+        return await run_speculation_bench(engine, cases, config.speculation)
+    finally:
+        await engine.shutdown()
+
+
+async def _prompt_lookup_section(factory: EngineFactory, cases: Seq[BfclCase], rendering: ChatRendering,
+                                 config: AgentBenchConfig) -> dict[str, Any]:
+    """The prompt-lookup fields (null with the reason when the section is off or the engine lacks it)."""
+    if config.prompt_lookup is None:
+        return {"prompt_lookup_speedup": None, "prompt_lookup_acceptance": None, "prompt_lookup": {"skipped": "off"}}
+    flows = workflows(1, config.prompt_lookup.steps, cases)
+
+    async def stateful(engine: Engine, flows: Seq[Workflow], rendering: ChatRendering) -> ModeRun:
+        return await run_local_mode("stateful", engine, flows, rendering, 0.0, config.pin_ttl_s)
+
+    return await run_prompt_lookup_bench(factory, flows, rendering, stateful, _warm, config.prompt_lookup)
 
 
 async def _warm(engine: Engine) -> None:

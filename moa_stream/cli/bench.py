@@ -64,11 +64,17 @@ def _engine_table(result: dict[str, Any]) -> Any:
     return table
 
 
-def _main_engine(args: argparse.Namespace) -> int:
-    from engine.benchmark import bench_engine
+def _backend_kind(args: argparse.Namespace) -> str:
+    """`--backend`, else the default config's for the model (llamacpp for the default model on a CPU)."""
     from moa_stream.config import default_backend
 
-    backend = args.backend or default_backend(args.model).kind
+    return str(args.backend or default_backend(args.model).kind)
+
+
+def _main_engine(args: argparse.Namespace) -> int:
+    from engine.benchmark import bench_engine
+
+    backend = _backend_kind(args)
     result = bench_engine(args.model, backend=backend, peer=args.peer, context_tokens=args.context,
                           delta_tokens=args.delta, decode_tokens=args.decode, streams=args.streams).to_dict()
     if args.json:
@@ -213,6 +219,17 @@ def _main_load(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- bench agent
 
 _AGENT_QUICK = {"agents": (1, 8), "steps": (6,), "cases": 16}
+_SPECULATION_QUICK = {"cases": 1, "steps": 4}  # the speculation section of --quick: one case, four steps
+
+
+def _parse_latencies(text: str) -> tuple[float, ...]:
+    try:
+        out = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        out = ()
+    if not out or any(v < 0 for v in out):
+        raise argparse.ArgumentTypeError(f"wants milliseconds >= 0 like 0,200,1000, got {text!r}")
+    return out
 
 
 def _add_agent_arguments(p: argparse.ArgumentParser) -> None:
@@ -238,8 +255,27 @@ def _add_agent_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"local modes, comma-separated ({','.join(_LOCAL_MODES)})")
     p.add_argument("--no-llamacpp", action="store_true",
                    help="skip the llama.cpp server peer (it serves the largest agent count, shortest workflow)")
+    p.add_argument("--backend", choices=("transformers", "llamacpp"), default=None,
+                   help="engine the local modes run on (default: the default config's, llamacpp for the default "
+                        "model on a CPU)")
+    p.add_argument("--no-speculation", dest="speculation", action="store_false",
+                   help="skip the speculative tool-call section (speculation off vs on per tool latency)")
+    p.add_argument("--speculation-latencies", type=_parse_latencies, default=(0.0, 200.0, 1000.0), metavar="MS",
+                   help="tool latencies of the speculation section, comma-separated ms (0,200,1000)")
+    p.add_argument("--speculation-cases", type=positive_int, default=4, metavar="N",
+                   help="BFCL cases (with a pure call) the speculation section replays (4)")
+    p.add_argument("--speculation-steps", type=positive_int, default=6, metavar="N",
+                   help="steps of each case the speculation section replays (6)")
+    p.add_argument("--speculator", default="history", metavar="NAME",
+                   help="what predicts a step's call at its start: history (calls seen in an earlier run of the "
+                        "same workflow) or stream-only (no prediction, the streaming start alone)")
+    p.add_argument("--no-prompt-lookup", dest="prompt_lookup", action="store_false",
+                   help="skip the prompt-lookup section (decode tok/s on tool-call output, drafter off vs on)")
+    p.add_argument("--prompt-lookup-tokens", type=positive_int, default=8, metavar="K",
+                   help="tokens a prompt-lookup draft holds at most (8)")
     p.add_argument("--quick", action="store_true",
-                   help="1 and 8 agents, 6-step workflows, 16 cases (overrides --agents, --steps, --cases)")
+                   help="1 and 8 agents, 6-step workflows, 16 cases, speculation on 1 case of 4 steps (overrides "
+                        "--agents, --steps, --cases, --speculation-cases, --speculation-steps)")
 
 
 _LOCAL_MODES = ("stateful", "prefix-cache", "reprefill")
@@ -259,12 +295,29 @@ def _agent_table(result: dict[str, Any]) -> Any:
     return table
 
 
+def _agent_engines(args: argparse.Namespace) -> Any:
+    """The engine factory of `--backend`: the GGUF on llama.cpp, or the model loaded once for transformers."""
+    from moa_stream.agent_benchmark import LlamaCppFactory, TransformersFactory
+
+    if _backend_kind(args) == "llamacpp":
+        return LlamaCppFactory(args.model)
+    from engine import models
+
+    return TransformersFactory(models.load(args.model))
+
+
 def _main_agent(args: argparse.Namespace) -> int:
     import asyncio
 
-    from engine.transformers_engine import TransformersEngine
     from moa_stream import ConfigError
-    from moa_stream.agent_benchmark import TARGETS, AgentBenchConfig, run_agent_bench
+    from moa_stream.agent_benchmark import (
+        SPECULATORS,
+        TARGETS,
+        AgentBenchConfig,
+        PromptLookupBenchConfig,
+        SpeculationBenchConfig,
+        run_agent_bench,
+    )
 
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     unknown = [m for m in modes if m not in _LOCAL_MODES]
@@ -272,18 +325,19 @@ def _main_agent(args: argparse.Namespace) -> int:
         raise ConfigError(f"--modes: unknown {unknown or modes}; pick from {', '.join(_LOCAL_MODES)}")
     if not 0.0 < args.kv_fraction <= 1.0:
         raise ConfigError(f"--kv-fraction must be in (0, 1], got {args.kv_fraction}")
+    if args.speculator not in SPECULATORS:
+        raise ConfigError(f"--speculator: unknown {args.speculator!r}; pick from {', '.join(SPECULATORS)}")
     preset = _AGENT_QUICK if args.quick else {"agents": args.agents, "steps": args.steps, "cases": args.cases}
+    spec_size = _SPECULATION_QUICK if args.quick else {"cases": args.speculation_cases,
+                                                      "steps": args.speculation_steps}
+    speculation = SpeculationBenchConfig(latencies_ms=args.speculation_latencies, speculator=args.speculator,
+                                         **spec_size) if args.speculation else None
+    lookup = PromptLookupBenchConfig(max_draft=args.prompt_lookup_tokens, steps=min(preset["steps"])) \
+        if args.prompt_lookup else None
     config = AgentBenchConfig(model=args.model, tool_latency_ms=args.tool_latency_ms, kv_fraction=args.kv_fraction,
                               modes=modes, llamacpp=not args.no_llamacpp, all_pairs=args.all_pairs,
-                              pin_ttl_s=args.pin_ttl, **preset)
-    from engine import models
-
-    loaded = models.load(args.model)
-
-    def engine_factory(kv_cache_bytes: int | None) -> TransformersEngine:
-        return TransformersEngine(loaded, kv_cache_bytes=kv_cache_bytes)
-
-    result = asyncio.run(run_agent_bench(engine_factory, config))
+                              pin_ttl_s=args.pin_ttl, speculation=speculation, prompt_lookup=lookup, **preset)
+    result = asyncio.run(run_agent_bench(_agent_engines(args), config))
     if args.json:
         print(json.dumps(result))
     else:
@@ -293,8 +347,14 @@ def _main_agent(args: argparse.Namespace) -> int:
         console.print(_agent_table(result))
         for key, target in TARGETS.items():
             value = result[key]
-            shown = f"{value:.2f}x" if value is not None else "not measured"
+            shown = f"{value:.2f}" if value is not None else "not measured"
             console.print(f"{key} = {shown} (target >= {target})")
+        for key in ("speculation_alpha", "prompt_lookup_acceptance"):
+            value = result[key]
+            console.print(f"{key} = {value:.2f}" if value is not None else f"{key}: not measured")
+        skipped = result["prompt_lookup"].get("skipped")
+        if skipped:
+            console.print(f"prompt lookup: {skipped}")
     return 0
 
 

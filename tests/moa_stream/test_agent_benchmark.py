@@ -12,8 +12,12 @@ from engine.transformers_engine import TransformersEngine
 from moa_stream.agent_benchmark import (
     AgentBenchConfig,
     ChatRendering,
+    LlamaCppFactory,
     ModeRun,
+    PromptLookupBenchConfig,
+    SpeculationBenchConfig,
     StatefulAgent,
+    TransformersFactory,
     Workflow,
     call_text,
     conversations,
@@ -24,6 +28,8 @@ from moa_stream.agent_benchmark import (
     run_local_mode,
     workflows,
 )
+from moa_stream.agent_benchmark.prompt_lookup_bench import run_prompt_lookup_bench
+from moa_stream.agent_benchmark.speculation import run_speculation_bench
 from moa_stream.bfcl_traces import load_cases, replay
 from tests.conftest import tiny_llama
 
@@ -154,10 +160,9 @@ async def test_interleaved_stateful_agents_finish_under_a_budget_below_their_con
 
 
 async def test_the_json_has_the_contract_fields(loaded: Any) -> None:
-    def factory(kv_cache_bytes: int | None) -> TransformersEngine:
-        return make_engine(loaded, kv_cache_bytes)
-
-    config = AgentBenchConfig(agents=(1, 8), steps=(6,), cases=12, tool_latency_ms=0.0, llamacpp=False)
+    factory = TransformersFactory(loaded, {"block_size": BLOCK, "max_model_len": 8192})
+    config = AgentBenchConfig(agents=(1, 8), steps=(6,), cases=12, tool_latency_ms=0.0, llamacpp=False,
+                              speculation=None, prompt_lookup=None)
     result = await run_agent_bench(factory, config)
     json.dumps(result)
     for key in ("ratio_reprefill_6", "ratio_reprefill_35", "ratio_prefix_cache_8", "ratio_llamacpp_8"):
@@ -168,3 +173,94 @@ async def test_the_json_has_the_contract_fields(loaded: Any) -> None:
     assert modes == {(m, a) for m in ("stateful", "prefix-cache", "reprefill") for a in (1, 8)}
     eight = next(s for s in result["scenarios"] if s["agents"] == 8)
     assert eight["kv_budget_tokens"] < eight["kv_footprint_tokens"] <= eight["summed_context_tokens"]
+
+
+# ---------------------------------------------------------------------------------------------- the llama.cpp engine
+
+
+@pytest.fixture(scope="module")
+def llamacpp() -> Any:
+    """The llama.cpp engine factory on the shipped GGUF (skipped where llama-cpp-python is missing)."""
+    pytest.importorskip("llama_cpp")
+    return LlamaCppFactory()
+
+
+async def test_the_modes_on_the_llamacpp_engine_compute_what_they_should(llamacpp: Any) -> None:
+    flows = workflows(1, 2, load_cases("base", limit=4))
+    runs = {}
+    for mode in ("stateful", "prefix-cache", "reprefill"):
+        eng = llamacpp(4096)
+        try:
+            runs[mode] = await run_local_mode(mode, eng, flows, ChatRendering(eng.tokenizer), tool_latency_s=0.0)
+        finally:
+            await eng.shutdown()
+    for mode, run in runs.items():
+        assert run.summary()["calls_matched"] == len(run.records) == 2, mode
+        # The figures come from the engine's own counters: the steps' sum is what the engine computed.
+        assert sum(r.computed for r in run.records) == run.engine["prefill_computed"], mode
+    first, second = runs["stateful"].records
+    assert first.computed == prompt_tokens(runs["stateful"], 0)
+    assert second.computed == second.delta_tokens and second.reused == 0  # Δ only
+    for i, r in enumerate(runs["reprefill"].records):
+        assert r.reused == 0 and r.computed == prompt_tokens(runs["reprefill"], i)  # the whole context
+    again = runs["prefix-cache"].records[1]
+    assert again.reused > 0 and again.computed < prompt_tokens(runs["prefix-cache"], 1) // 2
+
+
+async def test_prompt_lookup_on_the_llamacpp_engine_is_measured_or_says_why_not(llamacpp: Any, loaded: Any) -> None:
+    reason = llamacpp.prompt_lookup_unsupported()
+    if reason is None:
+        pytest.skip("LlamaCppEngine takes prompt_lookup: the section runs as on the transformers engine")
+
+    async def never(*args: Any) -> Any:
+        raise AssertionError("an unsupported engine is never built or run")
+
+    out = await run_prompt_lookup_bench(llamacpp, [], ChatRendering(loaded.tokenizer), never, never,
+                                        PromptLookupBenchConfig())
+    assert out["prompt_lookup_speedup"] is None and out["prompt_lookup_acceptance"] is None
+    assert out["prompt_lookup"]["skipped"] == reason
+
+
+# ---------------------------------------------------------------------------------------------- issue 14 sections
+
+
+async def test_the_speculation_section_runs_the_agent_off_and_on(loaded: Any) -> None:
+    eng = make_engine(loaded)
+    try:
+        config = SpeculationBenchConfig(latencies_ms=(0.0, 50.0), cases=1, steps=3)
+        out = await run_speculation_bench(eng, load_cases("base", limit=8), config)
+    finally:
+        await eng.shutdown()
+    section = out["speculation"]
+    assert [f["tool_latency_ms"] for f in section["latencies"]] == [0.0, 50.0]
+    assert section["setup"]["pure_calls_per_case"][0] >= 1
+    for fig in section["latencies"]:
+        assert fig["steps"] == 3 and fig["step_s_off"] > 0 and fig["step_s_on"] > 0
+        # The history speculator saw this workflow's warm-up run: it starts pure calls, and the right ones are taken.
+        assert fig["speculations_started"] >= fig["speculations_taken"] >= 1
+        assert 0.0 <= fig["alpha"] <= 1.0
+    assert 0.0 <= out["speculation_alpha"] <= 1.0
+    assert isinstance(out["speculation_saving_200ms"], type(None))  # 200 ms was not among the latencies here
+
+
+async def test_a_tiny_bench_has_the_issue_14_fields(loaded: Any) -> None:
+    factory = TransformersFactory(loaded, {"block_size": BLOCK, "max_model_len": 8192})
+    config = AgentBenchConfig(agents=(1,), steps=(2,), cases=8, tool_latency_ms=0.0, llamacpp=False,
+                              modes=("stateful",), speculation=SpeculationBenchConfig((200.0,), cases=1, steps=2),
+                              prompt_lookup=PromptLookupBenchConfig(max_draft=4, steps=2))
+    result = await run_agent_bench(factory, config)
+    json.dumps(result)
+    for key in ("speculation_saving_200ms", "prompt_lookup_speedup"):
+        assert key in result["targets"]
+    assert result["speculation_saving_200ms"] is not None and result["speculation_saving_200ms"] < 1.0
+    assert 0.0 <= result["speculation_alpha"] <= 1.0
+    lookup = result["prompt_lookup"]
+    assert result["prompt_lookup_speedup"] > 0
+    assert lookup["on"]["draft_tokens"] >= lookup["on"]["draft_accepted"] >= 0
+    assert lookup["off"]["draft_tokens"] == 0  # no drafter, no drafts
+    assert result["prompt_lookup_acceptance"] is None or 0.0 <= result["prompt_lookup_acceptance"] <= 1.0
+    # Greedy output is the same with the drafter on: the same calls written, token for token.
+    assert lookup["on"]["calls"] == lookup["off"]["calls"] == 2
+    assert lookup["on"]["calls_matched"] == lookup["off"]["calls_matched"]
+    assert lookup["on"]["decode_tokens"] == lookup["off"]["decode_tokens"]
+    assert result["setup"]["backend"] == "transformers"
