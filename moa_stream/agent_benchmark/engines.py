@@ -6,7 +6,6 @@ factory turns it into its engine's own knob: bytes of paged KV for the transform
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,10 +26,6 @@ class EngineFactory(Protocol):
         """KV bytes one token takes in the engine's model."""
         ...
 
-    def prompt_lookup_unsupported(self) -> str | None:
-        """Why this backend's engine cannot take a PromptLookup (None: it can)."""
-        ...
-
     def peer_threads(self) -> int | None:
         """CPU threads for llama.cpp's server peer, to match the engine's (None: the server's default)."""
         ...
@@ -43,10 +38,6 @@ def transformers_kv_bytes_per_token(engine: Any) -> int:
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
     elem = next(engine.model.parameters()).element_size()
     return 2 * int(cfg.num_hidden_layers) * heads * head_dim * elem
-
-
-def _takes(cls: type, argument: str) -> bool:
-    return argument in inspect.signature(cls.__init__).parameters
 
 
 @dataclass
@@ -73,10 +64,6 @@ class TransformersFactory:
         """KV bytes per token of the loaded model."""
         return self._bytes_per_token()
 
-    def prompt_lookup_unsupported(self) -> str | None:
-        """The transformers engine drafts by prompt lookup."""
-        return None
-
     def peer_threads(self) -> int | None:
         """torch picks its own threads; the peer keeps its default."""
         return None
@@ -96,25 +83,12 @@ class LlamaCppFactory:
         from engine.llamacpp_engine import LlamaCppEngine
         from engine.llamacpp_engine.engine import DEFAULT_KV_CELLS
 
-        extra: dict[str, Any] = dict(self.options)
-        if prompt_lookup is not None:
-            if (reason := self.prompt_lookup_unsupported()) is not None:
-                raise TypeError(reason)
-            extra["prompt_lookup"] = prompt_lookup
         return LlamaCppEngine(self.model, kv_cells=kv_budget_tokens or DEFAULT_KV_CELLS, threads=self.threads,
-                              **extra)
+                              prompt_lookup=prompt_lookup, **self.options)
 
     def kv_bytes_per_token(self, engine: Engine) -> int:
         """Bytes of one KV cell (f16 keys and values, every layer)."""
         return int(engine.context.bytes_per_cell)  # type: ignore[attr-defined]
-
-    def prompt_lookup_unsupported(self) -> str | None:
-        """None once LlamaCppEngine takes `prompt_lookup`; the reason otherwise."""
-        from engine.llamacpp_engine import LlamaCppEngine
-
-        if _takes(LlamaCppEngine, "prompt_lookup"):
-            return None
-        return "LlamaCppEngine takes no prompt_lookup argument in this build (prompt lookup not in that engine yet)"
 
     def peer_threads(self) -> int | None:
         """The CPU threads its engines decode with (the peer server gets as many, for a like-for-like figure)."""

@@ -36,11 +36,7 @@ RunStateful = Callable[[Engine, Sequence[Workflow], ChatRendering], Awaitable["M
 async def run_prompt_lookup_bench(factory: EngineFactory, flows: Sequence[Workflow], rendering: ChatRendering,
                                   run_stateful: RunStateful, warm: Callable[[Engine], Awaitable[None]],
                                   config: PromptLookupBenchConfig) -> dict[str, Any]:
-    """Decode tok/s off and on, the speedup, and the acceptance rate (null with the reason where unsupported)."""
-    reason = factory.prompt_lookup_unsupported()
-    if reason is not None:
-        return {"prompt_lookup_speedup": None, "prompt_lookup_acceptance": None,
-                "prompt_lookup": {"skipped": reason, "backend": factory.backend}}
+    """Decode tok/s off and on, the speedup, and the acceptance rate."""
     lookup = PromptLookup(max_draft=config.max_draft)
     rows: dict[str, dict[str, Any]] = {}
     for name, drafter in (("off", None), ("on", lookup)):

@@ -10,6 +10,7 @@ earlier run of the same workflow (a warm-up run, not timed), as in arXiv 2512.15
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,8 @@ from engine import Engine, SamplingParams
 from ..agent import Agent
 from ..agent_events import AgentDone
 from ..bfcl_traces import BfclCase, TraceCall, TraceStep, fresh_instances, replay
-from ..tool_speculation import HistoryPredictor, PredictedCall
+from ..draft_speculator import DraftSpeculator
+from ..tool_speculation import HistoryPredictor, PredictedCall, Speculator, StepContext
 from ..tools import Tool, ToolCall, ToolSet
 from ..tools.bfcl import PURE_METHODS, bfcl_tools
 from .workload import literal_grammar
@@ -29,11 +31,32 @@ CALL_SLACK_TOKENS = 8
 CACHE_SALT = "agent-bench-speculation"  # every run of a case shares the system prompt's prefix
 
 
-# A speculator is built per case from the engine the agents run on; it must have `name`, `observe(calls)` and
-# `predict(calls_so_far)` like HistoryPredictor. None: the streaming start only.
-SpeculatorFactory = Callable[[Engine], Any]
+DRAFT_TOKENS = 48
+
+
+class UnforcedDraft:
+    """The draft speculator on a fork of the agent's sequence, shown the agent's own call grammar (any call of its
+    tools), not the trace's forced call: it guesses as a free greedy draft of the same model would."""
+
+    name = "draft"
+
+    def __init__(self, max_tokens: int = DRAFT_TOKENS) -> None:
+        self.draft = DraftSpeculator(max_tokens=max_tokens)
+        self.grammar: Any = None  # set per agent by run_case (the agent's unforced call grammar)
+
+    async def guess(self, context: StepContext) -> PredictedCall | None:
+        """The draft's guess under the agent's free call grammar."""
+        return await self.draft.guess(dataclasses.replace(context, structured=self.grammar))
+
+    def observe(self, calls: Sequence[PredictedCall]) -> None:
+        """A draft learns nothing from earlier runs."""
+
+
+# A speculator is built per case from the engine the agents run on. None: the streaming start only.
+SpeculatorFactory = Callable[[Engine], Speculator | None]
 SPECULATORS: dict[str, SpeculatorFactory] = {
     "history": lambda engine: HistoryPredictor(),
+    "draft": lambda engine: UnforcedDraft(),
     "stream-only": lambda engine: None,
 }
 
@@ -60,6 +83,10 @@ class TraceAgent(Agent):
         """What the model writes at this step of the turn: the planned call in the agent's call format."""
         call = self.plan[step]
         return self.format.render_call(ToolCall("", call.name, call.arguments))
+
+    def free_grammar(self) -> Any:
+        """Any one call of the agent's tools: what an unforced step's draft may write."""
+        return self.format.structured(self.tools, "required", False)
 
     def step_sampling(self, step: int = 0) -> SamplingParams:
         """Greedy, constrained to exactly the planned call."""
@@ -126,10 +153,12 @@ class CaseRun:
 
 
 async def run_case(engine: Engine, case: BfclCase, steps: Sequence[TraceStep], latency_s: float, *,
-                   speculate: bool, predictor: Any, timeout_s: float) -> CaseRun:
-    """Replay the case's turns through one fresh TraceAgent; speculation on when `speculate` (and the predictor)."""
+                   speculate: bool, speculator: Speculator | None, timeout_s: float) -> CaseRun:
+    """Replay the case's turns through one fresh TraceAgent; speculation on when `speculate` (and the speculator)."""
     agent = TraceAgent(engine, case_tools(case, latency_s), speculate=speculate,
-                       predictor=predictor if speculate else None, tool_timeout=timeout_s, cache_salt=CACHE_SALT)
+                       speculator=speculator if speculate else None, tool_timeout=timeout_s, cache_salt=CACHE_SALT)
+    if isinstance(speculator, UnforcedDraft):
+        speculator.grammar = agent.free_grammar()
     out = CaseRun()
     try:
         for i, (user, calls) in enumerate(turns(steps)):
@@ -183,24 +212,24 @@ async def run_speculation_bench(engine: Engine, cases: Sequence[BfclCase],
     if config.speculator not in SPECULATORS:
         raise ValueError(f"unknown speculator {config.speculator!r}; pick from {', '.join(SPECULATORS)}")
     chosen = speculable_cases(cases, config.cases, config.steps)
-    predictors = []
+    speculators = []
     for case, steps in chosen:  # the warm-up run: pays the one-off prefill and is what the speculator observed
-        predictor = SPECULATORS[config.speculator](engine)
-        warm = await run_case(engine, case, steps, 0.0, speculate=False, predictor=None,
+        speculator = SPECULATORS[config.speculator](engine)
+        warm = await run_case(engine, case, steps, 0.0, speculate=False, speculator=None,
                               timeout_s=config.tool_timeout_s)
-        if predictor is not None:
+        if speculator is not None:
             for calls in warm.calls:
-                predictor.observe(calls)
-        predictors.append(predictor)
+                speculator.observe(calls)
+        speculators.append(speculator)
     figures = []
     for j, latency_ms in enumerate(config.latencies_ms):
         fig = LatencyFigures(latency_ms)
-        for i, ((case, steps), predictor) in enumerate(zip(chosen, predictors, strict=True)):
+        for i, ((case, steps), speculator) in enumerate(zip(chosen, speculators, strict=True)):
             pair = [(False, fig.off), (True, fig.on)]
             # Which goes first alternates, so a machine slowing down (a shared CPU) favours neither side.
             for speculate, runs in pair if (i + j) % 2 == 0 else pair[::-1]:
                 runs.append(await run_case(engine, case, steps, latency_ms / 1000.0, speculate=speculate,
-                                           predictor=predictor, timeout_s=config.tool_timeout_s))
+                                           speculator=speculator, timeout_s=config.tool_timeout_s))
         figures.append(fig.to_dict())
     at_200 = next((f for f in figures if f["tool_latency_ms"] == 200.0), None)
     alphas = [f["alpha"] for f in figures if f["alpha"] is not None]

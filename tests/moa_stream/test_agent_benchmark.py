@@ -28,7 +28,6 @@ from moa_stream.agent_benchmark import (
     run_local_mode,
     workflows,
 )
-from moa_stream.agent_benchmark.prompt_lookup_bench import run_prompt_lookup_bench
 from moa_stream.agent_benchmark.speculation import run_speculation_bench
 from moa_stream.bfcl_traces import load_cases, replay
 from tests.conftest import tiny_llama
@@ -207,20 +206,6 @@ async def test_the_modes_on_the_llamacpp_engine_compute_what_they_should(llamacp
     assert again.reused > 0 and again.computed < prompt_tokens(runs["prefix-cache"], 1) // 2
 
 
-async def test_prompt_lookup_on_the_llamacpp_engine_is_measured_or_says_why_not(llamacpp: Any, loaded: Any) -> None:
-    reason = llamacpp.prompt_lookup_unsupported()
-    if reason is None:
-        pytest.skip("LlamaCppEngine takes prompt_lookup: the section runs as on the transformers engine")
-
-    async def never(*args: Any) -> Any:
-        raise AssertionError("an unsupported engine is never built or run")
-
-    out = await run_prompt_lookup_bench(llamacpp, [], ChatRendering(loaded.tokenizer), never, never,
-                                        PromptLookupBenchConfig())
-    assert out["prompt_lookup_speedup"] is None and out["prompt_lookup_acceptance"] is None
-    assert out["prompt_lookup"]["skipped"] == reason
-
-
 # ---------------------------------------------------------------------------------------------- issue 14 sections
 
 
@@ -241,6 +226,20 @@ async def test_the_speculation_section_runs_the_agent_off_and_on(loaded: Any) ->
         assert 0.0 <= fig["alpha"] <= 1.0
     assert 0.0 <= out["speculation_alpha"] <= 1.0
     assert isinstance(out["speculation_saving_200ms"], type(None))  # 200 ms was not among the latencies here
+
+
+async def test_the_draft_speculator_runs_in_the_speculation_section(loaded: Any) -> None:
+    """The draft forks the agent's sequence under the agent's own call grammar; the forced calls are unchanged."""
+    eng = make_engine(loaded)
+    try:
+        config = SpeculationBenchConfig(latencies_ms=(0.0,), cases=1, steps=3, speculator="draft")
+        out = await run_speculation_bench(eng, load_cases("base", limit=8), config)
+        assert eng.stats().sequences_open == 0, "every draft fork was closed"
+    finally:
+        await eng.shutdown()
+    (fig,) = out["speculation"]["latencies"]
+    assert out["speculation"]["setup"]["speculator"] == "draft"
+    assert fig["steps"] == 3 and fig["speculations_started"] >= fig["speculations_taken"]
 
 
 async def test_a_tiny_bench_has_the_issue_14_fields(loaded: Any) -> None:
