@@ -60,6 +60,13 @@ def count_model_positions(eng: TransformersEngine) -> Iterator[ModelPositions]:
         handle.remove()
 
 
+def chat_ids(eng: Any, *turns: str) -> list[int]:
+    """Token ids of a chat of alternating user/assistant turns (the engine's template), ready for the assistant."""
+    msgs = [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(turns)]
+    ids = eng.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
 def tiny_llama(seed: int = 0, vocab: int = 512) -> models.LoadedModel:
     """A 2-layer random Llama built from a config (no download) with the default model's tokenizer."""
     import torch

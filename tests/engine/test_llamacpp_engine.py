@@ -32,7 +32,7 @@ from engine import (
 )
 from engine.llamacpp_engine import LlamaCppEngine
 from engine.structured_output import Grammar, JsonSchema
-from tests.conftest import collect
+from tests.conftest import chat_ids, collect
 from tests.llama_server import gguf_path
 
 pytest.importorskip("llama_cpp")
@@ -73,13 +73,6 @@ async def lc() -> AsyncIterator[LlamaCppEngine]:
     await eng.shutdown()
 
 
-def chat(eng: Any, text: str) -> list[int]:
-    """Token ids of a one-turn chat ready for the assistant."""
-    ids = eng.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                            tokenize=True)
-    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-
-
 @contextlib.contextmanager
 def decoded_tokens(eng: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     """Count the tokens handed to llama_decode while the block runs (measured at the context, not the counters)."""
@@ -104,7 +97,7 @@ async def test_meets_the_protocol(lc: LlamaCppEngine) -> None:
 
 async def test_greedy_after_appends_and_fork_equals_llama(lc: LlamaCppEngine, llama: Any) -> None:
     """open + appends + fork, generated alone and batched with other streams, equal Llama's greedy run."""
-    prompt = chat(lc, "Name three primary colors, then explain in one sentence why the sky is blue.")
+    prompt = chat_ids(lc, "Name three primary colors, then explain in one sentence why the sky is blue.")
     expected = llama_greedy(llama, prompt, N)
     a, b = len(prompt) // 3, 2 * len(prompt) // 3 + 5
     seq = await lc.open(prompt[:a])
@@ -114,7 +107,7 @@ async def test_greedy_after_appends_and_fork_equals_llama(lc: LlamaCppEngine, ll
     ids, _, _ = await collect(lc, child, greedy(N))
     assert ids == expected
 
-    others = [await lc.open(chat(lc, q)) for q in ("What is 2+2?", "Write a haiku about rain.")]
+    others = [await lc.open(chat_ids(lc, q)) for q in ("What is 2+2?", "Write a haiku about rain.")]
     results = await asyncio.gather(*(collect(lc, s, greedy(N)) for s in [seq, *others]))
     assert results[0][0] == expected  # batched with two other streams in every llama_decode
     for s, (got, _, _) in zip(others, results[1:], strict=True):
@@ -124,7 +117,7 @@ async def test_greedy_after_appends_and_fork_equals_llama(lc: LlamaCppEngine, ll
 
 
 async def test_append_computes_only_delta(lc: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch) -> None:
-    prompt = chat(lc, "Tell me about the moon.")
+    prompt = chat_ids(lc, "Tell me about the moon.")
     seq = await lc.open(prompt)
     await collect(lc, seq, greedy(5))  # its last sampled token is not computed yet: the append computes it
     delta = lc.tokenizer.encode(" And the sun?", add_special_tokens=False)
@@ -140,7 +133,7 @@ async def test_append_computes_only_delta(lc: LlamaCppEngine, monkeypatch: pytes
 
 async def test_fork_and_prefix_share_compute_nothing(lc: LlamaCppEngine, llama: Any,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    prompt = chat(lc, "Explain photosynthesis to a child in two sentences.")
+    prompt = chat_ids(lc, "Explain photosynthesis to a child in two sentences.")
     seq = await lc.open(prompt)
     with decoded_tokens(lc, monkeypatch) as seen:
         child = await lc.fork(seq)
@@ -176,7 +169,7 @@ async def test_four_concurrent_generates_equal_sequential() -> None:
     """
     eng = LlamaCppEngine(kv_cells=1024, n_seq_max=8)
     try:
-        prompts = [chat(eng, q) for q in ("What is the capital of France?", "Count from one to ten.",
+        prompts = [chat_ids(eng, q) for q in ("What is the capital of France?", "Count from one to ten.",
                                           "Describe a cat.", "Why do birds sing?")]
         seqs = [await eng.open(p) for p in prompts]
         forks = [await eng.fork(s) for s in seqs]
@@ -190,7 +183,7 @@ async def test_four_concurrent_generates_equal_sequential() -> None:
 
 
 async def test_score_equals_llama_log_probs(lc: LlamaCppEngine, llama: Any) -> None:
-    prompt = chat(lc, "Say hello.")
+    prompt = chat_ids(lc, "Say hello.")
     cont = lc.tokenizer.encode("Hello! How can I help you today?", add_special_tokens=False)
     seq = await lc.open(prompt)
     got = await lc.score(seq, cont)
@@ -243,7 +236,7 @@ async def test_eviction_recompute_and_pin(llama: Any) -> None:
 
 async def test_cancellation_frees_every_sequence(lc: LlamaCppEngine) -> None:
     """break, abort, task cancel and close mid-generation: every sequence ends and all KV comes back."""
-    seqs = [await lc.open(chat(lc, f"Tell me fact number {i} about space.")) for i in range(4)]
+    seqs = [await lc.open(chat_ids(lc, f"Tell me fact number {i} about space.")) for i in range(4)]
     stream = lc.generate(seqs[0], greedy(200))
     async for _ in stream:
         break  # leaving the loop cancels at once
@@ -318,7 +311,7 @@ async def test_structured_output_masks_llamacpp_logits(lc: LlamaCppEngine) -> No
     person = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 24},
                                                "age": {"type": "integer", "minimum": 0, "maximum": 150}},
               "required": ["name", "age"]}
-    seq = await lc.open(chat(lc, "Describe a person as JSON with a name and an age."))
+    seq = await lc.open(chat_ids(lc, "Describe a person as JSON with a name and an age."))
     ids, text, reason = await collect(lc, seq, SamplingParams(max_tokens=60, structured=JsonSchema.of(person)))
     assert reason == "stop" and ids[-1] in lc.eos_token_ids
     jsonschema.validate(json.loads(text), person)

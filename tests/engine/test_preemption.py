@@ -12,7 +12,7 @@ import pytest
 
 from engine import CapacityError, SamplingParams
 from engine.llamacpp_engine import LlamaCppEngine
-from tests.conftest import collect
+from tests.conftest import chat_ids, collect
 from tests.engine.test_transformers_engine_tiny import BS, greedy, hf_generate, rand_tokens, small_engine
 
 GUARD_S = 120  # a stalled or starving generation fails the test instead of hanging the suite
@@ -169,13 +169,6 @@ async def roomy() -> AsyncIterator[LlamaCppEngine]:
     await eng.shutdown()
 
 
-def chat(eng: Any, text: str) -> list[int]:
-    """Token ids of a one-turn chat ready for the assistant."""
-    ids = eng.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                            tokenize=True)
-    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-
-
 async def test_llamacpp_concurrent_generations_over_budget_finish_as_alone(roomy: LlamaCppEngine) -> None:
     """On the default GGUF: four greedy generations that together need more cells than the budget, each
     fitting alone, all finish with their full length and the tokens they write alone.
@@ -186,7 +179,7 @@ async def test_llamacpp_concurrent_generations_over_budget_finish_as_alone(roomy
     does (its 16th token flips the same way when run alone on a churned engine, without any preemption).
     """
     n = 32
-    prompts = [chat(roomy, q) for q in ("Name three colors.", "What is two plus two?", "Write a haiku about rain.",
+    prompts = [chat_ids(roomy, q) for q in ("Name three colors.", "What is two plus two?", "Write a haiku about rain.",
                                         "Who wrote Hamlet?")]
     params = [SamplingParams(max_tokens=n, ignore_eos=True)] * 4
     alone = await run_alone(roomy, prompts, params)

@@ -13,7 +13,7 @@ from engine.detokenizer import Detokenizer
 from engine.generation import Generation
 from engine.prompt_lookup import PromptLookup, verify_draft
 from engine.transformers_engine import TransformersEngine
-from tests.conftest import collect, tiny_llama
+from tests.conftest import chat_ids, collect, tiny_llama
 
 
 def test_drafts_what_followed_the_latest_match_of_the_longest_suffix() -> None:
@@ -146,12 +146,6 @@ OPEN_FILE = JsonSchema.of({"type": "object", "properties": {"path": {"type": "st
                            "required": ["path", "mode"]})
 
 
-def _chat(eng: Any, text: str) -> list[int]:
-    ids = eng.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                            tokenize=True)
-    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-
-
 async def test_llamacpp_greedy_output_is_the_same_with_prompt_lookup_on_and_off_batched() -> None:
     """On the default GGUF, a greedy sequence repeating its prompt and a grammar-constrained tool call, batched
     with a sampled one: every output (and a continuation after an append) equals the run without prompt
@@ -174,8 +168,8 @@ async def test_llamacpp_greedy_output_is_the_same_with_prompt_lookup_on_and_off_
 
         eng.context.decode = counting  # counted where llama_decode is called
         try:
-            prompts = [_chat(eng, f"Repeat this list exactly, twice: {text}"),
-                       _chat(eng, "Write a short poem about rain."), _chat(eng, TOOL_PROMPT)]
+            prompts = [chat_ids(eng, f"Repeat this list exactly, twice: {text}"),
+                       chat_ids(eng, "Write a short poem about rain."), chat_ids(eng, TOOL_PROMPT)]
             seqs = [await eng.open(p) for p in prompts]
             before = calls[0]
             outs = await asyncio.gather(*(collect(eng, s, q) for s, q in zip(seqs, params, strict=True)))
@@ -209,7 +203,7 @@ async def test_llamacpp_drafts_use_only_free_cells_and_never_evict() -> None:
         try:
             other = await eng.open(list(range(1000, 1150)))  # no prefix in common: 150 cells of its own
             await eng.pin(other)
-            seq = await eng.open(_chat(eng, f"Repeat this list exactly, twice: {text}"))
+            seq = await eng.open(chat_ids(eng, f"Repeat this list exactly, twice: {text}"))
             out = await collect(eng, seq, SamplingParams(max_tokens=150, ignore_eos=True))
             stats = eng.stats()
             assert stats.evictions == 0 and eng.is_resident(other)

@@ -10,7 +10,7 @@ import torch
 
 from engine import SamplingParams
 from engine.transformers_engine import TransformersEngine
-from tests.conftest import collect, count_model_positions
+from tests.conftest import chat_ids, collect, count_model_positions
 
 
 @pytest.fixture(scope="module")
@@ -30,17 +30,9 @@ def hf_generate(model: Any, tokens: list[int], n: int) -> list[int]:
     return out[0, len(tokens):].tolist()
 
 
-def chat(engine: TransformersEngine, *turns: str) -> list[int]:
-    """Token ids of a chat with the given alternating user/assistant turns, ready for the assistant."""
-    roles = ["user", "assistant"]
-    msgs = [{"role": roles[i % 2], "content": t} for i, t in enumerate(turns)]
-    ids = engine.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
-    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-
-
 async def test_greedy_after_appends_equals_hf_generate(engine: TransformersEngine, hf_model: Any) -> None:
     """open + 2 appends + generate, then a second turn appended, equal generate() on the whole input."""
-    prompt = chat(engine, "Name three primary colors, then explain in one sentence why the sky is blue.")
+    prompt = chat_ids(engine, "Name three primary colors, then explain in one sentence why the sky is blue.")
     a, b = len(prompt) // 3, 2 * len(prompt) // 3 + 5
     seq = await engine.open(prompt[:a])
     try:
@@ -64,7 +56,7 @@ async def test_greedy_after_appends_equals_hf_generate(engine: TransformersEngin
 
 async def test_short_answer_stops_at_eos(engine: TransformersEngine, hf_model: Any) -> None:
     """A short answer ends with the model's EOS token and finish_reason 'stop', like generate()."""
-    prompt = chat(engine, "What is the capital of France? Answer with one word.")
+    prompt = chat_ids(engine, "What is the capital of France? Answer with one word.")
     seq = await engine.open(prompt)
     try:
         ids, text, reason = await collect(engine, seq, SamplingParams(max_tokens=40))
@@ -112,7 +104,7 @@ async def test_four_concurrent_generates_match_sequential(engine: TransformersEn
     """Four concurrent greedy streams complete and equal their sequential runs, in fewer forward passes."""
     questions = ["What is 2 + 2?", "Name a fruit that is yellow.", "Translate 'cat' to French.",
                  "Give one word that rhymes with 'blue'."]
-    prompts = [chat(engine, q) for q in questions]
+    prompts = [chat_ids(engine, q) for q in questions]
     params = SamplingParams(max_tokens=12)
 
     open0 = engine.stats().sequences_open
