@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from typing import Any
 
 from .options import positive_int
@@ -11,14 +12,23 @@ from .options import positive_int
 # ---------------------------------------------------------------------------------------------- bench engine
 
 
-def _parse_streams(text: str) -> tuple[int, ...]:
-    try:
-        out = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        out = ()
-    if not out or any(n < 1 for n in out):
-        raise argparse.ArgumentTypeError(f"wants positive integers like 1,4,8, got {text!r}")
-    return out
+def _comma_list(cast: type, minimum: float, wants: str) -> Callable[[str], tuple[Any, ...]]:
+    """An argparse type for a comma-separated list of numbers >= minimum (`wants` says what in the error)."""
+
+    def parse(text: str) -> tuple[Any, ...]:
+        try:
+            out = tuple(cast(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            out = ()
+        if not out or any(v < minimum for v in out):
+            raise argparse.ArgumentTypeError(f"wants {wants}, got {text!r}")
+        return out
+
+    return parse
+
+
+_parse_streams = _comma_list(int, 1, "positive integers like 1,4,8")
+_parse_latencies = _comma_list(float, 0, "milliseconds >= 0 like 0,200,1000")
 
 
 def _add_engine_arguments(p: argparse.ArgumentParser) -> None:
@@ -220,16 +230,6 @@ def _main_load(args: argparse.Namespace) -> int:
 
 _AGENT_QUICK = {"agents": (1, 8), "steps": (6,), "cases": 16}
 _SPECULATION_QUICK = {"cases": 1, "steps": 4}  # the speculation section of --quick: one case, four steps
-
-
-def _parse_latencies(text: str) -> tuple[float, ...]:
-    try:
-        out = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        out = ()
-    if not out or any(v < 0 for v in out):
-        raise argparse.ArgumentTypeError(f"wants milliseconds >= 0 like 0,200,1000, got {text!r}")
-    return out
 
 
 def _add_agent_arguments(p: argparse.ArgumentParser) -> None:
