@@ -78,6 +78,9 @@ class StepLoop:
     def _end_step(self, step: Any) -> None:
         """Undo `_begin_step` once the step is over, whatever happened (a hook)."""
 
+    def _drop_uncomputed_kv(self, s: Any) -> None:
+        """Drop KV a failed stage may have written or reserved past the sequence's computed tokens (a hook)."""
+
     def _undo_forward(self, step: Any) -> None:
         """Drop whatever KV a failed forward pass may have written, before its chunks run again (a hook)."""
 
@@ -218,6 +221,7 @@ class StepLoop:
                 s.generation = None
             try:
                 del s.tokens[max(rollback, s.num_computed):]
+                self._drop_uncomputed_kv(s)
                 self._forget_uncomputed(s)
                 self._kv.touch(s)
             except Exception:  # the callers know already; the sequence keeps what it had

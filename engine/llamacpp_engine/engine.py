@@ -274,6 +274,10 @@ class LlamaCppEngine(LocalEngine):
             if c.seq.slot is not None:
                 self._ctx.seq_rm(c.seq.slot, c.start)
 
+    def _drop_uncomputed_kv(self, s: LlamaSeq) -> None:
+        # Cells a failed stage wrote or reserved past what was taken in would clash with their recompute.
+        self._kv.truncate(s, s.num_computed)
+
     def _output_after(self, step: Step, output: list[np.ndarray], i: int) -> list[np.ndarray]:
         return output[sum(c.n_logits for c in step.chunks[:i]):]
 

@@ -20,7 +20,7 @@ import pytest
 import engine.local_engine
 import engine.prompt_lookup
 from engine import EngineError, SamplingParams, Sequence, StepFailedError
-from tests.conftest import collect
+from tests.conftest import chat_ids, collect
 from tests.engine.test_transformers_engine_tiny import greedy, rand_tokens, small_engine
 
 GUARD_S = 60  # a stalled engine fails the test instead of hanging the suite
@@ -136,13 +136,19 @@ async def drain(stream: AsyncIterator[Any], ids: list[int]) -> list[int]:
     return ids
 
 
-async def with_fault(eng: Any, stage: str, mp: pytest.MonkeyPatch) -> tuple[BaseException | list[int], list[int],
-                                                                           Injector]:
-    """Run the unrelated generation and the faulty caller together with the stage's fault planted."""
-    good_prompt = rand_tokens(12, seed=7)
+async def with_fault(eng: Any, stage: str, mp: pytest.MonkeyPatch) -> tuple[Any, list[int], list[int], Injector]:
+    """Run the unrelated generation alone, then again beside the faulty caller with the stage's fault planted:
+    (what the faulty caller got, the unrelated tokens, those alone, the injector)."""
+    # A chat prompt on the real model (random ids there give near-ties that any change of cache layout flips).
+    good_prompt = rand_tokens(12, seed=7) if hasattr(eng, "_runner") else chat_ids(eng, "Count from 1 to 20.")
     faulty = await eng.open(rand_tokens(180 if stage == "refuse" else 10, seed=8))
     if stage == "refuse":
         await eng.pin(faulty)  # holds most of the KV budget, so the faulty caller's prompt can never fit
+    # The unrelated generation run alone, in the same cache (llama.cpp's attention sums over the cells in use,
+    # so another sequence's KV may flip a near-tie even when it is not batched in).
+    ref = await eng.open(good_prompt)
+    alone, _, _ = await collect(eng, ref, greedy(N))
+    await eng.close(ref)
     good = await eng.open(good_prompt)
     params = greedy(8)
     inj = Injector(eng, faulty, good, params)
@@ -170,18 +176,14 @@ async def with_fault(eng: Any, stage: str, mp: pytest.MonkeyPatch) -> tuple[Base
     assert (len(after), reason) == (3, "length")
     for s in (faulty, good):
         await eng.close(s)
-    return faulty_result, good_ids, inj
+    return faulty_result, good_ids, alone, inj
 
 
 @pytest.mark.parametrize("stage", STAGES)
 async def test_a_fault_in_one_stage_fails_only_its_caller(eng: Any, stage: str) -> None:
-    ref = await eng.open(rand_tokens(12, seed=7))
-    alone, _, _ = await collect(eng, ref, greedy(N))
-    await eng.close(ref)
-
     mp = pytest.MonkeyPatch()
     try:
-        faulty, good_ids, inj = await with_fault(eng, stage, mp)
+        faulty, good_ids, alone, inj = await with_fault(eng, stage, mp)
     finally:
         mp.undo()
     assert inj.fired >= 1, f"the {stage} fault never fired"
