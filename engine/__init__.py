@@ -16,6 +16,7 @@ from .errors import (
     ModelLoadError,
     SequenceBusyError,
     SequenceClosedError,
+    StepFailedError,
     UnknownSequenceError,
     UnsupportedFeatureError,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "SequenceBusyError",
     "SequenceClosedError",
     "SequenceStats",
+    "StepFailedError",
     "StopMatcher",
     "StructuralTag",
     "StructuredOutput",

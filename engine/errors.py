@@ -53,6 +53,12 @@ class BackendError(EngineError):
     """A remote backend failed (connection, HTTP status, broken stream, timeout)."""
 
 
+class StepFailedError(EngineError):
+    """A stage of the engine loop (scheduling, a forward pass, sampling, emitting, refusing) failed on this request's
+    sequence: a bug or a device fault. Only the work that step touched fails; the engine and other requests go on,
+    so the request may be retried."""
+
+
 class EngineStoppedError(EngineError):
     """The engine was shut down."""
 

@@ -3,7 +3,9 @@
 A generation's life is the same whatever computes its tokens: sampling hands each token to `_emit`, which
 checks it against the grammar, stop tokens, stop strings and the budget, streams it and ends the generation;
 verified draft tokens (prompt lookup) and answers from the response cache go through the same path. The
-subclasses own the KV (their `_kv` has `touch`) and the step loop (`_loop`, run by `_kick`).
+subclasses own the KV (their `_kv` has `touch`) and how a step is computed (`_forward`); the step loop is here.
+
+The loop (engine/step_loop.py) survives its own faults; a failure while emitting fails only that generation.
 """
 
 from __future__ import annotations
@@ -20,20 +22,21 @@ from typing import Any
 import torch
 
 from .detokenizer import Detokenizer
-from .errors import CapacityError, EngineError
+from .errors import CapacityError, EngineError, StepFailedError
 from .generation import Generation, Waiter
 from .prompt_lookup import verify_draft
 from .protocol import FinishReason, SamplingParams, Sequence, SequenceStats, TokenDelta
 from .response_cache import CachedResponse, ResponseCache
 from .sampler import make_generator, sample
 from .sequence_table import SequenceTable
+from .step_loop import StepLoop
 from .structured_state import StructuredState, Structurer, structurer_for
 from .token_stream import TokenStream
 
 log = logging.getLogger(__name__)
 
 
-class LocalEngine:
+class LocalEngine(StepLoop):
     """The shared half of TransformersEngine and LlamaCppEngine (see the module docstring)."""
 
     _table: SequenceTable[Any]
@@ -56,9 +59,6 @@ class LocalEngine:
 
     async def open(self, tokens: Seq[int], parent: Sequence | None = None, *,
                    cache_salt: str | None = None) -> Sequence:
-        raise NotImplementedError
-
-    async def _loop(self) -> None:
         raise NotImplementedError
 
     def _before_generate(self, s: Any) -> None:
@@ -250,6 +250,15 @@ class LocalEngine:
         self._emit(s, gen, token)
 
     def _emit(self, s: Any, gen: Generation, token: int) -> None:
+        """Hand a sampled token to its generation; a failure (detokenizer, grammar) fails only this generation."""
+        try:
+            self._put_token(s, gen, token)
+        except Exception as exc:
+            self._fail_generation(s, gen, StepFailedError(
+                f"emitting token {token} of sequence {s.id} failed: {type(exc).__name__}: {exc}; the engine goes "
+                "on (this is a bug: please report it), retry the request"))
+
+    def _put_token(self, s: Any, gen: Generation, token: int) -> None:
         if gen.structured is not None and not gen.structured.accept(token):
             # Cannot happen after the mask; if it did, the output would break its grammar: fail, never emit it.
             self._fail_generation(s, gen, EngineError(
@@ -276,9 +285,10 @@ class LocalEngine:
             self._kv.touch(s)
 
     def _fail_generation(self, s: Any, gen: Generation, exc: Exception) -> None:
-        log.warning("sampling failed for sequence %d: %s", s.id, exc)
-        err = exc if isinstance(exc, EngineError) else EngineError(
-            f"sampling failed for sequence {s.id}: {exc}; check the sampling parameters")
+        log.warning("generation on sequence %d failed: %s", s.id, exc)
+        err = exc if isinstance(exc, EngineError) else StepFailedError(
+            f"sampling failed for sequence {s.id}: {type(exc).__name__}: {exc}; check the sampling parameters (the "
+            "engine goes on)")
         gen.queue.put_nowait(err)
         if s.generation is gen:
             s.generation = None

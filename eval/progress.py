@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.progress import Progress, TaskID
 
 
@@ -28,12 +29,13 @@ class ProgressBar:
 
 
 @contextmanager
-def progress_bar(total: int, enabled: bool = True) -> Iterator[ProgressBar]:
-    """A bar over `total` items, drawn while the block runs (`enabled` False: nothing is drawn)."""
+def progress_bar(total: int, enabled: bool = True, console: Console | None = None) -> Iterator[ProgressBar]:
+    """A bar over `total` items, drawn while the block runs on `console` (default: rich's; `enabled`
+    False: nothing is drawn)."""
     # rich is imported here, not at the top: importing eval's modules stays cheap for tests and the CLI's help.
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                TextColumn("{task.description}"))
-    with Progress(*columns, disable=not enabled, transient=False) as bar:
+    with Progress(*columns, console=console, disable=not enabled, transient=False) as bar:
         yield ProgressBar(bar, bar.add_task("", total=total))

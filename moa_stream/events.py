@@ -41,6 +41,8 @@ class Metrics(BaseModel):
     prefill_reused: int = 0
     decode_tokens: int = 0
     agents: dict[str, AgentMetrics] = Field(default_factory=dict)
+    # Events an MQTT publisher dropped because a broker outage outlasted its buffer (set on the Done it publishes).
+    bus_events_dropped: int = 0
 
     @property
     def tokens_per_s(self) -> float:

@@ -256,38 +256,32 @@ class LlamaCppEngine(LocalEngine):
 
     # ---------------------------------------------------------------- the loop
 
-    async def _loop(self) -> None:
-        assert self._wake is not None and self._step_done is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while True:
-                self._sample_from_stored_logits()
-                step = self._scheduler.schedule()
-                while step.unfit is not None:
-                    self._refuse(step.unfit)
-                    step = self._scheduler.schedule()
-                if not step.chunks:
-                    break
-                batch = [t for c in step.chunks for t in c.tokens]
-                self._decoding = True
-                try:
-                    rows = await loop.run_in_executor(self._worker, self._ctx.decode, batch)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # a failed step fails its sequences, never the engine
-                    log.exception("llama_decode step failed")
-                    self._fail_step(step, exc)
-                else:
-                    self._update(step, rows)
-                finally:
-                    self._decoding = False
-                    self._step_done.set()
-                # Let calls waiting to edit llama.cpp memory (fork, close, score) run before the next decode.
-                await asyncio.sleep(0)
+    _yield_between_steps = True  # fork, close and score edit llama.cpp memory between decodes
 
-    def _sample_from_stored_logits(self) -> None:
+    async def _forward(self, step: Step) -> list[np.ndarray]:
+        batch = [t for c in step.chunks for t in c.tokens]
+        return await asyncio.get_running_loop().run_in_executor(self._worker, self._ctx.decode, batch)
+
+    def _begin_step(self, step: Step) -> None:
+        self._decoding = True
+
+    def _end_step(self, step: Step) -> None:
+        self._decoding = False
+
+    def _undo_forward(self, step: Step) -> None:
+        # Whatever the failed decode wrote past each chunk's start goes; the cells stay reserved for the rerun.
+        for c in step.chunks:
+            if c.seq.slot is not None:
+                self._ctx.seq_rm(c.seq.slot, c.start)
+
+    def _drop_uncomputed_kv(self, s: LlamaSeq) -> None:
+        # Cells a failed stage wrote or reserved past what was taken in would clash with their recompute.
+        self._kv.truncate(s, s.num_computed)
+
+    def _output_after(self, step: Step, output: list[np.ndarray], i: int) -> list[np.ndarray]:
+        return output[sum(c.n_logits for c in step.chunks[:i]):]
+
+    def _sample_ready(self) -> None:
         # A generation that starts on a fully computed sequence samples from the stored logits: no decode.
         for s in self._table:
             gen = s.generation
@@ -309,9 +303,8 @@ class LlamaCppEngine(LocalEngine):
 
     def _update(self, step: Step, rows: list[np.ndarray]) -> None:
         """Take in a finished step: progress and counters, prefix index, waiters, sampled tokens, drafts."""
-        self._forward_steps += 1
         it = iter(rows)
-        for c in step.chunks:
+        for c in self._chunks(step):
             s = c.seq
             mine = [next(it) for _ in range(c.n_logits)]
             own = len(mine) - len(c.draft)  # rows of the chunk's tokens; the draft's follow

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from ..preemption import Preemption
 from ..prompt_lookup import PromptLookup
 from ..sequence_table import SequenceTable
+from ..step_loop import blamed_on
 from .context import BatchToken
 from .kv_residency import KVResidency
 from .sequence_state import Generation, LlamaSeq
@@ -105,26 +106,28 @@ class Scheduler:
                 break
             if s.id in preempted:
                 continue  # it gave its KV to older work in this pass: it waits for the next steps
-            protect = {c.seq.id for c in chunks} | {s.id}
-            if not self._place(s, min(s.pending, budget), protect):
-                victims = self.preemption.make_room(s, protect)
-                if victims is None:
-                    return Step(chunks, unfit=s)
-                preempted.update(v.id for v in victims)
-                chunks = [c for c in chunks if c.seq.id not in preempted]
-                budget = self.max_tokens_per_step - sum(c.count for c in chunks)
+            with blamed_on(s):  # a fault in one sequence's part fails it alone
                 protect = {c.seq.id for c in chunks} | {s.id}
-                if not victims or not self._place(s, min(s.pending, budget), protect):
-                    waiting.append(s)
-                    continue  # older work holds the cells; they come back when it ends, then it is retried
-            count = min(s.pending, budget)
-            chunks.append(Chunk(s, s.num_computed, count, s.generation, batch_tokens(s, s.num_computed, count)))
-            budget -= count
+                if not self._place(s, min(s.pending, budget), protect):
+                    victims = self.preemption.make_room(s, protect)
+                    if victims is None:
+                        return Step(chunks, unfit=s)
+                    preempted.update(v.id for v in victims)
+                    chunks = [c for c in chunks if c.seq.id not in preempted]
+                    budget = self.max_tokens_per_step - sum(c.count for c in chunks)
+                    protect = {c.seq.id for c in chunks} | {s.id}
+                    if not victims or not self._place(s, min(s.pending, budget), protect):
+                        waiting.append(s)
+                        continue  # older work holds the cells; they come back when it ends, then it is retried
+                count = min(s.pending, budget)
+                chunks.append(Chunk(s, s.num_computed, count, s.generation, batch_tokens(s, s.num_computed, count)))
+                budget -= count
         # Drafts come after the certain work, since they are guesses: they take only what it left of the budget,
         # and only cells that are free (a guess never evicts anyone).
         for i, c in enumerate(chunks):
             if budget > 0 and c.seq.id in decode_ids:
-                chunks[i] = self._with_draft(c, budget)
+                with blamed_on(c.seq):
+                    chunks[i] = self._with_draft(c, budget)
                 budget -= len(chunks[i].draft)
         if not chunks and waiting:
             # The oldest work can preempt all younger work, so this needs KV held by work that may not be

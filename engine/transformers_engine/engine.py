@@ -246,37 +246,19 @@ class TransformersEngine(LocalEngine):
 
     # ---------------------------------------------------------------- the loop
 
-    async def _loop(self) -> None:
-        assert self._wake is not None and self._step_done is not None
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while True:
-                self._sample_from_cached_logits()
-                step = self._scheduler.schedule()
-                while step.unfit is not None:
-                    self._refuse(step.unfit)
-                    step = self._scheduler.schedule()
-                if not step.chunks:
-                    break
-                self._in_step = {c.seq.id for c in step.chunks}
-                try:
-                    output = await self._runner.run(step)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # a failed step fails its sequences, never the engine
-                    log.exception("forward step failed")
-                    self._fail_step(step, exc)
-                else:
-                    self._update(step, output)
-                finally:
-                    for c in step.chunks:
-                        if c.seq.closed:
-                            self._kv.free(c.seq)
-                    self._in_step = set()
-                    self._step_done.set()
+    async def _forward(self, step: ScheduledStep) -> StepOutput:
+        return await self._runner.run(step)
 
-    def _sample_from_cached_logits(self) -> None:
+    def _begin_step(self, step: ScheduledStep) -> None:
+        self._in_step = {c.seq.id for c in step.chunks}
+
+    def _end_step(self, step: ScheduledStep) -> None:
+        for c in step.chunks:
+            if c.seq.closed:
+                self._kv.free(c.seq)
+        self._in_step = set()
+
+    def _sample_ready(self) -> None:
         # A generation that starts on a fully computed sequence samples from the stored logits: no forward.
         for s in self._table:
             gen = s.generation
@@ -292,8 +274,7 @@ class TransformersEngine(LocalEngine):
 
     def _update(self, step: ScheduledStep, output: StepOutput) -> None:
         """Take in a finished step: progress and counters, prefix cache, waiters, sampled tokens."""
-        self._forward_steps += 1
-        for c in step.chunks:
+        for c in self._chunks(step):
             s = c.seq
             decoded = 1 if s.sampled_pos is not None and c.start <= s.sampled_pos < c.end else 0
             if decoded:

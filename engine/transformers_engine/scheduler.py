@@ -13,6 +13,7 @@ from ..generation import Generation
 from ..preemption import Preemption
 from ..prompt_lookup import PromptLookup
 from ..sequence_table import SequenceTable
+from ..step_loop import blamed_on
 from .kv_cache_manager import KVCacheManager
 from .sequence_state import SeqState
 
@@ -83,33 +84,34 @@ class Scheduler:
                 break
             if s.id in preempted:
                 continue  # it gave its KV to older work in this pass: it waits for the next steps
-            if s.num_computed == 0 and not s.blocks:
-                self._kv.match_prefix(s)
-            protect = {c.seq.id for c in chunks} | {s.id}
-            # Judge the whole sequence, not this chunk: a prompt that can never fit fails before any eviction.
-            fits = self._kv.can_fit(self._kv.blocks_needed(s, s.pending), protect)
-            if not fits:
-                victims = self.preemption.make_room(s, protect)
-                if victims is None:
-                    return ScheduledStep(chunks, unfit=s)
-                if not victims:
-                    waiting.append(s)
-                    continue  # older work holds the KV; its blocks come back when it ends, then we retry
-                preempted.update(v.id for v in victims)
-                chunks = [c for c in chunks if c.seq.id not in preempted]
-                budget = self.max_tokens_per_step - sum(c.count + len(c.draft) for c in chunks)
+            with blamed_on(s):  # a fault in one sequence's part fails it alone
+                if s.num_computed == 0 and not s.blocks:
+                    self._kv.match_prefix(s)
                 protect = {c.seq.id for c in chunks} | {s.id}
-            count = min(s.pending, budget)
-            draft = self._draft(s, budget - count) if s.id in decode_ids else ()
-            if draft and not self._kv.can_fit(self._kv.blocks_needed(s, count + len(draft)), protect):
-                draft = ()  # a guess never evicts anyone
-            blocks = self._kv.allocate(self._kv.blocks_needed(s, count + len(draft)), protect)
-            if blocks is None:  # pragma: no cover - the whole of what is pending was judged to fit
-                waiting.append(s)
-                continue
-            s.blocks.extend(blocks)
-            chunks.append(ScheduledChunk(s, s.num_computed, count, s.generation, draft))
-            budget -= count + len(draft)
+                # Judge the whole sequence, not this chunk: a prompt that can never fit fails before any eviction.
+                fits = self._kv.can_fit(self._kv.blocks_needed(s, s.pending), protect)
+                if not fits:
+                    victims = self.preemption.make_room(s, protect)
+                    if victims is None:
+                        return ScheduledStep(chunks, unfit=s)
+                    if not victims:
+                        waiting.append(s)
+                        continue  # older work holds the KV; its blocks come back when it ends, then we retry
+                    preempted.update(v.id for v in victims)
+                    chunks = [c for c in chunks if c.seq.id not in preempted]
+                    budget = self.max_tokens_per_step - sum(c.count + len(c.draft) for c in chunks)
+                    protect = {c.seq.id for c in chunks} | {s.id}
+                count = min(s.pending, budget)
+                draft = self._draft(s, budget - count) if s.id in decode_ids else ()
+                if draft and not self._kv.can_fit(self._kv.blocks_needed(s, count + len(draft)), protect):
+                    draft = ()  # a guess never evicts anyone
+                blocks = self._kv.allocate(self._kv.blocks_needed(s, count + len(draft)), protect)
+                if blocks is None:  # pragma: no cover - the whole of what is pending was judged to fit
+                    waiting.append(s)
+                    continue
+                s.blocks.extend(blocks)
+                chunks.append(ScheduledChunk(s, s.num_computed, count, s.generation, draft))
+                budget -= count + len(draft)
         if not chunks and waiting:
             # The oldest work can preempt all younger work, so this needs KV held by work that may not be
             # preempted (a score's fork) blocking everyone: refuse the oldest rather than spin.

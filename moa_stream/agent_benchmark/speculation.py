@@ -25,6 +25,7 @@ from ..draft_speculator import DraftSpeculator
 from ..tool_speculation import HistoryPredictor, PredictedCall, Speculator, StepContext
 from ..tools import Tool, ToolCall, ToolSet
 from ..tools.bfcl import PURE_METHODS, bfcl_tools
+from ..tools.runners import OnLoop
 from .workload import literal_grammar
 
 CALL_SLACK_TOKENS = 8
@@ -104,7 +105,8 @@ def _slowed(tool: Tool, latency_s: float) -> Tool:
         await asyncio.sleep(latency_s)
         return fn(**arguments)
 
-    return Tool(tool.name, tool.description, tool.parameters, run, tool.pure)
+    # On the agent's loop, as BFCL's calls ran before: the benchmark times speculation, not where calls run.
+    return Tool(tool.name, tool.description, tool.parameters, run, tool.pure, runner=OnLoop())
 
 
 def case_tools(case: BfclCase, latency_s: float) -> ToolSet:

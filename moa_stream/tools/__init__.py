@@ -18,6 +18,18 @@ from .calls import ParsedCall, ToolCall, ToolResult
 from .errors import ToolArgumentsError, ToolError, ToolLoadError, ToolSchemaError
 from .hermes_format import HermesFormat
 from .loading import toolset
+from .runners import (
+    CallRunner,
+    InProcess,
+    InThread,
+    OffLoop,
+    OnLoop,
+    OnStateCopy,
+    StatefulFunction,
+    ToolState,
+    WatchedOnLoop,
+    runner_for,
+)
 from .tool import Tool
 from .toolset import ToolSet, result_text
 
@@ -26,9 +38,16 @@ __all__ = [
     "CALL_FORMATS",
     "PURE_METHODS",
     "CallFormat",
+    "CallRunner",
     "ForceTool",
     "HermesFormat",
+    "InProcess",
+    "InThread",
+    "OffLoop",
+    "OnLoop",
+    "OnStateCopy",
     "ParsedCall",
+    "StatefulFunction",
     "Tool",
     "ToolArgumentsError",
     "ToolCall",
@@ -38,11 +57,14 @@ __all__ = [
     "ToolResult",
     "ToolSchemaError",
     "ToolSet",
+    "ToolState",
+    "WatchedOnLoop",
     "bfcl_schema",
     "bfcl_tools",
     "bfcl_toolset",
     "call_format",
     "register_call_format",
     "result_text",
+    "runner_for",
     "toolset",
 ]

@@ -1,7 +1,8 @@
 """BFCL's executable classes (bfcl-eval) as ready toolsets: their JSON docs as schemas, their methods as tools.
 
 BFCL writes schemas in its own dialect (`dict`, `float`, `tuple`, `any`, defaults of "None"); they are mapped to
-JSON schema here. Calls run on BFCL's own instances through `bfcl_traces.execute`, nothing is copied.
+JSON schema here. Calls run on BFCL's own instances through `bfcl_traces.execute`; a call that may change them
+runs on a deep copy that is written back into them only if it returns before its timeout.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 from ..bfcl_traces import BfclCase, TraceCall, execute, fresh_instances
 from .errors import ToolLoadError
+from .runners import StatefulFunction, ToolState
 from .tool import Tool
 from .toolset import ToolSet
 
@@ -69,18 +71,16 @@ def bfcl_schema(schema: Any) -> Any:
     return out
 
 
-def _bound(name: str, instances: Mapping[str, Any]) -> Any:
-    def call(**arguments: Any) -> Any:
-        return execute(TraceCall(name, arguments), dict(instances))
-
-    call.__name__ = name
-    return call
+def _bound(name: str, state: ToolState) -> StatefulFunction:
+    # A call that may change the instances runs on a copy of them (OnStateCopy): one that times out cannot
+    # change them afterwards.
+    return StatefulFunction(name, lambda objects, arguments: execute(TraceCall(name, arguments), dict(objects)), state)
 
 
 def bfcl_tools(case: BfclCase, instances: Mapping[str, Any] | None = None, *,
                timeout: float | None = 30.0) -> ToolSet:
     """The case's functions as tools, bound to `instances` (default: fresh ones in the case's starting state)."""
-    live = dict(instances) if instances is not None else fresh_instances(case)
+    live = ToolState(dict(instances) if instances is not None else fresh_instances(case))
     owner = {d["name"]: cls for cls in case.involved_classes for d in BfclCase(
         "", (), (), {}, (cls,)).function_docs()}
     tools = []

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from .errors import ToolArgumentsError, ToolSchemaError
+from .runners import CallRunner, runner_for
 from .schema import check_name, check_parameters, function_model, strip_titles
 
 
@@ -18,6 +19,7 @@ class Tool:
     """One callable tool. `pure`: no side effects and equal arguments give equal results (cacheable).
 
     `fn` may be None (a tool declared by a client): its calls are returned to the caller instead of run.
+    `runner` says where a call runs and what a timeout stops (moa_stream/tools/runners.py).
     """
 
     name: str
@@ -26,6 +28,7 @@ class Tool:
     fn: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
     pure: bool = False
     model: type[BaseModel] | None = field(default=None, compare=False, repr=False)  # validates and coerces
+    runner: CallRunner | None = field(default=None, compare=False, repr=False)  # None: runner_for's choice
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -34,6 +37,9 @@ class Tool:
         object.__setattr__(self, "parameters", check_parameters(self.name, self.parameters))
         if self.fn is not None and not callable(self.fn):
             raise ToolSchemaError(f"tool {self.name!r}: fn must be callable, got {type(self.fn).__name__}")
+        if self.runner is None and self.fn is not None:
+            # One runner per tool: the default for async tools remembers whether the tool blocks the loop.
+            object.__setattr__(self, "runner", runner_for(self.fn, self.is_async, self.pure))
 
     @classmethod
     def from_function(cls, fn: Callable[..., Any], *, name: str | None = None, description: str | None = None,
@@ -69,6 +75,11 @@ class Tool:
     def is_async(self) -> bool:
         """True when calling `fn` returns an awaitable (it runs on the event loop, not in a thread)."""
         return self.fn is not None and inspect.iscoroutinefunction(self.fn)
+
+    @property
+    def call_runner(self) -> CallRunner:
+        """How a call runs (see moa_stream/tools/runners.py): the tool's own runner or the default for its kind."""
+        return self.runner if self.runner is not None else runner_for(self.fn, self.is_async, self.pure)
 
     def check_arguments(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """The arguments to pass (validated, coerced for function tools); ToolArgumentsError when they don't fit."""

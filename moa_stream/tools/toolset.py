@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .calls import ToolCall, ToolResult
@@ -23,29 +21,6 @@ def result_text(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, default=str)
     except (TypeError, ValueError):
         return repr(value)
-
-
-def _in_daemon_thread(fn: Callable[..., Any], kwargs: dict[str, Any]) -> asyncio.Future[Any]:
-    """Run a blocking call on its own daemon thread: a call that never returns cannot keep the process alive."""
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[Any] = loop.create_future()
-
-    def settle(ok: bool, value: Any) -> None:
-        if not fut.done():  # it may have timed out (cancelled) already
-            (fut.set_result if ok else fut.set_exception)(value)
-
-    def target() -> None:
-        try:
-            value, ok = fn(**kwargs), True
-        except BaseException as e:
-            value, ok = e, False
-        try:
-            loop.call_soon_threadsafe(settle, ok, value)
-        except RuntimeError:  # the loop closed while the call ran
-            pass
-
-    threading.Thread(target=target, name="moa-stream-tool", daemon=True).start()
-    return fut
 
 
 class ToolSet:
@@ -106,13 +81,8 @@ class ToolSet:
         except ToolArgumentsError as e:
             return failed(f"bad arguments: {e}")
         try:
-            async with asyncio.timeout(limit):
-                if tool.is_async:
-                    value = await tool.fn(**kwargs)
-                else:
-                    value = await _in_daemon_thread(tool.fn, kwargs)
-                    if inspect.isawaitable(value):  # a callable object whose __call__ is async
-                        value = await value
+            async with asyncio.timeout(limit):  # the runner stops what it can of a call cut here
+                value = await tool.call_runner.run(tool.fn, kwargs)
         except TimeoutError:
             return failed(f"timed out after {limit:g} s")
         except Exception as e:  # a tool's own failure is the model's to read, not the run's to die of

@@ -167,8 +167,31 @@ async def test_a_draft_on_another_engine_opens_the_rendered_text(tiny_engine_49k
         await tiny_engine_49k.close(ctx.seq)
 
 
-async def test_both_speculators_meet_the_protocol() -> None:
-    assert isinstance(HistoryPredictor(), Speculator) and isinstance(DraftSpeculator(), Speculator)
+@pytest.mark.parametrize("kind", ["history", "draft"])
+async def test_both_speculators_keep_the_speculator_contract(engine, kind: str) -> None:
+    """What the agent relies on (Speculator's docstrings), checked by using each one: `guess` lets the step go,
+    predicts a call of the step's tool, never writes to the agent's sequence and frees what it opened; `observe`
+    takes a finished run's calls (history learns from them; the draft reads the context afresh)."""
+    spec: Speculator = HistoryPredictor() if kind == "history" else DraftSpeculator(max_tokens=48)
+    ctx = await draft_context(engine)
+    try:
+        if kind == "history":
+            assert await spec.guess(ctx) is None, "nothing observed yet: nothing predicted"
+            assert ctx._released.is_set()
+            ctx = StepContext(ctx.calls, ctx.engine, ctx.seq, ctx.tokens, ctx.format, ctx.structured)
+            spec.observe([PredictedCall("lookup", {"flag": True})])
+        before, open_before = engine.tokens(ctx.seq), engine.stats().sequences_open
+        guess = await asyncio.wait_for(spec.guess(ctx), 120)
+        assert ctx._released.is_set(), "the step was let go"
+        assert isinstance(guess, PredictedCall) and guess.name == "lookup"
+        assert isinstance(guess.arguments.get("flag"), bool)
+        if kind == "history":
+            assert guess == PredictedCall("lookup", {"flag": True}), "the observed run's call was predicted"
+        assert engine.tokens(ctx.seq) == before and engine.stats().sequences_open == open_before
+        spec.observe([guess])
+        assert spec.name == kind
+    finally:
+        await engine.close(ctx.seq)
 
 
 async def test_hidden_time_is_the_tool_time_before_the_real_call_asked_not_the_wait_after() -> None:
