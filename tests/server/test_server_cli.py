@@ -58,6 +58,8 @@ def test_serve_answers_the_openai_client_and_stops_cleanly(tmp_path):
     (["--port", "70000"], "port"),
     (["--timeout", "0"], "request_timeout_s"),
     (["--max-concurrency", "0"], "positive integer"),
+    (["--max-body-bytes", "10"], "max_body_bytes"),
+    (["--compile-timeout", "0"], "compile_timeout_s"),
     (["--config", "/nonexistent.yaml"], "not found"),
 ])
 def test_serve_rejects_bad_settings_with_exit_2(args, needle):
