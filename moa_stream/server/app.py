@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import Receive, Scope, Send
 
 from moa_stream import MODES, AgentError, AggregatorDelta, Done, MoA, Mode
@@ -47,6 +48,7 @@ from .tool_calls import MessageToolCall, ToolRequest
 
 MAX_SAMPLING_VARIANTS = 32  # pipelines kept per aggregator sampling (temperature, penalties); the oldest goes first
 STREAM_BUFFER_EVENTS = 64  # events a stream holds for a slow client; past it the run waits for the client
+BEARER = HTTPBearer(auto_error=False, description="the server's API key, when it has one")  # in the OpenAPI schema
 SEND_GRACE_S = 10.0  # a response still sending this long past the request timeout is cut (a client not reading)
 
 
@@ -83,11 +85,14 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     gate.install(app, settings.api_key, settings.max_body_bytes)
 
-    async def authorize(request: Request) -> str | None:
-        """The caller's API key (None when keys are off); the gate has already refused a missing or wrong one."""
-        if settings.api_key is None:
+    # A dependency's Depends default is how FastAPI wires it (ruff exempts it only on routes).
+    async def authorize(credentials: HTTPAuthorizationCredentials | None = Depends(BEARER)) -> str | None:  # noqa: B008
+        """The caller's API key (None when keys are off); the gate has already refused a missing or wrong one.
+
+        Declared as HTTP bearer security, so the OpenAPI schema says how to authenticate."""
+        if settings.api_key is None or credentials is None:
             return None
-        return gate.bearer_token(request.headers.get("authorization", ""))
+        return credentials.credentials
 
     def model_card(model_id: str) -> dict[str, Any]:
         return {"id": model_id, "object": "model", "created": created, "owned_by": "moa-stream"}

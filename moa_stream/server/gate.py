@@ -48,11 +48,6 @@ def key_matches(header: str, api_key: str) -> bool:
     return secrets.compare_digest(token.strip().encode("latin-1", "replace"), api_key.encode())
 
 
-def bearer_token(header: str) -> str:
-    """The token of an Authorization header the gate has let through."""
-    return header.partition(" ")[2].strip()
-
-
 class Gate:
     """ASGI middleware: 401 for a wrong key on /v1/ routes, then 413 for a body over `max_body_bytes`, unread."""
 
