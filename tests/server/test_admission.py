@@ -161,3 +161,17 @@ def test_the_bad_temperature_floor_is_below_every_sane_value():
     assert check_temperature(0.0) == 0.0 and check_temperature(MIN_TEMPERATURE) == MIN_TEMPERATURE
     with pytest.raises(ValueError, match="at least"):
         check_temperature(math.nextafter(MIN_TEMPERATURE, 0))
+
+
+async def test_a_prompt_far_past_the_context_is_refused_from_a_prefix_without_tokenising_it_whole(live, moa, engine,
+                                                                                                  monkeypatch):
+    counted: list[str] = []
+    real = moa.prompt_tokens
+    monkeypatch.setattr(moa, "prompt_tokens", lambda q, h=None: counted.append(q) or real(q, h))
+    huge = "the sky is blue " * engine.max_model_len  # 16 characters a copy: twice the probe's length
+    with pytest.raises(openai.BadRequestError) as info:
+        await live.client().chat.completions.create(model="moa-stream", messages=[{"role": "user", "content": huge}])
+    assert info.value.code == "context_length_exceeded" and "already" in info.value.body["message"]
+    assert counted == []  # the whole prompt was never templated and tokenised
+    fits = await live.client().chat.completions.create(model="moa-stream:single", messages=HI, max_tokens=1)
+    assert fits.usage.completion_tokens == 1 and len(counted) == 1
