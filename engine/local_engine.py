@@ -134,7 +134,7 @@ class LocalEngine(StepLoop):
                          self._structured_state(params))
         stream = TokenStream(gen, functools.partial(self._cancel, s, gen))
         if self._responses is not None:
-            hit = self._responses.get(self.model_name, s.tokens, params)
+            hit = self._responses.get(self.model_name, s.tokens, params, s.cache_salt)
             if hit is not None:
                 # The exact request was answered before: its tokens join the sequence uncomputed (an append
                 # computes them only if the conversation goes on) and the answer is sent at once.
@@ -222,7 +222,7 @@ class LocalEngine(StepLoop):
         if gen.sent is not None and gen.context is not None and self._responses is not None:
             out = tuple(t for d in gen.sent for t in d.token_ids)
             self._responses.put(self.model_name, gen.context, gen.params,
-                                CachedResponse(out, "".join(d.text for d in gen.sent), reason))
+                                CachedResponse(out, "".join(d.text for d in gen.sent), reason), s.cache_salt)
         if s.generation is gen:
             s.generation = None
         self._kv.touch(s)

@@ -206,6 +206,8 @@ class AgentConfig(_Strict):
     presence_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI: once a token was generated")
     max_tokens: int = Field(256, ge=1)
     seed: int | None = None
+    banned_token_ids: list[int] = Field(default_factory=list, description="token ids never sampled (OpenAI's "
+                                        "logit_bias of -100)")
     ignore_eos: bool = Field(False, description="write max_tokens even past end-of-text (benchmarks)")
     tools: list[str] = Field(default_factory=list, description="proposers: tool specs (bfcl:GorillaFileSystem, "
                              "package.module:function); the proposer runs its own tool loop")

@@ -3,7 +3,8 @@
 Every full block of tokens a resident sequence has computed is entered under its chain key (block_pool's
 `chain_hash`: the key of everything before it, the block's tokens and the cache salt). A new sequence walks its
 own keys and shares, with `seq_cp`, the cells of the sequence holding its longest cached run of blocks. A key
-match is only taken after comparing the tokens themselves, so a collision is a miss, never another's KV.
+match is only taken after comparing the tokens and the salt themselves, so a collision is a miss, never another
+tenant's KV.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ class PrefixIndex:
             if not holders:
                 break
             length = (i + 1) * self.block_size
-            holder = next((h for h in holders.values() if h.tokens[:length] == s.tokens[:length]), None)
+            holder = next((h for h in holders.values()
+                           if h.cache_salt == s.cache_salt and h.tokens[:length] == s.tokens[:length]), None)
             if holder is None:
-                break  # a key match with other tokens: a collision, taken as a miss
+                break  # a key match with other tokens or another tenant's salt: a collision, taken as a miss
             best = (holder, length)
         return best

@@ -60,6 +60,8 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
         kw["stop"] = list(params.stop)
     if params.stop_token_ids:
         kw["stop_token_ids"] = list(params.stop_token_ids)
+    if params.banned_token_ids:  # OpenAI's ban, as the HTTP backend sends it
+        kw["logit_bias"] = {t: -100.0 for t in sorted(set(params.banned_token_ids))}
     # Same names and meanings in vllm.SamplingParams; sent only when set, so vLLM's defaults stay in charge.
     for name, off in (("repetition_penalty", 1.0), ("frequency_penalty", 0.0), ("presence_penalty", 0.0),
                       ("min_p", 0.0)):

@@ -30,6 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrency", type=positive_int, default=8, metavar="N",
                    help="requests in flight at once; more get HTTP 429 (default 8)")
     p.add_argument("--model-id", default="moa-stream", help="model id clients ask for (default moa-stream)")
+    p.add_argument("--max-body-bytes", type=positive_int, default=None, metavar="N",
+                   help="larger request bodies get HTTP 413, unread (default 4 MiB)")
+    p.add_argument("--compile-timeout", type=float, default=None, metavar="S",
+                   help="a response_format or tools grammar compiling longer is a 400 (default 10 s)")
 
 
 def _is_loopback(host: str) -> bool:
@@ -49,9 +53,11 @@ def main(args: argparse.Namespace) -> int:
     from moa_stream.server import ServerSettings
 
     try:
+        optional = {"max_body_bytes": args.max_body_bytes, "compile_timeout_s": args.compile_timeout}
         settings = ServerSettings(host=args.host, port=args.port, api_key=args.api_key or os.environ.get(API_KEY_ENV),
                                   request_timeout_s=args.timeout, max_concurrency=args.max_concurrency,
-                                  model_id=args.model_id)
+                                  model_id=args.model_id, max_tokens=args.max_tokens,
+                                  **{k: v for k, v in optional.items() if v is not None})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"bad server settings: {problems}") from None

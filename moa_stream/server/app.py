@@ -17,15 +17,19 @@ from typing import Any
 import anyio
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import Receive, Scope, Send
 
 from moa_stream import MODES, AgentError, AggregatorDelta, Done, MoA, Mode
 from moa_stream.tools import call_format
 
-from .admission import check_context_length, tenant_salt
+from . import gate
+from .admission import AdmissionWorker, Limiter, Tenancy, check_context_length, tenant_salt
 from .errors import APIError, install_error_handlers
+from .grammar_limits import GrammarLimits, check_schema
 from .jobs import END, Failure, Job, produce, split_messages, wait_disconnect
-from .response_format import answer_structure, check_compiles
+from .request_checks import banned_tokens, check_text, refuse_unsupported
+from .response_format import answer_structure, check_compiles, compile_too_slow
 from .schema import (
     AssistantMessage,
     ChatCompletion,
@@ -39,30 +43,13 @@ from .schema import (
 )
 from .sessions import SESSION_HEADER, Sessions
 from .settings import ServerSettings
+from .stop_strings import StopCut
 from .tool_calls import MessageToolCall, ToolRequest
 
 MAX_SAMPLING_VARIANTS = 32  # pipelines kept per aggregator sampling (temperature, penalties); the oldest goes first
 STREAM_BUFFER_EVENTS = 64  # events a stream holds for a slow client; past it the run waits for the client
+BEARER = HTTPBearer(auto_error=False, description="the server's API key, when it has one")  # in the OpenAPI schema
 SEND_GRACE_S = 10.0  # a response still sending this long past the request timeout is cut (a client not reading)
-
-
-class Limiter:
-    """Counts requests in flight; past the limit a request is refused at once (no queueing)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.in_flight = 0
-
-    def acquire(self) -> None:
-        """Take a slot, or raise the 429 APIError."""
-        if self.in_flight >= self.limit:
-            raise APIError(429, f"too many requests in flight (limit {self.limit}); retry shortly",
-                           "rate_limit_error", code="concurrency_limit", headers={"Retry-After": "1"})
-        self.in_flight += 1
-
-    def release(self) -> None:
-        """Give a slot back."""
-        self.in_flight -= 1
 
 
 class ReleasingStreamingResponse(StreamingResponse):
@@ -86,6 +73,9 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     app = FastAPI(title="moa-stream", description=__doc__.splitlines()[0], version="0.1.0")
     limiter = Limiter(settings.max_concurrency)
+    worker = AdmissionWorker(limiter)
+    tenancy = Tenancy(secrets.token_bytes(32))  # drawn per server: a keyless tenant's salt cannot be guessed
+    limits = GrammarLimits(settings.max_schema_bytes, settings.max_schema_repeat)
     sessions = Sessions(settings.max_sessions, settings.session_ttl_s)
     variants: dict[tuple[tuple[str, float], ...], MoA] = {}  # bounded: clients choosing settings must not grow it
     buffers: set[asyncio.Queue[object]] = set()  # each live stream's queue, for the stats
@@ -93,17 +83,16 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
     created = int(time.time())
     app.state.moa, app.state.settings, app.state.limiter, app.state.sessions = moa, settings, limiter, sessions
     install_error_handlers(app)
+    gate.install(app, settings.api_key, settings.max_body_bytes)
 
-    async def authorize(request: Request) -> str | None:
-        """The caller's API key (None when keys are off); a 401 APIError when it is missing or wrong."""
-        if settings.api_key is None:
+    # A dependency's Depends default is how FastAPI wires it (ruff exempts it only on routes).
+    async def authorize(credentials: HTTPAuthorizationCredentials | None = Depends(BEARER)) -> str | None:  # noqa: B008
+        """The caller's API key (None when keys are off); the gate has already refused a missing or wrong one.
+
+        Declared as HTTP bearer security, so the OpenAPI schema says how to authenticate."""
+        if settings.api_key is None or credentials is None:
             return None
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), settings.api_key):
-            raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                           "authentication_error", code="invalid_api_key")
-        return token.strip()
+        return credentials.credentials
 
     def model_card(model_id: str) -> dict[str, Any]:
         return {"id": model_id, "object": "model", "created": created, "owned_by": "moa-stream"}
@@ -130,7 +119,7 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
         return {"in_flight": limiter.in_flight, "max_concurrency": limiter.limit, "stream_buffer": buffered,
                 "engines": engines}
 
-    def moa_for(overrides: dict[str, float]) -> MoA:
+    def moa_for(overrides: dict[str, object]) -> MoA:
         agg = moa.config.aggregator
         changed = tuple(sorted((k, v) for k, v in overrides.items() if getattr(agg, k) != v))
         if not changed:
@@ -142,27 +131,40 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
                                     moa.engines)
         return variants[changed]
 
-    def make_job(req: ChatCompletionRequest, api_key: str | None) -> Job:
+    def make_job(req: ChatCompletionRequest, api_key: str | None, peer: str | None) -> Job:
+        """The request as a Job, from checks that cost little; `admit` then does the costly ones."""
         if req.model not in model_ids:
             raise APIError(404, f"model {req.model!r} does not exist; use one of {model_ids}", param="model",
                            code="model_not_found")
-        if req.n not in (None, 1):
-            raise APIError(400, f"n={req.n} is not supported: the pipeline writes one answer per request",
-                           param="n")
+        refuse_unsupported(req)
+        check_text(req)
+        agg_engine = moa.engines[moa.config.aggregator.backend]
+        overrides: dict[str, object] = dict(req.aggregator_overrides())
+        if banned := banned_tokens(req.logit_bias, agg_engine.vocab_size):
+            overrides["banned_token_ids"] = banned
         _, _, suffix = req.model.partition(":")
         mode: Mode = suffix or moa.config.mode  # type: ignore[assignment]
         tools = ToolRequest.of(req.tools, req.tool_choice, req.parallel_tool_calls, call_format(settings.call_format))
         if tools is not None and req.response_format is not None and req.response_format.type != "text":
             raise APIError(400, "response_format and tools cannot be combined: the answer is either calls or JSON",
                            param="response_format")
-        structured = check_compiles(moa, tools.structured(), "tools") if tools else answer_structure(
-            moa, req.response_format)
+        for i, spec in enumerate((req.tools or []) if tools else []):
+            check_schema(spec.function.parameters or {}, f"tools[{i}].function.parameters", "tools", limits)
+        structured = tools.structured() if tools else answer_structure(req.response_format, limits)
         question, history = split_messages(req.messages, tools)
-        max_tokens = req.max_completion_tokens or req.max_tokens
-        answer_limit = max_tokens or moa.config.aggregator.max_tokens
-        check_context_length(moa, question, history, answer_limit)
-        return Job(moa_for(req.aggregator_overrides()), req.model, mode, question, history, max_tokens, answer_limit,
-                   tenant_salt(api_key, req.cache_salt), structured, tools)
+        requested = req.max_completion_tokens or req.max_tokens or moa.config.aggregator.max_tokens
+        answer_limit = min(requested, settings.max_tokens or requested)  # serve --max-tokens caps every answer
+        return Job(moa_for(overrides), req.model, mode, question, history, answer_limit, answer_limit,
+                   tenant_salt(api_key, req.cache_salt, tenancy.peer_salt(peer)), structured, tools,
+                   stops=req.stop_strings())
+
+    async def admit(job: Job) -> None:
+        """Compile the answer's grammar (time-limited) and count the prompt's tokens, on worker threads."""
+        if job.structured is not None:
+            param = "tools" if job.tools else "response_format"
+            await worker.run(lambda: check_compiles(moa, job.structured, param), settings.compile_timeout_s,
+                             lambda: compile_too_slow(param, settings.compile_timeout_s))
+        await worker.run(lambda: check_context_length(moa, job.question, job.history, job.answer_limit))
 
     async def join_session(job: Job, session_id: str | None) -> Job:
         if session_id is None:
@@ -180,11 +182,13 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(req: ChatCompletionRequest, request: Request,
                                api_key: str | None = Depends(authorize)) -> JSONResponse | StreamingResponse:
-        job = await join_session(make_job(req, api_key), request.headers.get(SESSION_HEADER))
+        limiter.acquire()  # first: a refused request costs nothing, and admission's threads are bounded
         try:
-            limiter.acquire()
-        except APIError:
-            await leave_session(job, None)
+            job = make_job(req, api_key, request.client.host if request.client else None)
+            await admit(job)
+            job = await join_session(job, request.headers.get(SESSION_HEADER))
+        except BaseException:
+            limiter.release()
             raise
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -224,11 +228,13 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
         if done is None:  # the client left; nobody reads this
             return APIError(499, "client closed the request").response(), None
         errors = [i for i in items if isinstance(i, AgentError)]
-        content, calls = job.tools.calls_of(done.answer) if job.tools else (done.answer, [])
+        cut = StopCut(job.stops)
+        text = cut.cut(done.answer)
+        content, calls = job.tools.calls_of(text) if job.tools else (text, [])
         answer = ChatCompletion(
             id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=job.model,
             choices=[Choice(message=AssistantMessage(content=content, tool_calls=calls or None),
-                            finish_reason=job.finish_reason(done.metrics, bool(calls)))],
+                            finish_reason=job.finish_reason(done.metrics, bool(calls), cut.hit))],
             usage=Usage.of(done.metrics), moa=MoAInfo.of(done.metrics, errors))
         return JSONResponse(answer.model_dump(mode="json")), job.delivered(content or "", calls)
 
@@ -244,13 +250,14 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
 
         errors: list[AgentError] = []
         calls = job.tools.deltas() if job.tools else None  # content and tool-call deltas of the answer
+        cut = StopCut(job.stops)
         sent: list[dict[str, Any]] = []  # what the client got, for its session
         delivered = None
         try:
             yield sse(chunk({"role": "assistant", "content": ""}))
             while (item := await queue.get()) is not END:
-                if isinstance(item, AggregatorDelta) and item.text:
-                    for delta in calls.feed(item.text) if calls else [{"content": item.text}]:
+                if isinstance(item, AggregatorDelta) and (text := cut.feed(item.text)):
+                    for delta in calls.feed(text) if calls else [{"content": text}]:
                         sent.append(delta)
                         yield sse(chunk(delta))
                 elif isinstance(item, AgentError):
@@ -258,14 +265,16 @@ def create_app(moa: MoA, settings: ServerSettings | None = None) -> FastAPI:
                 elif isinstance(item, Failure):
                     yield sse(item.error.with_agent_errors(errors).body())
                 elif isinstance(item, Done):
-                    for delta in calls.finish() if calls else []:
+                    tail = cut.flush()
+                    tail_deltas = (calls.feed(tail) if calls else [{"content": tail}]) if tail else []
+                    for delta in [*tail_deltas, *(calls.finish() if calls else [])]:
                         sent.append(delta)
                         yield sse(chunk(delta))
                     delivered = job.delivered("".join(d.get("content", "") for d in sent),
                                               [MessageToolCall.model_validate(c) for d in sent
                                                for c in d.get("tool_calls", ())])
                     usage, info = Usage.of(item.metrics), MoAInfo.of(item.metrics, errors)
-                    finish = job.finish_reason(item.metrics, bool(calls and calls.calls))
+                    finish = job.finish_reason(item.metrics, bool(calls and calls.calls), cut.hit)
                     if include_usage:  # OpenAI's layout: usage in a last chunk with no choices
                         yield sse(chunk({}, finish))
                         yield sse(chunk(None, usage=usage, moa=info))

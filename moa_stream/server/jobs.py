@@ -43,16 +43,19 @@ class Job:
     tools: ToolRequest | None = None
     conversation: Conversation | None = None  # a session's kept conversation (the X-Session-Id header)
     session: tuple[str | None, str] | None = None  # its key: (tenant salt, session id)
+    stops: tuple[str, ...] = ()  # the request's `stop` strings: the answer the client gets ends before the first
 
     def delivered(self, content: str, calls: Sequence[MessageToolCall]) -> list[dict[str, str]]:
         """The history the client holds once it has this answer: what it sent, then the answer as it got it."""
         answer = assistant_text(content, calls, self.tools.fmt, -1) if self.tools else content
         return [*self.history, {"role": "user", "content": self.question}, {"role": "assistant", "content": answer}]
 
-    def finish_reason(self, metrics: Metrics, called: bool = False) -> str:
-        """'tool_calls' when the answer calls tools, else 'stop' or 'length' as the aggregator finished."""
+    def finish_reason(self, metrics: Metrics, called: bool = False, stopped: bool = False) -> str:
+        """'tool_calls' when the answer calls tools, 'stop' at a stop string, else as the aggregator finished."""
         if called:
             return "tool_calls"
+        if stopped:
+            return "stop"
         agg = next((a for a in metrics.agents.values() if a.role == "aggregator"), None)
         if agg is not None and agg.finish_reason in ("stop", "length"):
             return agg.finish_reason

@@ -16,6 +16,7 @@ from engine.structured_state import structurer_for
 from moa_stream import MoA
 
 from .errors import APIError
+from .grammar_limits import GrammarLimits, check_schema
 
 
 class TextFormat(BaseModel):
@@ -70,21 +71,24 @@ ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Fie
 """One of OpenAI's response formats, told apart by `type`."""
 
 
-def answer_structure(moa: MoA, response_format: ResponseFormat | None) -> StructuredOutput | None:
-    """The answer's structured output, checked to compile (a 400 otherwise)."""
+def answer_structure(response_format: ResponseFormat | None, limits: GrammarLimits) -> StructuredOutput | None:
+    """The answer's structured output, checked to parse and to be within the server's limits (a 400 otherwise);
+    `check_compiles` then compiles it, on a worker thread."""
     if response_format is None:
         return None
+    if isinstance(response_format, JsonSchemaFormat):
+        check_schema(response_format.json_schema.json_schema, "response_format.json_schema.schema",
+                     "response_format", limits)
     try:
-        structured = response_format.structured()
+        return response_format.structured()
     except InvalidSamplingError as exc:
         raise APIError(400, f"response_format: {exc}", param="response_format",
                        code="invalid_response_format") from exc
-    return check_compiles(moa, structured, "response_format")
 
 
 def check_compiles(moa: MoA, structured: StructuredOutput | None, param: str) -> StructuredOutput | None:
     """Compile `structured` once for the aggregator's tokenizer, so a schema it cannot follow is a 400 before any
-    agent runs (the engine's grammar cache then holds it for the run)."""
+    agent runs (the engine's grammar cache then holds it for the run). Blocking: run it on a worker thread."""
     if structured is None:
         return None
     engine = moa.engines[moa.config.aggregator.backend]
@@ -93,3 +97,9 @@ def check_compiles(moa: MoA, structured: StructuredOutput | None, param: str) ->
     except InvalidSamplingError as exc:
         raise APIError(400, f"{param}: {exc}", param=param, code=f"invalid_{param}") from exc
     return structured
+
+
+def compile_too_slow(param: str, limit_s: float) -> APIError:
+    """The 400 for a grammar whose compile ran past the server's limit."""
+    return APIError(400, f"{param}: the grammar took longer than {limit_s:g} s to compile; simplify the schema "
+                    "(fewer or smaller repeats, fewer alternatives)", param=param, code="schema_too_complex")

@@ -19,6 +19,9 @@ from .tool_calls import MessageToolCall, ToolChoiceSpec, ToolSpec
 
 # ---------------------------------------------------------------------------------------------- requests
 
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
+
 
 class TextPart(BaseModel):
     """One part of a multi-part message content (only text is accepted)."""
@@ -49,7 +52,10 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    """The parts of an OpenAI chat completion request the pipeline uses; other fields are ignored."""
+    """The parts of an OpenAI chat completion request the pipeline uses; fields it cannot honour are refused.
+
+    Fields not named here (`user`, `metadata`, `store`...) change nothing about the answer and are ignored.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
@@ -59,6 +65,13 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2, description="0 (greedy) or 1e-5 to 2")
+    top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling mass (0 is refused, as vLLM does)")
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64, description="the answer's random draws (sampled answers)")
+    stop: str | list[str] | None = Field(None, description="up to 16 strings; the answer ends before the first")
+    logit_bias: dict[str, float] | None = Field(None, description="token id -> -100 bans the token (other "
+                                                "values are refused)")
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
     n: int | None = None
     stream_options: StreamOptions | None = None
     cache_salt: str | None = Field(None, min_length=1, max_length=256,
@@ -73,10 +86,24 @@ class ChatCompletionRequest(BaseModel):
     repetition_penalty: float | None = Field(None, gt=0, le=10, description="HF: tokens in the context (1 = off)")
     min_p: float | None = Field(None, ge=0, le=1, description="drop tokens below min_p x the top token's probability")
 
-    def aggregator_overrides(self) -> dict[str, float]:
-        """The aggregator's sampling settings this request sets (temperature and penalties), by AgentConfig name."""
-        names = ("temperature", "frequency_penalty", "presence_penalty", "repetition_penalty", "min_p")
+    def aggregator_overrides(self) -> dict[str, float | int]:
+        """The aggregator's sampling settings this request sets (temperature, top_p, seed, penalties), by
+        AgentConfig name."""
+        names = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty", "repetition_penalty",
+                 "min_p")
         return {n: v for n in names if (v := getattr(self, n)) is not None}
+
+    def stop_strings(self) -> tuple[str, ...]:
+        """The `stop` strings as a tuple (empty when none)."""
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else value or []
+        if len(stops) > MAX_STOP_STRINGS or any(not 0 < len(s) <= MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"at most {MAX_STOP_STRINGS} strings of 1 to {MAX_STOP_CHARS} characters")
+        return value
 
     @field_validator("temperature")
     @classmethod

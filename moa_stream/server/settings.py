@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+DEFAULT_MAX_BODY_BYTES = 4 << 20  # 4 MiB: a whole 128k-token context is ~0.5 MB of text
+
 
 class ServerSettings(BaseModel):
     """How the server listens and what it allows."""
@@ -19,3 +21,12 @@ class ServerSettings(BaseModel):
     call_format: str = Field("hermes", description="how tools are shown and calls written (a registered call format)")
     max_sessions: int = Field(64, ge=1, description="conversations kept for X-Session-Id; the least recent goes first")
     session_ttl_s: float = Field(600.0, gt=0, description="a session idle this long is closed (its pin ends too)")
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024, description="a larger request body gets HTTP 413, "
+                                "unread")
+    max_tokens: int | None = Field(None, ge=1, description="most tokens in any answer (a request asking more gets "
+                                   "this many)")
+    compile_timeout_s: float = Field(10.0, gt=0, description="a response_format or tools grammar compiling longer "
+                                     "is a 400")
+    max_schema_bytes: int = Field(65_536, ge=1, description="largest response_format / tool schema compiled")
+    max_schema_repeat: int = Field(4_096, ge=1, description="most atoms a schema's regex pattern may expand to "
+                                   "(its {m,n} repeats written out)")

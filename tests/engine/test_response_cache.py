@@ -77,3 +77,28 @@ async def test_the_engine_answers_an_exact_greedy_repeat_from_the_cache_with_no_
     finally:
         for eng in engines:
             await eng.shutdown()
+
+
+def test_a_stored_answer_is_served_only_to_the_tenant_that_stored_it() -> None:
+    cache = ResponseCache()
+    greedy = SamplingParams(max_tokens=8)
+    cache.put("m", [1, 2, 3], greedy, ANSWER, salt="tenant-a")
+    assert cache.get("m", [1, 2, 3], greedy, "tenant-a") == ANSWER
+    assert cache.get("m", [1, 2, 3], greedy, "tenant-b") is None
+    assert cache.get("m", [1, 2, 3], greedy) is None  # unsalted is a tenant of its own
+    cache.put("m", [1, 2, 3], greedy, ANSWER)
+    assert cache.get("m", [1, 2, 3], greedy, "") is None  # an empty salt is not the absence of one
+
+
+async def test_the_engine_never_answers_another_tenants_repeat_from_the_cache() -> None:
+    eng = TransformersEngine(tiny_llama(), block_size=4, kv_cache_bytes=4 << 20, response_cache=ResponseCache())
+    try:
+        prompt, params = list(range(3, 30)), SamplingParams(max_tokens=6, ignore_eos=True)
+        answer = await collect(eng, await eng.open(prompt, cache_salt="a"), params)
+        steps = eng.stats().forward_steps
+        assert await collect(eng, await eng.open(prompt, cache_salt="b"), params) == answer
+        assert eng.stats().response_cache_hits == 0 and eng.stats().forward_steps > steps  # b computed its own
+        assert await collect(eng, await eng.open(prompt, cache_salt="a"), params) == answer
+        assert eng.stats().response_cache_hits == 1
+    finally:
+        await eng.shutdown()

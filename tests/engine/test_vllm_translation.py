@@ -63,6 +63,7 @@ def test_sampling_params_translate_field_by_field() -> None:
     penalised = sampling_kwargs(SamplingParams(repetition_penalty=1.1, frequency_penalty=0.5, min_p=0.05))
     assert penalised["repetition_penalty"] == 1.1 and penalised["frequency_penalty"] == 0.5
     assert penalised["min_p"] == 0.05 and "presence_penalty" not in penalised
+    assert sampling_kwargs(SamplingParams(banned_token_ids=(9, 4, 9)))["logit_bias"] == {4: -100.0, 9: -100.0}
 
 
 def test_prompts_and_session_inputs() -> None:

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 import openai
 
 from moa_stream import MoA, MoAConfig
@@ -29,9 +30,13 @@ def server_config(tokens: int = 8, ignore_eos: bool = False) -> MoAConfig:
 class Live(LoopbackServer):
     """A running server with the official client at hand."""
 
-    def client(self, api_key: str = "unused") -> openai.AsyncOpenAI:
-        """The official client, no retries (so a 429 or 504 shows up as the error it is)."""
-        return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, timeout=300)
+    def client(self, api_key: str = "unused", address: str | None = None) -> openai.AsyncOpenAI:
+        """The official client, no retries (so a 429 or 504 shows up as the error it is); `address` is the loopback
+        address it connects from (127.0.0.2, ...: another client, another tenant without API keys)."""
+        http = None if address is None else httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(local_address=address), timeout=300)
+        return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, timeout=300,
+                                  http_client=http)
 
 
 @asynccontextmanager

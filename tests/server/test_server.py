@@ -136,15 +136,23 @@ async def test_past_the_concurrency_limit_requests_get_429(moa, engine):
             assert first.status_code == 200
             lines = first.aiter_lines()
             await anext(lines)  # the stream is open and holds the only slot
-            with pytest.raises(openai.RateLimitError, match="too many requests"):
+            with pytest.raises(openai.RateLimitError, match="too many requests") as info:
                 await srv.client().chat.completions.create(model="moa-stream",
                                                            messages=[{"role": "user", "content": "hi"}])
+            assert info.value.code == "concurrency_limit" and info.value.response.headers["retry-after"] == "1"
+            assert srv.in_flight == 1  # the refused request took no slot
             rest = [line async for line in lines if line.startswith("data:")]
             assert rest[-1] == "data: [DONE]"
+            last = json.loads(rest[-2].removeprefix("data: "))
+            assert last["choices"][0]["finish_reason"] in ("stop", "length") and last["usage"]["completion_tokens"] > 0
         await until(lambda: srv.in_flight == 0, "the slot is given back")
+        before = engine.stats()
         resp = await srv.client().chat.completions.create(model="moa-stream:single", max_tokens=2,
                                                           messages=[{"role": "user", "content": "hi"}])
-        assert resp.choices[0].message.content is not None
+        after = engine.stats()
+        assert 1 <= resp.usage.completion_tokens <= 2 and resp.choices[0].finish_reason in ("stop", "length")
+        assert after.decode_tokens - before.decode_tokens == resp.model_extra["moa"]["decode_tokens"] > 0
+        assert after.sequences_open == 0 and srv.in_flight == 0
 
 
 async def test_per_request_timeout_stops_the_run(moa, engine):

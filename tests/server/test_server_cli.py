@@ -25,7 +25,7 @@ def free_port() -> int:
 def test_serve_answers_the_openai_client_and_stops_cleanly(tmp_path):
     port = free_port()
     proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "serve", "--config", str(small_config(tmp_path)),
-                             "--port", str(port), "--api-key", "k3y", "--max-concurrency", "2"],
+                             "--port", str(port), "--api-key", "k3y", "--max-concurrency", "2", "--max-tokens", "2"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 180
@@ -43,6 +43,7 @@ def test_serve_answers_the_openai_client_and_stops_cleanly(tmp_path):
         resp = client.chat.completions.create(model="moa-stream", max_tokens=4,
                                               messages=[{"role": "user", "content": "Say hello."}])
         assert resp.choices[0].message.content and resp.model_extra["moa"]["ttft_s"] > 0
+        assert resp.usage.completion_tokens <= 2  # --max-tokens caps what the request asked
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="nope", max_retries=0).models.list()
         stats = httpx.get(f"http://127.0.0.1:{port}/v1/moa/stats", headers={"Authorization": "Bearer k3y"}).json()
@@ -58,6 +59,8 @@ def test_serve_answers_the_openai_client_and_stops_cleanly(tmp_path):
     (["--port", "70000"], "port"),
     (["--timeout", "0"], "request_timeout_s"),
     (["--max-concurrency", "0"], "positive integer"),
+    (["--max-body-bytes", "10"], "max_body_bytes"),
+    (["--compile-timeout", "0"], "compile_timeout_s"),
     (["--config", "/nonexistent.yaml"], "not found"),
 ])
 def test_serve_rejects_bad_settings_with_exit_2(args, needle):
