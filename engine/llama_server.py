@@ -21,6 +21,21 @@ from pathlib import Path
 from .errors import BackendError
 
 READY_TIMEOUT_S = 120.0
+# The server as `python -m llama_cpp.server`, with llama.cpp's CPU extra buffer types (AMX repacking) off as in
+# our engine (engine/llamacpp_engine/context.py): on an AMX Xeon llama.cpp 0.3.36 segfaults in them on the first
+# decode, and the peer must run the same kernels as the engine it is compared with.
+_SERVER_BOOT = """
+import runpy, sys
+import llama_cpp.llama_cpp as L
+_defaults = L.llama_model_default_params
+def _params():
+    p = _defaults()
+    p.use_extra_bufts = False
+    return p
+L.llama_model_default_params = _params
+sys.argv = ["llama_cpp.server", *sys.argv[1:]]
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
 _PREFIX_HIT = re.compile(r"Llama\.generate: (\d+) prefix-match hit, remaining (\d+) prompt tokens to eval")
 
 
@@ -70,7 +85,7 @@ def start_server(gguf: Path, threads: int, n_ctx: int = 4096, extra_args: Sequen
 
     port = free_port()
     log_path = Path(tempfile.mkstemp(prefix="llama-peer-", suffix=".log")[1])
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port",
+    cmd = [sys.executable, "-c", _SERVER_BOOT, "--model", str(gguf), "--host", "127.0.0.1", "--port",
            str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads), "--interrupt_requests", "False",
            *extra_args]
     with log_path.open("wb") as log_file:

@@ -70,6 +70,9 @@ class LlamaContext:
         L.llama_backend_init()
         mparams = L.llama_model_default_params()
         mparams.n_gpu_layers = options.gpu_layers
+        # No CPU "extra" buffer types (AMX repacking): on this project's AMX Xeon, llama.cpp 0.3.36 segfaults in
+        # ggml_backend_amx_mul_mat on the first decode; without them the weights use the plain AVX kernels.
+        mparams.use_extra_bufts = False
         self._model = L.llama_model_load_from_file(str(path).encode(), mparams)
         if not self._model:
             raise ModelLoadError(f"llama.cpp could not load {path}: is it a GGUF model file?")
