@@ -6,7 +6,9 @@ evicted, the most recently arrived work holding KV gives it back (its tokens sta
 as an evicted idle sequence is) until the older work fits. Work that no younger work can make room for waits
 for older work to end; since the oldest work always can take what it needs, nothing starves. Only work that
 would not fit even if every other unpinned sequence gave its KV back is refused. Pinned sequences are never
-preempted. Both local engines' schedulers use this one policy over their own KV bookkeeping (`Room`).
+preempted. Priority (SamplingParams.priority) orders each step's work, never preemption: ranked by arrival
+alone, the oldest work always gets its KV, so low-priority work waits but is never starved. Both local engines'
+schedulers use this one policy over their own KV bookkeeping (`Room`).
 """
 
 from __future__ import annotations
@@ -87,6 +89,11 @@ class Preemption(Generic[S]):
                 self.count += len(victims)
                 return victims
         return []  # pragma: no cover - the whole younger set fits, so some prefix of it does
+
+
+def priority(s: LocalSequence) -> int:
+    """The priority of the sequence's work (lower is served first): its generation's; an open/append has 0."""
+    return s.generation.params.priority if s.generation is not None else 0
 
 
 def _work(s: LocalSequence) -> object | None:

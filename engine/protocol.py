@@ -46,6 +46,10 @@ class SamplingParams:
     # Tokens the output already holds from earlier generations (a staircase answer resumed after an intake):
     # the grammar goes on after them instead of starting afresh.
     structured_resume: tuple[int, ...] = ()
+    # Who is served first when work competes for a step (lower first, vLLM's convention): the local schedulers
+    # order each step by it, then by arrival (a MoA turn puts the aggregator, whose tokens the user waits for,
+    # ahead of its proposers). vLLM gets it where its scheduling_policy is "priority"; HTTP servers never see it.
+    priority: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -80,6 +84,8 @@ class SamplingParams:
         if self.structured_resume and (self.structured is None or any(
                 not isinstance(t, int) or t < 0 for t in self.structured_resume)):
             raise InvalidSamplingError("structured_resume must be non-negative token ids, with `structured` set")
+        if not isinstance(self.priority, int) or isinstance(self.priority, bool):
+            raise InvalidSamplingError(f"priority must be an integer (lower is served first), got {self.priority!r}")
         if any(not isinstance(t, int) or t < 0 for t in self.banned_token_ids):
             raise InvalidSamplingError(f"banned_token_ids must be non-negative ints, got {self.banned_token_ids!r}")
 

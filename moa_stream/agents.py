@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from engine import Engine, SamplingParams, Sequence, SequenceStats
 from .config import AgentConfig, StaircaseConfig
 from .context import ChatFormat, Message
 from .events import AgentError, Event, ProposerDelta
+from .pacing import Pacing
 
 Emit = Callable[[Event], None]
 
@@ -150,14 +152,19 @@ class ProposalResult:
 
 async def run_proposer(slot: AgentSlot, idx: int, messages: list[Message], question: str, reuse: bool,
                        knobs: StaircaseConfig, out: asyncio.Queue[Chunk | Failure], emit: Emit,
-                       t0: float, result: ProposalResult) -> None:
-    """Generate one proposal, emitting deltas and cutting it into chunks; never raises (failures are events)."""
+                       t0: float, result: ProposalResult, pacing: Pacing | None = None) -> None:
+    """Generate one proposal, emitting deltas and cutting it into chunks; never raises (failures are events).
+
+    With pacing, each chunk is one generation, begun only when the pacing lets it (moa_stream/pacing.py);
+    without, the whole proposal is one generation.
+    """
     if slot.cfg.tools:  # a tool-using proposer runs its own tool loop (moa_stream/agent_proposer.py)
         from .agent_proposer import run_tool_proposer
 
         await run_tool_proposer(slot, idx, messages, question, reuse, knobs, out, emit, t0, result)
         return
     name, layer = slot.cfg.name, slot.layer
+    paced = pacing is not None and pacing.enabled
     gen = None
     failed = False
     try:
@@ -165,25 +172,45 @@ async def run_proposer(slot: AgentSlot, idx: int, messages: list[Message], quest
         async with asyncio.timeout(knobs.agent_timeout_s) as deadline:
             await slot.start(messages, question, reuse)
             assert slot.seq is not None
-            gen = slot.engine.generate(slot.seq, slot.sampling())
             index, buf, buf_tokens = 0, "", 0
             loop = asyncio.get_running_loop()
-            async for delta in gen:
-                deadline.reschedule(loop.time() + knobs.agent_timeout_s)  # the timeout is on silence
-                result.tokens += len(delta.token_ids)
-                buf_tokens += len(delta.token_ids)
-                if delta.text:
-                    buf += delta.text
-                    result.text += delta.text
-                    emit(ProposerDelta(name, layer, delta.text, time.perf_counter() - t0))
-                if delta.finish_reason is not None:
-                    result.finish_reason = delta.finish_reason
-                    slot.after_eos = bool(delta.token_ids) and delta.token_ids[-1] in slot.engine.eos_token_ids
-                    break
-                if buf_tokens >= knobs.chunk_size(index):
-                    out.put_nowait(Chunk(idx, index, buf, buf_tokens, final=False))
+            budget, part, finished = slot.cfg.max_tokens, 0, False
+            while not finished:
+                params = slot.sampling()
+                if pacing is not None and paced:
+                    await pacing.before_chunk(idx)
+                    want = min(budget - result.tokens, knobs.chunk_size(index) - buf_tokens)
+                    params = dataclasses.replace(slot.sampling(want), priority=pacing.priority(),
+                                                 seed=part_seed(slot.cfg.seed, part))
+                part += 1
+                produced = 0
+                gen = slot.engine.generate(slot.seq, params)
+                async for delta in gen:
+                    deadline.reschedule(loop.time() + knobs.agent_timeout_s)  # the timeout is on silence
+                    n = len(delta.token_ids)
+                    result.tokens, buf_tokens, produced = result.tokens + n, buf_tokens + n, produced + n
+                    if delta.text:
+                        buf += delta.text
+                        result.text += delta.text
+                        emit(ProposerDelta(name, layer, delta.text, time.perf_counter() - t0))
+                    if delta.finish_reason is not None:
+                        # A paced part ends with "length" at its chunk's end; the proposal goes on unless that was
+                        # its budget or the model's length (a part that could write nothing).
+                        finished = (not paced or delta.finish_reason != "length" or result.tokens >= budget
+                                    or produced == 0)
+                        if finished:
+                            result.finish_reason = delta.finish_reason
+                            slot.after_eos = bool(delta.token_ids) and delta.token_ids[-1] in slot.engine.eos_token_ids
+                        break
+                    if buf_tokens >= knobs.chunk_size(index):
+                        _put(out, pacing, Chunk(idx, index, buf, buf_tokens, final=False))
+                        index, buf, buf_tokens = index + 1, "", 0
+                await gen.aclose()
+                gen = None
+                if not finished and buf_tokens >= knobs.chunk_size(index):
+                    _put(out, pacing, Chunk(idx, index, buf, buf_tokens, final=False))
                     index, buf, buf_tokens = index + 1, "", 0
-        out.put_nowait(Chunk(idx, index, buf, buf_tokens, final=True))
+        _put(out, pacing, Chunk(idx, index, buf, buf_tokens, final=True))
     except Exception as exc:  # TimeoutError included: the agent is dropped, the others go on
         timed_out = isinstance(exc, TimeoutError)
         why = f"no output for {knobs.agent_timeout_s:g} s" if timed_out else f"{type(exc).__name__}: {exc}"
@@ -196,3 +223,16 @@ async def run_proposer(slot: AgentSlot, idx: int, messages: list[Message], quest
             await gen.aclose()
         if failed:
             await slot.reset()  # its context holds a broken turn; the next turn starts it afresh
+
+
+def part_seed(seed: int | None, part: int) -> int | None:
+    """The seed of a proposal's part-th generation: the agent's own for the first, distinct ones after it."""
+    if seed is None or part == 0:
+        return seed
+    return (seed * 1_000_003 + part) % 2**63
+
+
+def _put(out: asyncio.Queue[Chunk | Failure], pacing: Pacing | None, chunk: Chunk) -> None:
+    out.put_nowait(chunk)
+    if pacing is not None:
+        pacing.wrote(chunk.proposer)

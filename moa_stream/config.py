@@ -248,6 +248,9 @@ class StaircaseConfig(_Strict):
                                       "still to come and let the aggregator go on (False: an EOS with nothing "
                                       "pending ends the answer)")
     pace: bool = Field(False, description="after each step, wait for a new chunk while proposals still stream")
+    proposer_lead_chunks: int | None = Field(1, ge=1, description="while the aggregator answers (served first), a "
+                                             "proposer with this many chunks written that the aggregator has not "
+                                             "taken in waits before writing more (null: never held)")
     agent_timeout_s: float = Field(120.0, gt=0, description="a proposer silent this long is dropped")
 
     @model_validator(mode="after")

@@ -43,6 +43,10 @@ class Metrics(BaseModel):
     agents: dict[str, AgentMetrics] = Field(default_factory=dict)
     # Events an MQTT publisher dropped because a broker outage outlasted its buffer (set on the Done it publishes).
     bus_events_dropped: int = 0
+    # The proposers' throttle while the answer was written (moa_stream/pacing.py): how often one waited, and the
+    # most chunks one had written beyond the aggregator's intake.
+    proposer_holds: int = 0
+    proposer_max_lead_chunks: int = 0
 
     @property
     def tokens_per_s(self) -> float:

@@ -23,6 +23,7 @@ from .errors import MoAError
 from .events import AgentMetrics, AggregatorDelta, ChunkIngested, Done, FirstToken, Metrics
 from .layouts import AggregatorLayout, Answer, IncrementalLayout, layout_class
 from .layouts.references import aggregate_system
+from .pacing import Pacing
 
 
 @dataclass
@@ -93,6 +94,9 @@ class Turn:
         self.chunks_ingested = 0
         self.results: dict[str, ProposalResult] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        # The last layer's throttle while the answer is written (incremental layouts; see moa_stream/pacing.py).
+        lead = inp.knobs.proposer_lead_chunks if isinstance(self.layout, IncrementalLayout) else None
+        self.pacing = Pacing(len(proposer_layers[-1]), lead)
 
     def _now(self) -> float:
         return time.perf_counter() - self.t0
@@ -104,6 +108,7 @@ class Turn:
         try:
             props = await self._to_answer_start()
             if props is not None and isinstance(self.layout, IncrementalLayout):
+                self.pacing.start_answer()
                 await self._answer_with_intakes(self.layout, props)
             else:
                 await self._answer(self._budget())
@@ -136,7 +141,7 @@ class Turn:
             await layout.start([])
             return None
         refs = await self._earlier_layers()
-        props = self._launch(self.layers[-1], refs)
+        props = self._launch(self.layers[-1], refs, self.pacing)
         prime = asyncio.create_task(layout.prime(), name="aggregator-prime")
         self._tasks.append(prime)
         if isinstance(layout, IncrementalLayout):
@@ -178,7 +183,7 @@ class Turn:
 
     # ------------------------------------------------------------------ proposers
 
-    def _launch(self, layer: list[AgentSlot], refs: list[str] | None) -> _Proposals:
+    def _launch(self, layer: list[AgentSlot], refs: list[str] | None, pacing: Pacing | None = None) -> _Proposals:
         props = _Proposals(len(layer))
         for i, slot in enumerate(layer):
             system = slot.cfg.system_prompt
@@ -189,7 +194,7 @@ class Turn:
             result = self.results.setdefault(slot.cfg.name, ProposalResult())
             self._tasks.append(asyncio.create_task(run_proposer(
                 slot, i, msgs, self.inp.question, self.inp.reuse and refs is None, self.inp.knobs, props.queue,
-                self._emit, self.t0, result), name=f"proposer-{slot.cfg.name}"))
+                self._emit, self.t0, result, pacing), name=f"proposer-{slot.cfg.name}"))
         return props
 
     async def _earlier_layers(self) -> list[str] | None:
@@ -203,6 +208,7 @@ class Turn:
         return refs
 
     def _ingest(self, props: _Proposals, chunk: Chunk) -> None:
+        self.pacing.took(chunk.proposer)
         props.texts[chunk.proposer] += chunk.text
         if chunk.text or chunk.final:
             self.chunks_ingested += 1 if chunk.text else 0
@@ -333,4 +339,4 @@ class Turn:
             chunks_ingested=self.chunks_ingested, aggregator_prefill_computed=st.prefill_computed,
             aggregator_prefill_reused=st.prefill_reused, prefill_computed=totals[0] + st.prefill_computed,
             prefill_reused=totals[1] + st.prefill_reused, decode_tokens=totals[2] + st.decode_tokens,
-            agents=agents)
+            agents=agents, proposer_holds=self.pacing.holds, proposer_max_lead_chunks=self.pacing.max_ahead)

@@ -1,8 +1,9 @@
 """Packs each llama_decode: the decode token of every generating sequence, then chunks of waited-for prefill.
 
-Continuous batching as in the embedded engine's scheduler: one-token decodes go first so running streams never
-stall behind a long prompt, prefill chunks fill the rest of the token budget, and each sequence gets its slot,
-cached prefix and cells before its chunk is taken. With prompt lookup, a greedy decode brings its draft along:
+Continuous batching as in the embedded engine's scheduler: work goes by priority (SamplingParams.priority), and
+within a priority one-token decodes go first so running streams never stall behind a long prompt; prefill chunks
+fill the rest of the token budget, and each sequence gets its slot, cached prefix and cells before its chunk is
+taken. With prompt lookup, a greedy decode brings its draft along:
 the guessed tokens sit right after it in the same batch, each asking for logits, in what the certain work left
 of the budget and on cells that were free anyway. Work short of KV preempts younger work, as vLLM's
 scheduler does (engine/preemption.py).
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from ..preemption import Preemption
+from ..preemption import Preemption, priority
 from ..prompt_lookup import PromptLookup
 from ..sequence_table import SequenceTable
 from ..step_loop import blamed_on
@@ -85,7 +86,7 @@ class Scheduler:
         self.preemption: Preemption[LlamaSeq] = Preemption(table, kv)
 
     def schedule(self) -> Step:
-        """The next step: decodes first, then waited-for prefills (generations first), each in arrival order.
+        """The next step by priority; within one, decodes, then waited-for prefills (generations first), by arrival.
 
         Work that lacks a slot or cells preempts younger work (see engine/preemption.py), even work already
         packed in this step; work that only older work could make room for waits for it.
@@ -97,11 +98,11 @@ class Scheduler:
         preempted: set[int] = set()
         waiting: list[LlamaSeq] = []
         seqs = list(self._table)
-        decodes = sorted((s for s in seqs if s.generation is not None and s.pending == 1), key=arrival)
-        decode_ids = {d.id for d in decodes}
-        prefills = sorted((s for s in seqs if s.wants_compute and s.id not in decode_ids),
-                          key=lambda s: (s.generation is None, arrival(s)))
-        for s in [*decodes, *prefills]:
+        decode_ids = {s.id for s in seqs if s.generation is not None and s.pending == 1}
+        # Priority first, then decodes before prefills (generations' before opens/appends), each in arrival order.
+        work = sorted((s for s in seqs if s.wants_compute),
+                      key=lambda s: (priority(s), s.id not in decode_ids, s.generation is None, arrival(s)))
+        for s in work:
             if budget <= 0:
                 break
             if s.id in preempted:

@@ -183,8 +183,11 @@ class VllmEngine(ClientSequences):
         if self.streaming_input and self._input_cls is None:
             log.warning("vLLM %s has no streaming-input sessions; using prefix-cached requests",
                         getattr(vllm, "__version__", "?"))
+        args = engine_args(path, options)
+        # vLLM refuses a non-zero priority unless its scheduler orders by priority: send it only then.
+        self._priority = args.get("scheduling_policy") == "priority"
         try:
-            self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(path, options)))
+            self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
         except TypeError as exc:  # an unknown engine option
             raise ModelLoadError(f"bad vllm backend option: {exc}") from exc
         from transformers import AutoTokenizer
@@ -223,6 +226,9 @@ class VllmEngine(ClientSequences):
 
     # ---------------------------------------------------------------- plain requests (prefix cache)
 
+    def _priority_kwargs(self, params: SamplingParams) -> dict[str, int]:
+        return {"priority": params.priority} if self._priority else {}
+
     def _sampling(self, params: SamplingParams) -> Any:
         kw = sampling_kwargs(params)
         if params.structured is not None:
@@ -243,7 +249,8 @@ class VllmEngine(ClientSequences):
             await self._llm.abort(rid)
 
         s.cancel = cancel
-        outputs = self._llm.generate(tokens_prompt(s.tokens, s.cache_salt), self._sampling(params), rid)
+        outputs = self._llm.generate(tokens_prompt(s.tokens, s.cache_salt), self._sampling(params), rid,
+                                     **self._priority_kwargs(params))
         try:
             async for out in outputs:
                 od = read_output(out)
@@ -319,7 +326,7 @@ class VllmEngine(ClientSequences):
             while (item := await inputs.get()) is not None:
                 yield item
 
-        outputs = self._llm.generate(feed(), self._sampling(params), rid)
+        outputs = self._llm.generate(feed(), self._sampling(params), rid, **self._priority_kwargs(params))
         session = _Session(inputs, outputs, rid)
         self._sessions[s.id] = session
         return session

@@ -1,7 +1,8 @@
 """Picks each step's work under the token budget: every decode first, then chunks of pending prefill.
 
 Like vLLM v1's scheduler, a step mixes the one-token decodes of all generating sequences with chunks of the
-prefills that someone waits for (chunked prefill), so a long prompt never stalls the streams already running.
+prefills that someone waits for (chunked prefill), so a long prompt never stalls the streams already running;
+work of a lower SamplingParams.priority value goes first.
 Work short of KV preempts younger work, as vLLM's scheduler does (engine/preemption.py).
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..generation import Generation
-from ..preemption import Preemption
+from ..preemption import Preemption, priority
 from ..prompt_lookup import PromptLookup
 from ..sequence_table import SequenceTable
 from ..step_loop import blamed_on
@@ -61,7 +62,7 @@ class Scheduler:
         self.preemption: Preemption[SeqState] = Preemption(table, kv)
 
     def schedule(self) -> ScheduledStep:
-        """The next step: decodes first, then waited-for prefills (generations first), each in arrival order.
+        """The next step by priority; within one, decodes, then waited-for prefills (generations first), by arrival.
 
         Work that lacks KV preempts younger work (see engine/preemption.py), even work already picked for this
         step; work that only older work could make room for waits for it.
@@ -73,13 +74,11 @@ class Scheduler:
         preempted: set[int] = set()
         waiting: list[SeqState] = []
         seqs = list(self._table)
-        decodes = sorted((s for s in seqs if s.generation is not None and s.pending == 1), key=arrival)
-        decode_ids = {d.id for d in decodes}
-        prefills = sorted(
-            (s for s in seqs if s.wants_compute and s.id not in decode_ids),
-            key=lambda s: (s.generation is None, arrival(s)),
-        )
-        for s in [*decodes, *prefills]:
+        decode_ids = {s.id for s in seqs if s.generation is not None and s.pending == 1}
+        # Priority first, then decodes before prefills (generations' before opens/appends), each in arrival order.
+        work = sorted((s for s in seqs if s.wants_compute),
+                      key=lambda s: (priority(s), s.id not in decode_ids, s.generation is None, arrival(s)))
+        for s in work:
             if budget <= 0:
                 break
             if s.id in preempted:
