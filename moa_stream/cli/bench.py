@@ -111,6 +111,8 @@ def _add_ttft_arguments(p: argparse.ArgumentParser) -> None:
                    help="chunk size in tokens (the first one too, unless --first-chunk)")
     p.add_argument("--repeats", type=positive_int, default=1, metavar="N", help="runs per mode; the median counts")
     p.add_argument("--question", default=None, help="the question to answer")
+    p.add_argument("--peer", action="store_true",
+                   help="also run classic MoA as a client of llama.cpp's server on the same GGUF (peer_classic)")
 
 
 def _ttft_table(result: dict[str, Any]) -> Any:
@@ -122,7 +124,7 @@ def _ttft_table(result: dict[str, Any]) -> Any:
     for col in cols:
         table.add_column(col, justify="left" if col in ("mode", "finish") else "right")
     for mode, row in result.items():
-        if mode == "setup":
+        if not isinstance(row, dict) or mode in ("setup", "peer_classic"):
             continue
         ratio = row.get("total_ratio_vs_classic")
         short = " [red](short)[/red]" if row.get("short_answer") else ""
@@ -145,7 +147,8 @@ def _main_ttft(args: argparse.Namespace) -> int:
     async def go() -> dict[str, Any]:
         moa = MoA.from_config(cfg, model=args.model)
         try:
-            return await run_ttft_bench(moa, args.question or DEFAULT_QUESTION, repeats=args.repeats)
+            return await run_ttft_bench(moa, args.question or DEFAULT_QUESTION, repeats=args.repeats,
+                                        peer=args.peer, model=args.model)
         finally:
             await moa.aclose()
 
@@ -162,8 +165,17 @@ def _main_ttft(args: argparse.Namespace) -> int:
             console.print(f"staircase ({stair['layout']}) TTFT = {stair['ttft_ratio_vs_classic']:.3f} x classic "
                           f"(target <= 0.07), {stair['ttft_ratio_vs_single']:.2f} x single (target <= 3); total "
                           f"at equal length {stair['total_ratio_vs_classic']:.2f} x classic (target <= 1)")
+        if result.get("staircase_total_vs_single") is not None:
+            console.print(f"staircase total at equal length = {result['staircase_total_vs_single']:.2f} x single "
+                          "(target <= 2.5)")
+        peer = result.get("peer_classic")
+        if peer is not None:
+            console.print(f"peer (classic MoA on llama.cpp's server): TTFT {peer['ttft_s']:.2f} s, total "
+                          f"{peer['total_s']:.2f} s; classic TTFT = {result['classic_vs_peer_ttft']:.2f} x peer "
+                          f"(target <= 0.7), staircase = {result['staircase_vs_peer_ttft']:.3f} x peer "
+                          "(target <= 0.05)")
         for mode, row in result.items():
-            if mode != "setup" and row.get("short_answer"):
+            if isinstance(row, dict) and mode != "setup" and row.get("short_answer"):
                 console.print(f"[red]{mode}: answer is {row['answer_fraction_of_classic']:.0%} of classic's "
                               f"length (< {result['setup']['short_answer_fraction']:.0%}): not a complete answer[/red]")
     return 0
