@@ -42,3 +42,24 @@ def test_streamed_text_equals_full_decode_at_every_boundary(tokenizer: Any, ids:
             assert streamed == full, (ids[:n], streamed, full)
     streamed += detok.flush()
     assert streamed == tokenizer.decode(ids, skip_special_tokens=True)
+
+
+class _DecodeOnly:
+    """The tokenizer without its Rust backend: the Detokenizer then takes its two-window Python fallback."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tok = tokenizer
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return str(self._tok.decode(ids, skip_special_tokens=skip_special_tokens))
+
+
+@pytest.mark.parametrize("text", ["Vaccines — antigens, B cells & T cells: déjà vu 🦠 ok.", "a\n\n  b   c\t日本語"])
+def test_the_rust_stream_and_the_python_fallback_release_the_same_pieces(tokenizer: Any, text: str) -> None:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    fast, slow = Detokenizer(tokenizer), Detokenizer(_DecodeOnly(tokenizer))
+    assert fast._stream is not None and slow._stream is None
+    pieces = [(fast.push(i), slow.push(i)) for i in ids]
+    assert all(a == b for a, b in pieces)
+    assert fast.flush() == slow.flush()
+    assert fast.text == slow.text == tokenizer.decode(ids, skip_special_tokens=True)
