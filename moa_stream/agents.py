@@ -155,8 +155,9 @@ async def run_proposer(slot: AgentSlot, idx: int, messages: list[Message], quest
                        t0: float, result: ProposalResult, pacing: Pacing | None = None) -> None:
     """Generate one proposal, emitting deltas and cutting it into chunks; never raises (failures are events).
 
-    With pacing, each chunk is one generation, begun only when the pacing lets it (moa_stream/pacing.py);
-    without, the whole proposal is one generation.
+    With pacing, a proposer that has written a chunk too far ahead of the aggregator leaves its generation there
+    and starts another once the pacing lets it (moa_stream/pacing.py); a proposer never held writes its proposal
+    in one generation, as without pacing.
     """
     if slot.cfg.tools:  # a tool-using proposer runs its own tool loop (moa_stream/agent_proposer.py)
         from .agent_proposer import run_tool_proposer
@@ -164,7 +165,6 @@ async def run_proposer(slot: AgentSlot, idx: int, messages: list[Message], quest
         await run_tool_proposer(slot, idx, messages, question, reuse, knobs, out, emit, t0, result)
         return
     name, layer = slot.cfg.name, slot.layer
-    paced = pacing is not None and pacing.enabled
     gen = None
     failed = False
     try:
@@ -176,40 +176,39 @@ async def run_proposer(slot: AgentSlot, idx: int, messages: list[Message], quest
             loop = asyncio.get_running_loop()
             budget, part, finished = slot.cfg.max_tokens, 0, False
             while not finished:
-                params = slot.sampling()
-                if pacing is not None and paced:
-                    await pacing.before_chunk(idx)
-                    want = min(budget - result.tokens, knobs.chunk_size(index) - buf_tokens)
-                    params = dataclasses.replace(slot.sampling(want), priority=pacing.priority(),
+                params = slot.sampling(budget - result.tokens)
+                if pacing is not None:
+                    params = dataclasses.replace(params, priority=pacing.priority(),
                                                  seed=part_seed(slot.cfg.seed, part))
                 part += 1
-                produced = 0
+                held, finished = False, True  # a stream that ends without a finish reason ends the proposal
                 gen = slot.engine.generate(slot.seq, params)
                 async for delta in gen:
                     deadline.reschedule(loop.time() + knobs.agent_timeout_s)  # the timeout is on silence
-                    n = len(delta.token_ids)
-                    result.tokens, buf_tokens, produced = result.tokens + n, buf_tokens + n, produced + n
+                    result.tokens += len(delta.token_ids)
+                    buf_tokens += len(delta.token_ids)
                     if delta.text:
                         buf += delta.text
                         result.text += delta.text
                         emit(ProposerDelta(name, layer, delta.text, time.perf_counter() - t0))
                     if delta.finish_reason is not None:
-                        # A paced part ends with "length" at its chunk's end; the proposal goes on unless that was
-                        # its budget or the model's length (a part that could write nothing).
-                        finished = (not paced or delta.finish_reason != "length" or result.tokens >= budget
-                                    or produced == 0)
-                        if finished:
-                            result.finish_reason = delta.finish_reason
-                            slot.after_eos = bool(delta.token_ids) and delta.token_ids[-1] in slot.engine.eos_token_ids
+                        result.finish_reason = delta.finish_reason
+                        slot.after_eos = bool(delta.token_ids) and delta.token_ids[-1] in slot.engine.eos_token_ids
                         break
                     if buf_tokens >= knobs.chunk_size(index):
                         _put(out, pacing, Chunk(idx, index, buf, buf_tokens, final=False))
                         index, buf, buf_tokens = index + 1, "", 0
+                        if pacing is not None and pacing.must_wait(idx):
+                            held, finished = True, False
+                            break
                 await gen.aclose()
                 gen = None
-                if not finished and buf_tokens >= knobs.chunk_size(index):
-                    _put(out, pacing, Chunk(idx, index, buf, buf_tokens, final=False))
-                    index, buf, buf_tokens = index + 1, "", 0
+                if held:
+                    assert pacing is not None
+                    buf, buf_tokens = _unread(slot, result, buf, buf_tokens)
+                    deadline.reschedule(None)  # waiting for the aggregator to read is not silence
+                    await pacing.before_chunk(idx)
+                    deadline.reschedule(loop.time() + knobs.agent_timeout_s)
         _put(out, pacing, Chunk(idx, index, buf, buf_tokens, final=True))
     except Exception as exc:  # TimeoutError included: the agent is dropped, the others go on
         timed_out = isinstance(exc, TimeoutError)
@@ -230,6 +229,19 @@ def part_seed(seed: int | None, part: int) -> int | None:
     if seed is None or part == 0:
         return seed
     return (seed * 1_000_003 + part) % 2**63
+
+
+def _unread(slot: AgentSlot, result: ProposalResult, buf: str, buf_tokens: int) -> tuple[str, int]:
+    """Tokens the engine sampled into the sequence after the last delta read (a step may end as the stream is left)
+    join the next chunk, so that the proposal's text is what its sequence holds."""
+    assert slot.seq is not None
+    extra = slot.engine.tokens(slot.seq)[slot.prompt_tokens + result.tokens:]
+    if not extra:
+        return buf, buf_tokens
+    text = slot.engine.tokenizer.decode(extra, skip_special_tokens=True)
+    result.tokens += len(extra)
+    result.text += text
+    return buf + text, buf_tokens + len(extra)
 
 
 def _put(out: asyncio.Queue[Chunk | Failure], pacing: Pacing | None, chunk: Chunk) -> None:

@@ -3,9 +3,10 @@
 Before the answer starts, proposers run flat out (their first chunks are what the aggregator waits for). Once it
 answers, its tokens are what the user waits for: it is served first in every engine step (proposers' generations
 then carry PROPOSER_PRIORITY, SamplingParams.priority's "later"), and a proposer that already has `lead_chunks`
-chunks written that the aggregator has not taken in waits before writing another. Every chunk a proposer writes
-is then read at most `lead_chunks` chunks after it was written, and the batch the aggregator decodes in holds
-only the proposers it will need next.
+chunks written that the aggregator has not taken in leaves its generation at that chunk's end and starts another
+once the aggregator has read it. A proposer is then never more than `lead_chunks` chunks ahead of what the
+aggregator has read, and the batch the aggregator decodes in holds only the proposers it will need next. A
+generation keeps the priority it started with: one begun before the answer keeps 0 until its proposer is held.
 """
 
 from __future__ import annotations
@@ -27,21 +28,16 @@ class Pacing:
     written: list[int] = field(default_factory=list)  # chunks each proposer has written
     taken: list[int] = field(default_factory=list)  # chunks of each proposer the aggregator has taken in
     holds: int = 0  # times a proposer waited for the aggregator to read
-    # Most chunks a proposer had written beyond the aggregator's intake while it answered, counted on writing a
-    # chunk: with the throttle, only chunks begun while it answered (one begun before was never held).
+    # Most chunks a proposer had written beyond the aggregator's intake, counted on writing a chunk it began while
+    # the aggregator answered (one begun before that could not be held).
     max_ahead: int = 0
-    _paced: list[bool] = field(default_factory=list)  # the chunk each proposer is writing began while answering
+    _began_answering: list[bool] = field(default_factory=list)  # the chunk each proposer writes began in the answer
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.written = [0] * self.n
         self.taken = [0] * self.n
-        self._paced = [False] * self.n
-
-    @property
-    def enabled(self) -> bool:
-        """Whether proposers may be held (else they write each proposal in one generation)."""
-        return self.lead_chunks is not None
+        self._began_answering = [False] * self.n
 
     def priority(self) -> int:
         """The priority of a proposer's next generation: after the aggregator's once it answers."""
@@ -51,21 +47,26 @@ class Pacing:
         """Chunks the proposer has written that the aggregator has not taken in."""
         return self.written[proposer] - self.taken[proposer]
 
+    def must_wait(self, proposer: int) -> bool:
+        """Whether the proposer is too far ahead to write another chunk now (only while the aggregator answers)."""
+        return self.lead_chunks is not None and self.answering and self.ahead(proposer) >= self.lead_chunks
+
     async def before_chunk(self, proposer: int) -> None:
         """Return once the proposer may write its next chunk (at once, unless the aggregator answers)."""
         held = False
-        while self.lead_chunks is not None and self.answering and self.ahead(proposer) >= self.lead_chunks:
+        while self.must_wait(proposer):
             held = True
             self._changed.clear()
             await self._changed.wait()
         self.holds += held
-        self._paced[proposer] = self.answering
+        self._began_answering[proposer] = self.answering
 
     def wrote(self, proposer: int) -> None:
         """The proposer put a chunk on the queue."""
         self.written[proposer] += 1
-        if self._paced[proposer] if self.enabled else self.answering:
+        if self._began_answering[proposer]:
             self.max_ahead = max(self.max_ahead, self.ahead(proposer))
+        self._began_answering[proposer] = self.answering  # the next chunk begins now
 
     def took(self, proposer: int) -> None:
         """The aggregator took in one chunk of the proposer."""
