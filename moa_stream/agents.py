@@ -206,6 +206,9 @@ async def run_proposer(slot: AgentSlot, idx: int, messages: list[Message], quest
                 if held:
                     assert pacing is not None
                     buf, buf_tokens = _unread(slot, result, buf, buf_tokens)
+                    if result.tokens >= budget:  # the unread tokens were its last ones
+                        result.finish_reason = "length"
+                        break
                     deadline.reschedule(None)  # waiting for the aggregator to read is not silence
                     await pacing.before_chunk(idx)
                     deadline.reschedule(loop.time() + knobs.agent_timeout_s)
