@@ -21,16 +21,17 @@ from pathlib import Path
 from .errors import BackendError
 
 READY_TIMEOUT_S = 120.0
-# The server as `python -m llama_cpp.server`, with llama.cpp's CPU extra buffer types (AMX repacking) off as in
-# our engine (engine/llamacpp_engine/context.py): on an AMX Xeon llama.cpp 0.3.36 segfaults in them on the first
-# decode, and the peer must run the same kernels as the engine it is compared with.
+# The server as `python -m llama_cpp.server`, with llama.cpp's CPU extra buffer types chosen as our engine chooses
+# them (engine/llamacpp_engine/context.py: off on an AMX build, where 0.3.36 segfaults in them), so the peer runs
+# the same kernels as the engine it is compared with.
 _SERVER_BOOT = """
 import runpy, sys
 import llama_cpp.llama_cpp as L
+from engine.llamacpp_engine.context import use_extra_buffer_types
 _defaults = L.llama_model_default_params
 def _params():
     p = _defaults()
-    p.use_extra_bufts = False
+    p.use_extra_bufts = use_extra_buffer_types()
     return p
 L.llama_model_default_params = _params
 sys.argv = ["llama_cpp.server", *sys.argv[1:]]

@@ -51,6 +51,18 @@ def default_threads() -> int:
     return max(1, min((os.cpu_count() or 1) - 1, 8))
 
 
+def use_extra_buffer_types() -> bool:
+    """Whether llama.cpp may keep weights in its CPU extra buffer types (repacked kernels): not on an AMX build.
+
+    A llama.cpp built natively on an AMX CPU puts weights in AMX buffers, and 0.3.36 segfaults in
+    ggml_backend_amx_mul_mat on the first decode there (seen on the development VM); the AVX2 build that
+    `make install` makes has no AMX and keeps its repacked kernels.
+    """
+    import llama_cpp as L
+
+    return b"AMX_INT8 = 1" not in L.llama_print_system_info()
+
+
 def _quiet() -> None:
     # llama-cpp-python prints llama.cpp's log to stderr unless its logger is raised above INFO.
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
@@ -70,9 +82,7 @@ class LlamaContext:
         L.llama_backend_init()
         mparams = L.llama_model_default_params()
         mparams.n_gpu_layers = options.gpu_layers
-        # No CPU "extra" buffer types (AMX repacking): on this project's AMX Xeon, llama.cpp 0.3.36 segfaults in
-        # ggml_backend_amx_mul_mat on the first decode; without them the weights use the plain AVX kernels.
-        mparams.use_extra_bufts = False
+        mparams.use_extra_bufts = use_extra_buffer_types()
         self._model = L.llama_model_load_from_file(str(path).encode(), mparams)
         if not self._model:
             raise ModelLoadError(f"llama.cpp could not load {path}: is it a GGUF model file?")
