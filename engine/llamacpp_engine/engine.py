@@ -26,7 +26,9 @@ from ..prompt_lookup import PromptLookup
 from ..protocol import EngineStats, Sequence, Tokenizer
 from ..response_cache import ResponseCache
 from ..sequence_table import SequenceTable
+from ..step_sampling import SampleRequest
 from ..structured_state import Structurer
+from . import torch_threads
 from .context import ContextOptions, LlamaContext
 from .kv_residency import KVResidency
 from .scheduler import Scheduler, Step
@@ -100,6 +102,7 @@ class LlamaCppEngine(LocalEngine):
         self._step_done: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._structurer: Structurer | None = None  # built on the first structured generation
+        torch_threads.hold()
 
     # ---------------------------------------------------------------- properties
 
@@ -244,6 +247,7 @@ class LlamaCppEngine(LocalEngine):
         await self._out_of_decode()
         self._worker.shutdown(wait=True)
         self._ctx.close()
+        torch_threads.release()
 
     # ---------------------------------------------------------------- waiting for the loop
 
@@ -289,6 +293,7 @@ class LlamaCppEngine(LocalEngine):
 
     def _sample_from_stored_logits(self) -> None:
         # A generation that starts on a fully computed sequence samples from the stored logits: no decode.
+        ready: list[tuple[LlamaSeq, SampleRequest]] = []
         for s in self._table:
             gen = s.generation
             if gen is None or gen.produced or s.pending:
@@ -297,7 +302,8 @@ class LlamaCppEngine(LocalEngine):
                 # Computed but without logits (a rolled-back append, a fork of one): recompute the last token.
                 self._kv.truncate(s, len(s.tokens) - 1)
                 continue
-            self._sample(s, gen, torch.from_numpy(s.last_logits))
+            ready.append((s, SampleRequest(gen, s.tokens, [torch.from_numpy(s.last_logits)])))
+        self._sample_and_emit(ready)
 
     def _capacity_error(self, s: LlamaSeq) -> CapacityError:
         return CapacityError(f"sequence {s.id} needs {len(s.tokens)} tokens of KV but the budget holds "
@@ -311,6 +317,7 @@ class LlamaCppEngine(LocalEngine):
         """Take in a finished step: progress and counters, prefix index, waiters, sampled tokens, drafts."""
         self._forward_steps += 1
         it = iter(rows)
+        ready: list[tuple[LlamaSeq, SampleRequest]] = []
         for c in step.chunks:
             s = c.seq
             mine = [next(it) for _ in range(c.n_logits)]
@@ -334,12 +341,16 @@ class LlamaCppEngine(LocalEngine):
                 s.last_logits = mine[own - 1]
                 gen = c.gen
                 if gen is not None and s.generation is gen:
-                    # Accepted draft tokens become computed as they are emitted (their KV is in place).
-                    self._sample_verified(s, gen, torch.from_numpy(np.stack(mine[own - 1:])), c.draft)
-            if c.draft:
+                    after = [torch.from_numpy(r) for r in mine[own - 1:]]
+                    ready.append((s, SampleRequest(gen, s.tokens, after, c.draft)))
+        # Every generation of the step samples in one pass; accepted draft tokens become computed as they are
+        # emitted (their KV is in place).
+        self._sample_and_emit(ready)
+        for c in step.chunks:
+            if c.draft and not c.seq.closed:
                 # The rejected draft tokens' KV goes from the first of them on, so later positions stay exact.
-                self._kv.truncate(s, s.num_computed)
-                self._kv.index.register(s)
+                self._kv.truncate(c.seq, c.seq.num_computed)
+                self._kv.index.register(c.seq)
 
     def _fail_step(self, step: Step, exc: Exception) -> None:
         err = exc if isinstance(exc, EngineError) else EngineError(f"llama_decode failed: {exc}")
