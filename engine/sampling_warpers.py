@@ -120,17 +120,22 @@ def draw(group: Candidates, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     """The token each row's uniform picks by the inverse CDF of softmax(scores), and whether the row had
     nothing to draw from (every score -inf, or not finite); overwrites `group.scores`.
 
-    The CDF is of exp(score - max), in place: normalising would not move the pick, and each whole-row
+    The CDF runs over the tokens in id order, so a row's uniform picks the same token whatever its candidates
+    were; it is of exp(score - max), in place: normalising would not move the pick, and each whole-row
     temporary costs more than the arithmetic. It is float32 (on a CPU torch accumulates it in float64).
     """
-    weights = group.scores.sub_(group.scores.max(dim=-1, keepdim=True).values).exp_()
+    scores, ids = group.scores, group.ids
+    if ids is not None:  # the CDF runs in token-id order, however the candidates were found
+        ids, by_id = ids.sort(dim=-1)
+        scores = scores.gather(1, by_id)
+    weights = scores.sub_(scores.max(dim=-1, keepdim=True).values).exp_()
     cdf = weights.cumsum_(-1)
     total = cdf[:, -1:]
     # Below total, so searchsorted(right) lands on a column of non-zero probability.
     target = torch.minimum((u[:, None] * total.to(u.dtype)).to(cdf.dtype),
                            torch.nextafter(total, torch.zeros_like(total)))
     col = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[1] - 1)
-    tokens = col[:, 0] if group.ids is None else group.ids.gather(1, col)[:, 0]
+    tokens = col[:, 0] if ids is None else ids.gather(1, col)[:, 0]
     return tokens, ~(total[:, 0] > 0)  # nan (all -inf, or not finite) compares False too
 
 
