@@ -1,10 +1,11 @@
 """The warpers and the draw of the batched sampler: temperature, top-k, top-p, min-p, then one token per row.
 
 Rows with top-k or top-p end up with a few candidate tokens: a partial top-k takes the best `TOP_P_FIRST_K`
-by score and widens (8x, 8x again, then the whole row) only for rows whose kept set reaches past them, and min-p and the
+by score and widens (8x, then the whole row) only for rows whose kept set reaches past them, and min-p and the
 draw then work on those candidates alone. That keeps exactly the set a full sort keeps (up to the order of
-exactly tied scores, which a sort leaves open too): a row is settled once its last candidate is dropped, and
-every token past it scores no higher, so it is dropped too. Rows with neither warper keep the whole row.
+exactly tied scores, which a sort leaves open too): a row is settled once its candidates' mass reaches top_p,
+since every token past them scores no higher and has at least that mass before it, so it is dropped too.
+Rows with neither warper keep the whole row.
 
 The draw is the inverse CDF of one uniform per row, taken from the row's own generator (a seeded generation)
 or from torch's global RNG: a row draws the same token batched or alone, and `multinomial`'s one exponential
@@ -19,7 +20,7 @@ import torch
 
 from .protocol import SamplingParams
 
-TOP_P_FIRST_K = 64  # candidates a top-k/top-p row starts from (a partial top-k costs about a pass over the row)
+TOP_P_FIRST_K = 256  # candidates a top-k/top-p row starts from (a partial top-k of 256 costs about what 64 does)
 NEG_INF = float("-inf")
 
 
@@ -82,9 +83,12 @@ def _nucleus(scores: torch.Tensor, rows: torch.Tensor, top_p: torch.Tensor) -> l
     while True:
         vals, order = torch.topk(scores, k)  # sorted, descending
         sorted_probs = probs.gather(1, order)
-        drop = (sorted_probs.cumsum(-1) - sorted_probs >= top_p) | (vals == NEG_INF)
-        # Settled once the last candidate is dropped: every token past it is dropped as well.
-        settled = drop[:, -1] if k < vocab else torch.ones_like(drop[:, -1])
+        cum = sorted_probs.cumsum(-1)
+        drop = (cum - sorted_probs >= top_p) | (vals == NEG_INF)
+        # Settled once the candidates' mass reaches top_p (or the rest is masked): every token past them scores
+        # no higher, so the mass before it reaches top_p too and it is dropped.
+        settled = (cum[:, -1:] >= top_p)[:, 0] | (vals[:, -1] == NEG_INF) if k < vocab \
+            else torch.ones_like(drop[:, -1])
         if bool(settled.all()):
             groups.append(Candidates(rows, vals.masked_fill_(drop, NEG_INF), order))
             return groups
