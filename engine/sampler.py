@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import EngineError
 from .protocol import SamplingParams
 from .sampling_warpers import Candidates, draw, probabilities, uniforms, warp
 from .structured_state import StructuredState
@@ -48,11 +47,11 @@ def make_generator(params: SamplingParams, device: torch.device | str) -> torch.
     return gen
 
 
-def sample_rows(logits: torch.Tensor, rows: Sequence[Row]) -> list[int | EngineError]:
+def sample_rows(logits: torch.Tensor, rows: Sequence[Row]) -> list[int | Exception]:
     """The token of each row of `logits` ([len(rows), vocab], float32, overwritten), or the error that row
-    alone hit (a grammar failure, or no token left to sample)."""
+    alone hit (a grammar failure, or no token left to sample: the engine fails that generation, naming it)."""
     with torch.no_grad():
-        failed: dict[int, EngineError] = {}
+        failed: dict[int, Exception] = {}
         greedy, drawn, groups = _prepare(logits, rows, failed)
         tokens = torch.empty(len(rows), dtype=torch.long, device=logits.device)
         if greedy:
@@ -67,7 +66,7 @@ def sample_rows(logits: torch.Tensor, rows: Sequence[Row]) -> list[int | EngineE
                 tokens[drawn_at[g.rows]], empty[g.rows] = draw(g, u[g.rows])
             for i, nothing in zip(drawn, empty.tolist(), strict=True):
                 if nothing:
-                    failed.setdefault(i, EngineError(
+                    failed.setdefault(i, ValueError(
                         "no token can be sampled: every token is masked or banned, or the logits are not finite"))
         return [failed.get(i, t) for i, t in enumerate(tokens.tolist())]
 
@@ -88,7 +87,7 @@ def distribution(logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
 
 
 def _prepare(logits: torch.Tensor, rows: Sequence[Row],
-             failed: dict[int, EngineError]) -> tuple[list[int], list[int], list[Candidates]]:
+             failed: dict[int, Exception]) -> tuple[list[int], list[int], list[Candidates]]:
     """Mask and penalize `logits` in place; the greedy rows, the drawn rows and the drawn rows' candidates."""
     if logits.dim() != 2 or logits.shape[0] != len(rows):
         raise ValueError(f"sampling takes one logits row per Row, got {tuple(logits.shape)} for {len(rows)}")
@@ -131,7 +130,7 @@ def apply_penalties(logits: torch.Tensor, params: SamplingParams, context: Seque
 # ---------------------------------------------------------------------------------------------- the stages
 
 
-def _mask(logits: torch.Tensor, rows: Sequence[Row], failed: dict[int, EngineError]) -> None:
+def _mask(logits: torch.Tensor, rows: Sequence[Row], failed: dict[int, Exception]) -> None:
     """The grammar's mask (after the row's draft tokens) and the banned tokens, in place."""
     banned: list[torch.Tensor] = []
     vocab = logits.shape[1]
@@ -140,7 +139,7 @@ def _mask(logits: torch.Tensor, rows: Sequence[Row], failed: dict[int, EngineErr
             try:
                 _mask_after(r.structured, r.extra, logits[i])
             except Exception as exc:  # this row's grammar failed: it fails alone
-                failed[i] = exc if isinstance(exc, EngineError) else EngineError(f"structured output failed: {exc}")
+                failed[i] = exc
         if r.params.banned_token_ids:
             ids = torch.tensor(r.params.banned_token_ids, dtype=torch.long)
             banned.append(ids[ids < vocab] + i * vocab)

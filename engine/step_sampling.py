@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import EngineError
 from .generation import Generation
 from .sampler import Row, sample_rows
 from .token_history import TokenHistory
@@ -49,8 +48,9 @@ def history_of(gen: Generation, tokens: Sequence[int]) -> TokenHistory | None:
     return gen.history
 
 
-def sample_step(requests: Sequence[SampleRequest]) -> list[Drawn | EngineError]:
-    """Each request's draw, all sampled in one pass; a request that fails gets its error, the others their draw."""
+def sample_step(requests: Sequence[SampleRequest]) -> list[Drawn | Exception]:
+    """Each request's draw, all sampled in one pass; a request that fails gets its error (the engine fails that
+    generation alone, naming it), the others their draw."""
     if not requests:
         return []
     rows: list[Row] = []
@@ -66,9 +66,9 @@ def sample_step(requests: Sequence[SampleRequest]) -> list[Drawn | EngineError]:
         out = sample_rows(logits, rows)
     except Exception as exc:  # find whose rows failed: each request alone, so the others still get their draw
         if len(requests) == 1:
-            return [exc if isinstance(exc, EngineError) else EngineError(f"sampling failed: {exc}")]
+            return [exc]
         return [d for r in requests for d in sample_step([r])]
-    drawn: list[Drawn | EngineError] = []
+    drawn: list[Drawn | Exception] = []
     at = 0
     for r in requests:
         mine, at = out[at:at + len(r.rows)], at + len(r.rows)
@@ -76,10 +76,10 @@ def sample_step(requests: Sequence[SampleRequest]) -> list[Drawn | EngineError]:
     return drawn
 
 
-def _walk(tokens: list[int | EngineError], draft: tuple[int, ...]) -> Drawn | EngineError:
+def _walk(tokens: list[int | Exception], draft: tuple[int, ...]) -> Drawn | Exception:
     accepted: list[int] = []
     for i, token in enumerate(tokens):
-        if isinstance(token, EngineError):
+        if isinstance(token, Exception):
             return token
         if i == len(draft) or token != draft[i]:
             return Drawn(accepted, token)
