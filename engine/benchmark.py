@@ -9,7 +9,7 @@ import asyncio
 import random
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from .errors import InvalidTokensError
@@ -43,6 +43,12 @@ class EngineBenchResult:
     peer_tok_s_1: float | None = None
     peer_tok_s_4: float | None = None
     tok_s_4_vs_peer: float | None = None  # tok_s_4 / peer_tok_s_4
+    # Decode tokens/s of sampled streams (SAMPLED: temperature 0.7, top-p 0.9, repetition penalty 1.1), measured
+    # right after the greedy streams of the same count, and what they keep of the greedy rate.
+    sampled_tok_s_1: float = 0.0
+    sampled_tok_s_4: float = 0.0
+    sampled_vs_greedy_1: float = 0.0  # sampled_tok_s_1 / tok_s_1
+    sampled_vs_greedy_4: float = 0.0  # sampled_tok_s_4 / tok_s_4
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict, contract fields first, plus tok_s_<n> for every stream count measured."""
@@ -52,6 +58,10 @@ class EngineBenchResult:
             out.setdefault(f"tok_s_{n}", v)
         out["tok_s"] = {str(n): v for n, v in per.items()}
         return out
+
+
+# What a MoA proposer samples with: the sampled columns' parameters (max_tokens and ignore_eos set per run).
+SAMPLED = SamplingParams(temperature=0.7, top_p=0.9, repetition_penalty=1.1)
 
 
 def _random_tokens(rng: random.Random, n: int, vocab: int, avoid: frozenset[int]) -> list[int]:
@@ -69,10 +79,12 @@ def _vocab_size(engine: Engine) -> int:
     return min(len(engine.tokenizer), engine.vocab_size)
 
 
-async def _decode_rate(engine: Engine, prompts: list[list[int]], n_tokens: int) -> float:
-    """Decode tokens/s of len(prompts) concurrent streams (prompts prefilled before the clock starts)."""
+async def _decode_rate(engine: Engine, prompts: list[list[int]], n_tokens: int,
+                       sampling: SamplingParams | None = None) -> float:
+    """Decode tokens/s of len(prompts) concurrent streams (prompts prefilled before the clock starts), greedy
+    unless `sampling` says otherwise."""
     seqs: list[Sequence] = [await engine.open(p) for p in prompts]
-    params = SamplingParams(max_tokens=n_tokens, ignore_eos=True)
+    params = replace(sampling or SamplingParams(), max_tokens=n_tokens, ignore_eos=True)
 
     async def run(seq: Sequence) -> int:
         count = 0
@@ -100,7 +112,8 @@ async def run_engine_bench(
     repeats: int = 3,
     seed: int | None = None,
 ) -> EngineBenchResult:
-    """Measure re-prefill vs append, prefix reuse, fork, and decode tokens/s at each stream count."""
+    """Measure re-prefill vs append, prefix reuse, fork, and decode tokens/s at each stream count (sampled too
+    at 1 and 4)."""
     if context_tokens + delta_tokens * (repeats + 1) > engine.max_model_len:
         raise InvalidTokensError(f"context_tokens={context_tokens} plus {repeats + 1} appends of {delta_tokens} "
                                  f"do not fit the model's {engine.max_model_len} tokens: lower --context")
@@ -153,9 +166,13 @@ async def run_engine_bench(
     await engine.close(shared)
 
     rates: dict[int, float] = {}
+    sampled: dict[int, float] = {}
     for n in sorted(set(streams) | {1, 4}):
         prompts = [_random_tokens(rng, 32, vocab, avoid) for _ in range(n)]
         rates[n] = await _decode_rate(engine, prompts, decode_tokens)
+        if n in (1, 4):  # at once after the greedy run, so both meet the same machine load
+            prompts = [_random_tokens(rng, 32, vocab, avoid) for _ in range(n)]
+            sampled[n] = await _decode_rate(engine, prompts, decode_tokens, SAMPLED)
 
     append_ms = statistics.median(append_times)
     return EngineBenchResult(
@@ -177,6 +194,10 @@ async def run_engine_bench(
         fork_ms=round(fork_ms, 2),
         fork_tokens_computed=fork_computed,
         tok_s={n: round(r, 2) for n, r in rates.items()},
+        sampled_tok_s_1=round(sampled[1], 2),
+        sampled_tok_s_4=round(sampled[4], 2),
+        sampled_vs_greedy_1=round(sampled[1] / rates[1], 2),
+        sampled_vs_greedy_4=round(sampled[4] / rates[4], 2),
     )
 
 

@@ -13,6 +13,7 @@ from .detokenizer import Detokenizer
 from .protocol import SamplingParams, TokenDelta
 from .sequence_table import SequenceEntry
 from .structured_state import StructuredState
+from .token_history import TokenHistory
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Generation:
     structured: StructuredState | None = None  # where the output is in its grammar (structured output only)
     queue: asyncio.Queue[TokenDelta | BaseException | None] = field(default_factory=asyncio.Queue)
     produced: int = 0
+    history: TokenHistory | None = None  # what the penalties read, built on the first sample (penalized only)
     # With a response cache: the context it started from and what it sent, stored once it finishes.
     context: tuple[int, ...] | None = None
     sent: list[TokenDelta] | None = None

@@ -1,11 +1,10 @@
 """What both embedded engines share: the protocol calls that only touch the sequence table, and generations.
 
-A generation's life is the same whatever computes its tokens: sampling hands each token to `_emit`, which
-checks it against the grammar, stop tokens, stop strings and the budget, streams it and ends the generation;
-verified draft tokens (prompt lookup) and answers from the response cache go through the same path. The
-subclasses own the KV (their `_kv` has `touch`) and how a step is computed (`_forward`); the step loop is here.
-
-The loop (engine/step_loop.py) survives its own faults; a failure while emitting fails only that generation.
+A generation's life is the same whatever computes its tokens: sampling (a step's rows all together,
+`_sample_and_emit`) hands each token to `_emit`, which checks it against the grammar, stop tokens, stop strings
+and the budget, streams it and ends the generation; verified draft tokens (prompt lookup) and answers from the
+response cache go through the same path. The subclasses own the KV (their `_kv` has `touch`) and how a step is
+computed (`_forward`); the loop (engine/step_loop.py) is shared and survives its own faults.
 """
 
 from __future__ import annotations
@@ -19,17 +18,15 @@ from collections.abc import AsyncIterator
 from collections.abc import Sequence as Seq
 from typing import Any
 
-import torch
-
 from .detokenizer import Detokenizer
 from .errors import CapacityError, EngineError, StepFailedError
 from .generation import Generation, Waiter
-from .prompt_lookup import verify_draft
 from .protocol import FinishReason, SamplingParams, Sequence, SequenceStats, TokenDelta
 from .response_cache import CachedResponse, ResponseCache
-from .sampler import make_generator, sample
+from .sampler import make_generator
 from .sequence_table import SequenceTable
 from .step_loop import StepLoop
+from .step_sampling import SampleRequest, sample_step
 from .structured_state import StructuredState, Structurer, structurer_for
 from .token_stream import TokenStream
 
@@ -71,14 +68,18 @@ class LocalEngine(StepLoop):
         """Drop what the KV index knows of `s` beyond its computed tokens (they were just taken back)."""
         raise NotImplementedError
 
-    def _sample(self, s: Any, gen: Generation, row: torch.Tensor) -> None:
-        """Sample the generation's next token from `row` and emit it; a failure fails only this generation."""
-        try:
-            token = sample(row, gen.params, gen.generator, s.tokens, gen.produced, gen.structured)
-        except Exception as exc:  # this generation's sampling failed: it fails alone, the loop goes on
-            self._fail_generation(s, gen, exc)
+    def _sample_and_emit(self, requests: Seq[tuple[Any, SampleRequest]]) -> None:
+        """Sample every (sequence, request) pair in one pass and emit what each drew (a draft's reproduced prefix,
+        then its token); a failure fails only that generation."""
+        if not requests:
             return
-        self._emit(s, gen, token)
+        for (s, req), out in zip(requests, sample_step([r for _, r in requests]), strict=True):
+            if s.generation is not req.gen:
+                continue  # it ended meanwhile
+            if isinstance(out, Exception):
+                self._fail_generation(s, req.gen, out)
+            else:
+                self._emit_verified(s, req.gen, len(req.draft), out.accepted, out.token)
 
     def _refuse(self, s: Any) -> None:
         """The sequence cannot get KV even if every other unpinned sequence gave its KV back (it alone is too big
@@ -226,16 +227,6 @@ class LocalEngine(StepLoop):
         if s.generation is gen:
             s.generation = None
         self._kv.touch(s)
-
-    def _sample_verified(self, s: Any, gen: Generation, rows: torch.Tensor, draft: Seq[int]) -> None:
-        """Verify a step's draft against its logits rows and emit what sampling reproduced (`rows[0]`: after the
-        sequence's last token; one more row per draft token); a failure fails only this generation."""
-        try:
-            accepted, token = verify_draft(rows, draft, gen, s.tokens)
-        except Exception as exc:  # this generation's sampling failed: it fails alone, the loop goes on
-            self._fail_generation(s, gen, exc)
-            return
-        self._emit_verified(s, gen, len(draft), accepted, token)
 
     def _emit_verified(self, s: Any, gen: Generation, drafted: int, accepted: list[int], token: int) -> None:
         """Emit a step's draft tokens that sampling reproduced (their KV is computed already), then its sample."""

@@ -6,7 +6,7 @@ n-gram proposer of vLLM and transformers' `prompt_lookup_num_tokens`). The engin
 forward pass as the rest of the step and keeps only what its own sampling would have produced.
 
 Both local engines use the two halves here: `PromptLookup.propose` picks a generation's draft when its step is
-scheduled, `verify_draft` walks the logits rows the step returned for it.
+scheduled, `engine.step_sampling` samples and walks the logits rows the step returned for it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .generation import Generation
-from .sampler import sample
+from .step_sampling import SampleRequest, sample_step
 
 
 @dataclass(frozen=True)
@@ -79,24 +79,13 @@ class PromptLookup:
 
 def verify_draft(rows: torch.Tensor, draft: Sequence[int], gen: Generation,
                  tokens: Sequence[int]) -> tuple[list[int], int]:
-    """Sample after each draft token in turn (`rows[i]`: logits after draft[i-1], row 0 after `tokens`) while
-    sampling agrees with the draft.
-
-    Returns the draft tokens sampling reproduced and the token it drew after them: exactly the tokens
-    one-at-a-time decoding would have produced (greedy), computed in one pass. The grammar state is left where
-    it was: the engine accepts the tokens again as it emits them.
+    """Sample after each draft token (`rows[i]`: logits after draft[i-1], row 0 after `tokens`) and keep the
+    draft's prefix that sampling reproduced, then the token drawn after it: exactly the tokens one-at-a-time
+    decoding would have produced (greedy), computed in one pass. The grammar state is left where it was: the
+    engine accepts the tokens again as it emits them. (The engines sample a whole step's drafts together
+    through `sample_step`; this is one draft alone.)
     """
-    context = list(tokens)
-    accepted: list[int] = []
-    token = -1
-    for i, row in enumerate(rows):
-        token = sample(row, gen.params, gen.generator, context, gen.produced + i, gen.structured)
-        if i == len(draft) or token != draft[i]:
-            break
-        accepted.append(token)
-        context.append(token)
-        if gen.structured is not None:
-            gen.structured.accept(token)  # the next row's mask follows the accepted token
-    if gen.structured is not None and accepted:
-        gen.structured.rollback(len(accepted))
-    return accepted, token
+    out = sample_step([SampleRequest(gen, tokens, list(rows[:len(draft) + 1]), tuple(draft))])[0]
+    if isinstance(out, Exception):
+        raise out
+    return out.accepted, out.token

@@ -26,10 +26,12 @@ from ..prompt_lookup import PromptLookup
 from ..protocol import EngineStats, Sequence, Tokenizer
 from ..response_cache import ResponseCache
 from ..sequence_table import SequenceTable
+from ..step_sampling import SampleRequest
 from ..structured_state import Structurer
+from . import torch_threads
 from .context import ContextOptions, LlamaContext
 from .kv_residency import KVResidency
-from .scheduler import Scheduler, Step
+from .scheduler import Chunk, Scheduler, Step
 from .sequence_state import LlamaSeq
 from .tokenizer import load_tokenizer
 
@@ -100,6 +102,7 @@ class LlamaCppEngine(LocalEngine):
         self._step_done: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._structurer: Structurer | None = None  # built on the first structured generation
+        torch_threads.hold()
 
     # ---------------------------------------------------------------- properties
 
@@ -244,6 +247,7 @@ class LlamaCppEngine(LocalEngine):
         await self._out_of_decode()
         self._worker.shutdown(wait=True)
         self._ctx.close()
+        torch_threads.release()
 
     # ---------------------------------------------------------------- waiting for the loop
 
@@ -283,6 +287,7 @@ class LlamaCppEngine(LocalEngine):
 
     def _sample_ready(self) -> None:
         # A generation that starts on a fully computed sequence samples from the stored logits: no decode.
+        ready: list[tuple[LlamaSeq, SampleRequest]] = []
         for s in self._table:
             gen = s.generation
             if gen is None or gen.produced or s.pending:
@@ -291,7 +296,8 @@ class LlamaCppEngine(LocalEngine):
                 # Computed but without logits (a rolled-back append, a fork of one): recompute the last token.
                 self._kv.truncate(s, len(s.tokens) - 1)
                 continue
-            self._sample(s, gen, torch.from_numpy(s.last_logits))
+            ready.append((s, SampleRequest(gen, s.tokens, [torch.from_numpy(s.last_logits)])))
+        self._sample_and_emit(ready)
 
     def _capacity_error(self, s: LlamaSeq) -> CapacityError:
         return CapacityError(f"sequence {s.id} needs {len(s.tokens)} tokens of KV but the budget holds "
@@ -304,35 +310,44 @@ class LlamaCppEngine(LocalEngine):
     def _update(self, step: Step, rows: list[np.ndarray]) -> None:
         """Take in a finished step: progress and counters, prefix index, waiters, sampled tokens, drafts."""
         it = iter(rows)
-        for c in self._chunks(step):
-            s = c.seq
-            mine = [next(it) for _ in range(c.n_logits)]
-            own = len(mine) - len(c.draft)  # rows of the chunk's tokens; the draft's follow
-            decoded = 1 if s.sampled_pos is not None and c.start <= s.sampled_pos < c.end else 0
-            if decoded:
-                s.sampled_pos = None
-            s.stats.recomputed_after_eviction += max(0, min(c.end, s.recompute_until) - c.start)
-            self._table.account(s, computed=c.count - decoded, decoded=decoded)
-            s.num_computed = c.end
-            if s.closed:
-                continue  # closing drops every cell beyond what it keeps, the draft's too
-            self._kv.index.register(s)
-            if s.logits_from is not None:
-                s.scored.extend(mine[:own])
-            for w in s.waiters:
-                if w.target <= s.num_computed and not w.future.done():
-                    w.future.set_result(None)
-            s.waiters = [w for w in s.waiters if w.target > s.num_computed]
-            if c.ends_sequence and c.end == len(s.tokens):
-                s.last_logits = mine[own - 1]
-                gen = c.gen
-                if gen is not None and s.generation is gen:
-                    # Accepted draft tokens become computed as they are emitted (their KV is in place).
-                    self._sample_verified(s, gen, torch.from_numpy(np.stack(mine[own - 1:])), c.draft)
-            if c.draft:
-                # The rejected draft tokens' KV goes from the first of them on, so later positions stay exact.
-                self._kv.truncate(s, s.num_computed)
+        ready: list[tuple[LlamaSeq, SampleRequest]] = []
+        taken: list[Chunk] = []
+        try:
+            for c in self._chunks(step):
+                s = c.seq
+                taken.append(c)
+                mine = [next(it) for _ in range(c.n_logits)]
+                own = len(mine) - len(c.draft)  # rows of the chunk's tokens; the draft's follow
+                decoded = 1 if s.sampled_pos is not None and c.start <= s.sampled_pos < c.end else 0
+                if decoded:
+                    s.sampled_pos = None
+                s.stats.recomputed_after_eviction += max(0, min(c.end, s.recompute_until) - c.start)
+                self._table.account(s, computed=c.count - decoded, decoded=decoded)
+                s.num_computed = c.end
+                if s.closed:
+                    continue  # closing drops every cell beyond what it keeps, the draft's too
                 self._kv.index.register(s)
+                if s.logits_from is not None:
+                    s.scored.extend(mine[:own])
+                for w in s.waiters:
+                    if w.target <= s.num_computed and not w.future.done():
+                        w.future.set_result(None)
+                s.waiters = [w for w in s.waiters if w.target > s.num_computed]
+                if c.ends_sequence and c.end == len(s.tokens):
+                    s.last_logits = mine[own - 1]
+                    gen = c.gen
+                    if gen is not None and s.generation is gen:
+                        after = [torch.from_numpy(r) for r in mine[own - 1:]]
+                        ready.append((s, SampleRequest(gen, s.tokens, after, c.draft)))
+        finally:
+            # What was taken in before a fault (blamed on its chunk) still samples in one pass and drops its
+            # rejected drafts; accepted draft tokens become computed as they are emitted (their KV is in place).
+            self._sample_and_emit(ready)
+            for c in taken:
+                if c.draft and not c.seq.closed:
+                    # The rejected draft tokens' KV goes from the first of them on, so later positions stay exact.
+                    self._kv.truncate(c.seq, c.seq.num_computed)
+                    self._kv.index.register(c.seq)
 
     def _fail_step(self, step: Step, exc: Exception) -> None:
         err = exc if isinstance(exc, EngineError) else EngineError(f"llama_decode failed: {exc}")

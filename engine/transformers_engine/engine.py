@@ -23,6 +23,7 @@ from ..prompt_lookup import PromptLookup
 from ..protocol import EngineStats, Sequence, Tokenizer
 from ..response_cache import ResponseCache
 from ..sequence_table import SequenceTable
+from ..step_sampling import SampleRequest
 from ..structured_state import Structurer
 from .kv_cache_manager import KVCacheManager
 from .model_runner import ModelRunner, StepOutput
@@ -260,10 +261,9 @@ class TransformersEngine(LocalEngine):
 
     def _sample_ready(self) -> None:
         # A generation that starts on a fully computed sequence samples from the stored logits: no forward.
-        for s in self._table:
-            gen = s.generation
-            if gen is not None and gen.produced == 0 and s.pending == 0 and s.last_logits is not None:
-                self._sample(s, gen, s.last_logits)
+        self._sample_and_emit([(s, SampleRequest(s.generation, s.tokens, [s.last_logits])) for s in self._table
+                               if s.generation is not None and s.generation.produced == 0 and s.pending == 0
+                               and s.last_logits is not None])
 
     def _capacity_error(self, s: SeqState) -> CapacityError:
         return CapacityError(f"sequence {s.id} needs {len(s.tokens)} tokens of KV but the budget holds "

@@ -1,5 +1,5 @@
 """Runs one scheduled step on the model: packs every chunk into one forward pass through our paged attention,
-then samples the next token of each generating sequence whose chunk reached its end.
+then samples the next token of each generating sequence whose chunk reached its end (all in one pass).
 
 The runner owns the model, the KV tensors (KVPool) and the single worker thread the forward passes run on, so
 the event loop stays free for the agents and servers around the engine.
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelLoadError
-from ..prompt_lookup import verify_draft
+from ..step_sampling import SampleRequest, sample_step
 from . import paged_attention
 from .kv_cache_manager import BlockCopy
 from .paged_attention import KVPool, PackedBatch, SeqSlice
@@ -110,16 +110,19 @@ class ModelRunner:
             for j, (_, sid, p) in enumerate(every):
                 self.all_logits[sid].append((p, logits[len(keep) + j]))
             row = 0
+            requests: list[tuple[int, SampleRequest]] = []
             for c in keep_chunks:
                 s, gen = c.seq, c.gen
                 result.logits[s.id] = logits[row]
                 rows, row = logits[row:row + 1 + len(c.draft)], row + 1 + len(c.draft)
-                if gen is None or s.closed:
-                    continue
-                try:
-                    result.accepted[s.id], result.sampled[s.id] = verify_draft(rows, c.draft, gen, s.tokens)
-                except Exception as exc:  # one sequence's bad sampling fails only that sequence
-                    result.errors[s.id] = exc
+                if gen is not None and not s.closed:
+                    requests.append((s.id, SampleRequest(gen, s.tokens, list(rows), c.draft)))
+        # Outside inference mode: the generations' penalty histories built here are grown later.
+        for (sid, _), out in zip(requests, sample_step([r for _, r in requests]), strict=True):
+            if isinstance(out, Exception):  # one sequence's bad sampling fails only that sequence
+                result.errors[sid] = out
+            else:
+                result.accepted[sid], result.sampled[sid] = out.accepted, out.token
         return result
 
     def shutdown(self) -> None:

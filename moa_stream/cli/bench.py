@@ -65,6 +65,11 @@ def _engine_table(result: dict[str, Any]) -> Any:
     for n, rate in sorted(result["tok_s"].items(), key=lambda kv: int(kv[0])):
         rows.append((f"tok_s_{n}", f"{rate:.1f}", f"decode tokens/s, {n} concurrent stream(s)"))
     rows.append(("batch_speedup", f"{result['batch_speedup']:.2f}x", "tok_s_4 / tok_s_1, target >= 1.8x"))
+    for n in (1, 4):
+        rows.append((f"sampled_tok_s_{n}", f"{result[f'sampled_tok_s_{n}']:.1f}",
+                     f"decode tokens/s, {n} stream(s), temperature 0.7, top-p 0.9, repetition penalty 1.1"))
+        rows.append((f"sampled_vs_greedy_{n}", f"{result[f'sampled_vs_greedy_{n}']:.2f}",
+                     f"sampled_tok_s_{n} / tok_s_{n}, target >= 0.9"))
     if result.get("peer_tok_s_4") is not None:
         rows.append(("peer_tok_s_1", f"{result['peer_tok_s_1']:.1f}", "llama.cpp server, 1 request"))
         rows.append(("peer_tok_s_4", f"{result['peer_tok_s_4']:.1f}", "llama.cpp server, 4 concurrent requests"))

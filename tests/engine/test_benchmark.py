@@ -17,6 +17,7 @@ from engine.transformers_engine import TransformersEngine
 
 CONTRACT = ("reprefill_ms", "append_ms", "append_speedup", "append_tokens_computed", "tok_s_1", "tok_s_4",
             "batch_speedup")
+SAMPLED_FIELDS = ("sampled_tok_s_1", "sampled_tok_s_4", "sampled_vs_greedy_1", "sampled_vs_greedy_4")
 
 
 async def test_bench_on_tiny_model_reports_contract_fields(tiny_engine: TransformersEngine) -> None:
@@ -34,6 +35,9 @@ async def test_bench_on_tiny_model_reports_contract_fields(tiny_engine: Transfor
     assert out["append_speedup"] == pytest.approx(out["reprefill_ms"] / out["append_ms"], rel=0.02)
     assert out["batch_speedup"] == pytest.approx(out["tok_s_4"] / out["tok_s_1"], rel=0.02)
     assert set(out["tok_s"]) == {"1", "2", "4"} and out["tok_s_2"] == out["tok_s"]["2"]
+    for n in (1, 4):
+        assert out[f"sampled_tok_s_{n}"] > 0
+        assert out[f"sampled_vs_greedy_{n}"] == pytest.approx(out[f"sampled_tok_s_{n}"] / out[f"tok_s_{n}"], rel=0.02)
     with pytest.raises(InvalidTokensError, match="--context"):
         await run_engine_bench(tiny_engine, context_tokens=tiny_engine.max_model_len)
     json.dumps(out)
@@ -65,7 +69,7 @@ def test_bench_engine_cli_prints_one_json_object(tmp_path: Path) -> None:
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stdout
     out = json.loads(lines[0])
-    assert all(key in out for key in CONTRACT)
+    assert all(key in out for key in CONTRACT + SAMPLED_FIELDS)
     assert out["append_tokens_computed"] == 8 and out["context_tokens"] == 64
 
     missing = subprocess.run([sys.executable, "-m", "cli", "bench", "engine", "--model", str(tmp_path / "nope")],

@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-import engine.local_engine
-import engine.prompt_lookup
+import engine.step_sampling
 from engine import EngineError, SamplingParams, Sequence, StepFailedError
 from tests.conftest import chat_ids, collect
 from tests.engine.test_transformers_engine_tiny import greedy, rand_tokens, small_engine
@@ -100,15 +99,17 @@ class Injector:
 
             mp.setattr(eng.context, "decode", run_llama)
         elif stage == "sample":
-            for module in (engine.local_engine, engine.prompt_lookup):
-                real = module.sample
+            real = engine.step_sampling.sample_rows
+            passes = [0]
 
-                def sample(row: Any, params: SamplingParams, *rest: Any, _real: Any = real) -> Any:
-                    if params is self.params and rest[2] >= 2:  # the third token: sampled after a forward
+            def sample_rows(logits: Any, rows: Any) -> Any:
+                if any(r.params is self.params for r in rows):
+                    passes[0] += 1
+                    if passes[0] >= 3:  # the third token: sampled after a forward
                         self.fire()
-                    return _real(row, params, *rest)
+                return real(logits, rows)
 
-                mp.setattr(module, "sample", sample)
+            mp.setattr(engine.step_sampling, "sample_rows", sample_rows)
         elif stage == "refuse":
             mp.setattr(eng, "_capacity_error", lambda s: self.fire())
         elif stage == "update":

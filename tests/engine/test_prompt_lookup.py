@@ -148,8 +148,15 @@ OPEN_FILE = JsonSchema.of({"type": "object", "properties": {"path": {"type": "st
 
 async def test_llamacpp_greedy_output_is_the_same_with_prompt_lookup_on_and_off_batched() -> None:
     """On the default GGUF, a greedy sequence repeating its prompt and a grammar-constrained tool call, batched
-    with a sampled one: every output (and a continuation after an append) equals the run without prompt
-    lookup, drafts were accepted in fewer llama_decode calls, and the rejected drafts left no KV behind."""
+    with a sampled one: both greedy outputs (and a continuation after an append) equal the run without prompt
+    lookup, drafts were accepted in fewer llama_decode calls, and the rejected drafts left no KV behind.
+
+    The sampled neighbour writes as many tokens either way, but not always the same ones: the drafts change which
+    KV cells its tokens land in, llama.cpp's CPU flash attention sums a sequence's cells in cell order (with V
+    accumulated in f16), and its logits moved by up to ~1 on llama-cpp-python 0.3.36 (0.3.35's build happened to
+    draw the same tokens). llama.cpp promises no bit-equality across cell layouts; the greedy rows here have
+    margins far above that, and a seeded draw is the same batched and alone in one layout
+    (tests/engine/test_batch_sampler.py)."""
     pytest.importorskip("llama_cpp")
     from engine.llamacpp_engine import LlamaCppEngine
 
@@ -184,7 +191,8 @@ async def test_llamacpp_greedy_output_is_the_same_with_prompt_lookup_on_and_off_
         finally:
             await eng.shutdown()
     (off, off_more, off_decodes, off_stats), (on, on_more, on_decodes, on_stats) = runs[False], runs[True]
-    assert on == off and on_more == off_more
+    assert (on[0], on[2], on_more) == (off[0], off[2], off_more)  # the greedy and the grammar-constrained rows
+    assert len(on[1][0]) == len(off[1][0]) == 16 and on[1][2] == off[1][2] == "length"  # the sampled neighbour
     assert off_stats.draft_tokens == 0 and on_stats.draft_tokens > on_stats.draft_accepted > 0
     assert on_stats.decode_tokens == off_stats.decode_tokens
     assert on_decodes < off_decodes
