@@ -29,6 +29,10 @@ class ContextOptions:
     # Flash attention skips masked KV cells, so a sequence's logits do not depend on which other sequences share
     # the batch and the cache (without it, masked cells shift SIMD sums and near-ties flip under batching).
     flash_attn: bool = True
+    # llama.cpp's extra CPU buffer types repack weights for AMX; with llama-cpp-python 0.3.36 built natively on
+    # this machine's AMX Xeon, every decode then segfaults in ggml_backend_amx_mul_mat (every GGUF tried: the
+    # SmolLM2 Q4_1, both Qwen2.5-Coder GGUFs). Off, decoding runs on the plain AVX-512 kernels.
+    extra_buffers: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class LlamaContext:
         L.llama_backend_init()
         mparams = L.llama_model_default_params()
         mparams.n_gpu_layers = options.gpu_layers
+        mparams.use_extra_bufts = options.extra_buffers
         self._model = L.llama_model_load_from_file(str(path).encode(), mparams)
         if not self._model:
             raise ModelLoadError(f"llama.cpp could not load {path}: is it a GGUF model file?")
