@@ -45,13 +45,17 @@ def pip_install(packages: Sequence[str], target: Path | None) -> None:
                              f"{lines[-1] if lines else 'exit ' + str(done.returncode)}")
 
 
-def sha256_file(path: Path) -> str:
-    """The file's sha256, hex."""
+def _digest(path: Path) -> bytes:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while buf := f.read(_BUFFER):
             h.update(buf)
-    return h.hexdigest()
+    return h.digest()
+
+
+def sha256_file(path: Path) -> str:
+    """The file's sha256, hex."""
+    return _digest(path).hex()
 
 
 @dataclass(frozen=True)
@@ -246,11 +250,7 @@ def _part_file(where: Path, package: str) -> tuple[Path, int, str | None] | None
 
 def _record_hash(path: Path) -> str:
     """A file's sha256 as a wheel RECORD writes it (urlsafe base64, no padding)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while buf := f.read(_BUFFER):
-            h.update(buf)
-    return base64.urlsafe_b64encode(h.digest()).rstrip(b"=").decode()
+    return base64.urlsafe_b64encode(_digest(path)).rstrip(b"=").decode()
 
 
 MODELS: dict[str, RegisteredModel] = {
