@@ -10,7 +10,7 @@ and the aggregator's prefill computed: the worst over the prompts for the first,
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
@@ -88,21 +88,26 @@ def summarize(figures: Sequence[PromptFigures]) -> dict[str, Any]:
 
 
 async def run_layout_bench(moa: MoA, prompts: Sequence[BenchPrompt], layouts: Sequence[str] | None = None,
-                           warmup: bool = True) -> dict[str, Any]:
-    """Run every prompt through classic and each layout; the JSON the `bench layouts` command prints."""
+                           warmup: bool = True, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run every prompt through classic and each layout; the JSON the `bench layouts` command prints.
+
+    `progress` gets one line per finished run (a long bench on a slow model shows where it is)."""
     names = [layout_class(n).name for n in (layouts or incremental_layouts())]
     if warmup:  # one-off costs of the first forward passes would land on whichever run comes first
         await moa.run("Hi.", mode="single", max_tokens=4)
     figures: dict[str, list[PromptFigures]] = {n: [] for n in [BASELINE, *names]}
     answers: list[dict[str, Any]] = []
-    for p in prompts:
+    for i, p in enumerate(prompts):
         classic = await timed_run(moa, p.prompt, BASELINE)
         row = {"prompt": p.prompt, "kind": p.kind, "answers": {BASELINE: classic.answer}}
-        figures[BASELINE].append(score_run(classic, classic))
-        for name in names:
-            run = await timed_run(moa, p.prompt, name)
+        for name in [BASELINE, *names]:
+            run = classic if name == BASELINE else await timed_run(moa, p.prompt, name)
             figures[name].append(score_run(run, classic))
             row["answers"][name] = run.answer
+            if progress:
+                f = figures[name][-1]
+                progress(f"prompt {i + 1}/{len(prompts)} {name}: {len(run.token_times)} tokens, worst 4-gram "
+                         f"{f.worst_4gram}, ROUGE-L vs classic {f.rouge_vs_classic:.2f}")
         answers.append(row)
     cfg = moa.config
     return {

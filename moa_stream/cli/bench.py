@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from . import bench_layouts
 from .options import positive_int
 
 # ---------------------------------------------------------------------------------------------- bench engine
@@ -167,68 +168,6 @@ def _main_ttft(args: argparse.Namespace) -> int:
                 console.print(f"[red]{mode}: answer is {row['answer_fraction_of_classic']:.0%} of classic's "
                               f"length (< {result['setup']['short_answer_fraction']:.0%}): not a complete answer[/red]")
     return 0
-
-# ---------------------------------------------------------------------------------------------- bench layouts
-
-
-def _add_layouts_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--config", default=None, help="MoA config file (YAML/TOML); default: 3 proposers, one model")
-    p.add_argument("--model", default=None, help="model of the default backend (default: the offline SmolLM2)")
-    p.add_argument("--prompts", type=positive_int, default=None, metavar="N",
-                   help="run the first N prompts of eval/layout_prompts.jsonl (default: all 12)")
-    p.add_argument("--layouts", default=None, metavar="LIST",
-                   help="layouts to compare with classic, comma-separated (default: every incremental one)")
-    p.add_argument("--proposer-tokens", type=positive_int, default=96, metavar="N",
-                   help="tokens every proposer writes at most (96; they stop at their end of text)")
-    p.add_argument("--answer-tokens", type=positive_int, default=96, metavar="N",
-                   help="answer tokens at most, the same for every layout (96)")
-    p.add_argument("--chunk", type=positive_int, default=None, metavar="N", help="chunk size in tokens")
-
-
-def _layouts_table(result: dict[str, Any]) -> Any:
-    from rich.table import Table
-
-    table = Table(title=f"layouts vs classic over {result['setup']['prompts']} prompts "
-                        f"(default: {result['default_layout']})")
-    cols = ("layout", "worst_4gram", "rep4", "length_vs_classic", "rouge_vs_classic", "ttft_vs_classic",
-            "prefill_computed")
-    for col in cols:
-        table.add_column(col, justify="left" if col == "layout" else "right")
-    for name, row in result["layouts"].items():
-        table.add_row(name, *(str(row[c]) if isinstance(row[c], int) or row[c] is None else f"{row[c]:.3f}"
-                              for c in cols[1:]))
-    return table
-
-
-def _main_layouts(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from eval.layout_bench import load_prompts, run_layout_bench
-    from moa_stream import MoA, MoAConfig
-    from moa_stream.ttft_benchmark import bench_config
-
-    cfg = bench_config(MoAConfig.load(args.config), args.proposer_tokens, args.answer_tokens, ignore_eos=False)
-    cfg = cfg.model_copy(update={"staircase": cfg.staircase.with_chunk(args.chunk)})
-    layouts = [n.strip() for n in args.layouts.split(",") if n.strip()] if args.layouts else None
-
-    async def go() -> dict[str, Any]:
-        moa = MoA.from_config(cfg, model=args.model)
-        try:
-            return await run_layout_bench(moa, load_prompts(args.prompts), layouts)
-        finally:
-            await moa.aclose()
-
-    result = asyncio.run(go())
-    result["setup"]["model"] = args.model or "default"
-    if args.json:
-        print(json.dumps(result))
-    else:
-        from rich.console import Console
-
-        Console().print(_layouts_table(result))
-    return 0
-
 
 # ---------------------------------------------------------------------------------------------- bench load
 
@@ -427,7 +366,7 @@ SUBCOMMANDS: dict[str, tuple[Any, Any, str]] = {
     "engine": (_add_engine_arguments, _main_engine,
                "append vs re-prefill of a long sequence, and decode tokens/s at 1/4/8 streams"),
     "ttft": (_add_ttft_arguments, _main_ttft, "time to first token and total time of every MoA mode"),
-    "layouts": (_add_layouts_arguments, _main_layouts,
+    "layouts": (bench_layouts.add_arguments, bench_layouts.main,
                 "answer quality of each aggregator layout vs classic on a fixed prompt set (loops, length, ROUGE-L)"),
     "load": (_add_load_arguments, _main_load,
              "concurrent streaming clients against the server on loopback: TTFT p50/p99, 429s, leaks"),
