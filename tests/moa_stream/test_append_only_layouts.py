@@ -82,15 +82,17 @@ def test_every_layout_is_selectable_by_name_and_none_bans_a_token() -> None:
     assert all(not hasattr(layout_class(m), "banned") for m in MODES)
 
 
-@pytest.mark.parametrize("mode", ["blocks", "interleaved", "interleaved-cued"])
-async def test_each_intake_extends_the_context_exactly_and_computes_only_its_tokens(engine, probes, mode) -> None:
+# interleaved-cued ends its answer at an EOS, and the 135M model writes one after a couple of intakes.
+@pytest.mark.parametrize(("mode", "min_intakes"), [("blocks", 3), ("interleaved", 3), ("interleaved-cued", 1)])
+async def test_each_intake_extends_the_context_exactly_and_computes_only_its_tokens(engine, probes, mode,
+                                                                                    min_intakes) -> None:
     """Append-only: the context before an intake is a prefix of the one after, and the engine computed Δ."""
     cls = probes[mode]
     moa = MoA.from_config(small_config(), engines={"default": engine})
     result = await moa.run(LONG_QUESTION, mode=cls.name)
     assert result.answer
     intakes = cls.log.intakes
-    assert len(intakes) >= 3
+    assert len(intakes) >= min_intakes
     for it in intakes:
         assert it.after[:len(it.before)] == it.before
         assert it.appended > 0 and it.computed == it.appended
