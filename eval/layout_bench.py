@@ -16,9 +16,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from moa_stream import MoA
-from moa_stream.layouts import LAYOUTS, IncrementalLayout, layout_class
-from moa_stream.ttft_benchmark import TimedRun, timed_run
+from moa_stream import LAYOUTS, IncrementalLayout, MoA, TimedRun, layout_class, timed_run
 
 from .scorers import repeated_ngrams, rouge_l, worst_ngram_count
 
