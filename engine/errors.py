@@ -49,6 +49,14 @@ class ModelLoadError(EngineError):
     """A model could not be found or loaded."""
 
 
+class ModelPartError(ModelLoadError):
+    """A package that holds part of a model is missing or its file is corrupt; `package` names it."""
+
+    def __init__(self, package: str, message: str) -> None:
+        super().__init__(message)
+        self.package = package
+
+
 class BackendError(EngineError):
     """A remote backend failed (connection, HTTP status, broken stream, timeout)."""
 

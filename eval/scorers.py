@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import string
+from collections import Counter
 from collections.abc import Sequence
 
 from .datasets import Sample
@@ -110,6 +111,13 @@ def repeated_ngrams(text: str, n: int = 4) -> float | None:
     words = text.lower().split()
     grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
     return 1.0 - len(set(grams)) / len(grams) if grams else None
+
+
+def worst_ngram_count(text: str, n: int = 4) -> int:
+    """How many times the answer's most frequent word n-gram occurs (1: none repeats; 0: fewer than n words)."""
+    words = text.lower().split()
+    counts = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    return max(counts.values(), default=0)
 
 
 def distinct_n(text: str, n: int = 2) -> float | None:

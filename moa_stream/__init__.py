@@ -34,7 +34,7 @@ from .events import (
     ProposerDelta,
     RunResult,
 )
-from .layouts import AggregatorLayout, IncrementalLayout, register_layout
+from .layouts import LAYOUTS, AggregatorLayout, IncrementalLayout, layout_class, register_layout
 from .next_step import Episode, StepOutcome, predict_next_steps
 from .option_scoring import OptionScores, UnsupportedFeatureError, score_options
 from .tool_speculation import HistoryPredictor, PredictedCall, SpeculationStats, Speculator, StepContext
@@ -52,9 +52,11 @@ from .tools import (
     register_call_format,
     toolset,
 )
+from .ttft_benchmark import TimedRun, timed_run
 
 __all__ = [
     "AGENT_FORMATS",
+    "LAYOUTS",
     "MODES",
     "Agent",
     "AgentConfig",
@@ -104,6 +106,7 @@ __all__ = [
     "StepDone",
     "StepMetrics",
     "StepOutcome",
+    "TimedRun",
     "Tool",
     "ToolCall",
     "ToolChoice",
@@ -120,6 +123,7 @@ __all__ = [
     "call_format",
     "collect",
     "events",
+    "layout_class",
     "load_cases",
     "predict_next_steps",
     "register_agent_format",
@@ -127,5 +131,6 @@ __all__ = [
     "register_layout",
     "replay",
     "score_options",
+    "timed_run",
     "toolset",
 ]

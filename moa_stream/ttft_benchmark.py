@@ -27,9 +27,10 @@ DEFAULT_QUESTION = "Explain how vaccines train the immune system, with examples.
 SHORT_ANSWER_FRACTION = 0.8  # an answer under this fraction of classic's length is flagged
 
 
-def bench_config(config: MoAConfig, proposer_tokens: int, answer_tokens: int) -> MoAConfig:
-    """The config with every proposer writing exactly `proposer_tokens` and the answer capped."""
-    layers = [[a.model_copy(update={"max_tokens": proposer_tokens, "ignore_eos": True}) for a in layer]
+def bench_config(config: MoAConfig, proposer_tokens: int, answer_tokens: int, ignore_eos: bool = True) -> MoAConfig:
+    """The config with every proposer writing `proposer_tokens` (exactly, unless `ignore_eos` is False: then at
+    most) and the answer capped."""
+    layers = [[a.model_copy(update={"max_tokens": proposer_tokens, "ignore_eos": ignore_eos}) for a in layer]
               for layer in config.layers]
     aggregator = config.aggregator.model_copy(update={"max_tokens": answer_tokens})
     return config.model_copy(update={"layers": layers, "aggregator": aggregator})

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import models
+from .. import model_registry, models
 from ..errors import CapacityError, EngineError, ModelLoadError, SequenceClosedError
 from ..local_engine import LocalEngine
 from ..prompt_lookup import PromptLookup
@@ -41,18 +41,24 @@ DEFAULT_KV_CELLS = 16384
 
 
 def accepts_model(name: str | None) -> bool:
-    """Whether this engine runs the model: the default model (None or one of its names) or a .gguf file."""
-    return name is None or name.strip().lower() in models.DEFAULT_ALIASES or name.endswith(".gguf")
+    """Whether this engine runs the model: the default model (None or one of its names), a model registered by
+    name (engine.model_registry) or a .gguf file."""
+    return (name is None or name.strip().lower() in models.DEFAULT_ALIASES or name.endswith(".gguf")
+            or model_registry.lookup(name) is not None)
 
 
 def model_path(name: str | None) -> Path:
-    """The GGUF file a model name stands for (the shipped one for the default model's names)."""
+    """The GGUF file a model name stands for (the shipped one for the default model's names, the model cache's
+    for a registered name: ModelLoadError saying how to install it when it is not there)."""
     # engine.models keeps the default model's names and GGUF location private; they are the ones meant here.
     if name is None or name.strip().lower() in models.DEFAULT_ALIASES:
         return models.default_gguf_path()
+    registered = model_registry.lookup(name)
+    if registered is not None:
+        return registered.checked_path()
     if not name.endswith(".gguf"):
-        raise ModelLoadError(f"the llama.cpp engine runs GGUF files; {name!r} is not one (use the transformers "
-                             "backend for Hugging Face models)")
+        raise ModelLoadError(f"the llama.cpp engine runs GGUF files or the models `moa-stream models list` names; "
+                             f"{name!r} is neither (use the transformers backend for Hugging Face models)")
     return Path(name).expanduser()
 
 
@@ -86,7 +92,9 @@ class LlamaCppEngine(LocalEngine):
         except BaseException:
             self._ctx.close()
             raise
-        self._name = name or (models.DEFAULT_MODEL if path == models.default_gguf_path() else path.name)
+        registered = model_registry.lookup(None if model is None else str(model))
+        self._name = name or (registered.name if registered else
+                              models.DEFAULT_MODEL if path == models.default_gguf_path() else path.name)
         max_len = min(max_model_len or self._ctx.n_ctx_train or kv_cells, kv_cells)
         self._table: SequenceTable[LlamaSeq] = SequenceTable(self._ctx.n_vocab, max_len)
         self.id = self._table.engine_id

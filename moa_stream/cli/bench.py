@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from . import bench_layouts
 from .options import positive_int
 
 # ---------------------------------------------------------------------------------------------- bench engine
@@ -382,6 +383,8 @@ SUBCOMMANDS: dict[str, tuple[Any, Any, str]] = {
     "engine": (_add_engine_arguments, _main_engine,
                "append vs re-prefill of a long sequence, and decode tokens/s at 1/4/8 streams"),
     "ttft": (_add_ttft_arguments, _main_ttft, "time to first token and total time of every MoA mode"),
+    "layouts": (bench_layouts.add_arguments, bench_layouts.main,
+                "answer quality of each aggregator layout vs classic on a fixed prompt set (loops, length, ROUGE-L)"),
     "load": (_add_load_arguments, _main_load,
              "concurrent streaming clients against the server on loopback: TTFT p50/p99, 429s, leaks"),
     "agent": (_add_agent_arguments, _main_agent,

@@ -10,6 +10,7 @@ from .base import LAYOUTS, AggregatorLayout, Answer, IncrementalLayout, alias_la
 from .blocks import BlocksLayout
 from .classic import ClassicLayout
 from .interleaved import InterleavedLayout
+from .interleaved_cued import InterleavedCuedLayout
 from .marker_filter import MarkerFilter
 from .reprefill import ReprefillLayout
 from .single import SingleLayout
@@ -25,6 +26,7 @@ __all__ = [
     "BlocksLayout",
     "ClassicLayout",
     "IncrementalLayout",
+    "InterleavedCuedLayout",
     "InterleavedLayout",
     "MarkerFilter",
     "ReprefillLayout",

@@ -21,13 +21,14 @@ from .base import Answer, register_layout
 from .references import references_block
 
 
-def interleaved_more(chunks: Sequence[Chunk]) -> str:
+def interleaved_more(chunks: Sequence[Chunk], template: str = "interleaved_more",
+                     item_template: str = "interleaved_continued") -> str:
     """The user turn of one intake: the new part of each proposal that sent one, labelled by proposer."""
     texts: list[str | None] = []
     for c in chunks:
         texts.extend([None] * (c.proposer + 1 - len(texts)))
         texts[c.proposer] = (texts[c.proposer] or "") + c.text
-    return prompts.render("interleaved_more", references=references_block(texts, "interleaved_continued"))
+    return prompts.render(template, references=references_block(texts, item_template))
 
 
 @register_layout
@@ -40,11 +41,15 @@ class InterleavedLayout(AppendOnlyLayout):
     reference_template = "interleaved_reference"
     eos_ends_turn_only: ClassVar[bool] = True
 
+    def more(self, chunks: Sequence[Chunk], texts: Sequence[str]) -> str:
+        """The user turn that brings `chunks` (`texts`: every proposal's text so far, these chunks included)."""
+        return interleaved_more(chunks)
+
     async def intake(self, chunks: Sequence[Chunk], texts: Sequence[str], answer: Answer) -> None:
         """Close the answer's turn, add a user turn with the chunks, open the next assistant turn."""
         slot = self.agg
         assert slot.seq is not None
-        head, tail = slot.fmt.next_turn_split(interleaved_more(chunks), slot.after_eos)
+        head, tail = slot.fmt.next_turn_split(self.more(chunks, texts), slot.after_eos)
         # The new turn opens with the unfinished line of the answer (not shown again), so that the model ends
         # that line instead of starting its answer over. Only that line: repeating whole earlier lines makes the
         # context repeat itself, which a small model then loops on.

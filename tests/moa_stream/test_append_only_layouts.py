@@ -16,6 +16,7 @@ from moa_stream.layouts import (
     Answer,
     BlocksLayout,
     IncrementalLayout,
+    InterleavedCuedLayout,
     InterleavedLayout,
     layout_class,
     register_layout,
@@ -66,8 +67,8 @@ def probe(base: type[IncrementalLayout]) -> type[IncrementalLayout]:
 
 @pytest.fixture
 def probes() -> Iterator[dict[str, type[IncrementalLayout]]]:
-    """Probed blocks and interleaved layouts, unregistered afterwards."""
-    made = {cls.name: probe(cls) for cls in (BlocksLayout, InterleavedLayout)}
+    """Probed blocks, interleaved and interleaved-cued layouts, unregistered afterwards."""
+    made = {cls.name: probe(cls) for cls in (BlocksLayout, InterleavedLayout, InterleavedCuedLayout)}
     yield made
     for cls in made.values():
         del LAYOUTS[cls.name]
@@ -81,15 +82,17 @@ def test_every_layout_is_selectable_by_name_and_none_bans_a_token() -> None:
     assert all(not hasattr(layout_class(m), "banned") for m in MODES)
 
 
-@pytest.mark.parametrize("mode", ["blocks", "interleaved"])
-async def test_each_intake_extends_the_context_exactly_and_computes_only_its_tokens(engine, probes, mode) -> None:
+# interleaved-cued ends its answer at an EOS, and the 135M model writes one after a couple of intakes.
+@pytest.mark.parametrize(("mode", "min_intakes"), [("blocks", 3), ("interleaved", 3), ("interleaved-cued", 1)])
+async def test_each_intake_extends_the_context_exactly_and_computes_only_its_tokens(engine, probes, mode,
+                                                                                    min_intakes) -> None:
     """Append-only: the context before an intake is a prefix of the one after, and the engine computed Δ."""
     cls = probes[mode]
     moa = MoA.from_config(small_config(), engines={"default": engine})
     result = await moa.run(LONG_QUESTION, mode=cls.name)
     assert result.answer
     intakes = cls.log.intakes
-    assert len(intakes) >= 3
+    assert len(intakes) >= min_intakes
     for it in intakes:
         assert it.after[:len(it.before)] == it.before
         assert it.appended > 0 and it.computed == it.appended
@@ -129,3 +132,15 @@ async def test_interleaved_reads_the_chunks_left_after_an_early_eos_and_goes_on(
     assert first.before[-1] in eos_ids  # the turn ended with the EOS, and the intake came after it
     assert len(first.answer.ids) > first.answer_tokens  # and the aggregator wrote again after the intake
     assert result.answer
+
+
+async def test_interleaved_cued_intake_anchors_each_chunk_and_ends_on_the_resume_line(engine, probes) -> None:
+    """Each later chunk follows the last words read of its proposal, and the intake turn says to go on."""
+    cls = probes["interleaved-cued"]
+    moa = MoA.from_config(small_config(), engines={"default": engine})
+    await moa.run(LONG_QUESTION, mode=cls.name)
+    assert cls.log.intakes
+    for it in cls.log.intakes:
+        text = engine.tokenizer.decode(it.after[len(it.before):])
+        assert 'continued after "...' in text
+        assert "Go on with your answer from exactly where it stopped." in text
