@@ -2,17 +2,18 @@
 
 Work is a generation or an open/append/score waiting for its tokens; it arrives when it is first scheduled
 and keeps that place until it ends, even when preempted. When work cannot get KV even with every idle sequence
-evicted, the most recently arrived work holding KV gives it back (its tokens stay; it is recomputed from them,
-as an evicted idle sequence is) until the older work fits. Work that no younger work can make room for waits
-for older work to end; since the oldest work always can take what it needs, nothing starves. Only work that
-would not fit even if every other unpinned sequence gave its KV back is refused. Pinned sequences are never
+evicted, the most recently arrived work holding KV gives back what is lacking, from its tail as an evicted idle
+sequence does (its tokens stay; what it gave back is recomputed from them) until the older work fits. Work that
+no younger work can make room for waits for older work to end; since the oldest work always can take what it
+needs, nothing starves. Only work that would not fit even if every other unpinned sequence gave its KV back is
+refused. Pinned sequences are never
 preempted. Both local engines' schedulers use this one policy over their own KV bookkeeping (`Room`).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from .generation import LocalSequence
@@ -32,8 +33,9 @@ class Room(Protocol[S_contra]):
         """Whether what `s` waits for fits once every idle sequence not in protect and those in `also` are gone."""
         ...
 
-    def preempt(self, s: S_contra) -> None:
-        """Drop the KV of a busy sequence; it is recomputed from its tokens when scheduled again."""
+    def preempt_for(self, s: S_contra, victims: Sequence[S_contra], protect: Collection[int]) -> None:
+        """Give `s` the KV it lacks from the busy victims (their tails first, as an eviction takes them); what
+        they gave back is recomputed from their tokens when they are scheduled again."""
         ...
 
 
@@ -82,8 +84,7 @@ class Preemption(Generic[S]):
         for n in range(1, len(younger) + 1):
             victims = younger[:n]
             if self._room.fits(s, _without(protect, victims), victims):
-                for v in victims:
-                    self._room.preempt(v)
+                self._room.preempt_for(s, victims, _without(protect, victims))
                 self.count += len(victims)
                 return victims
         return []  # pragma: no cover - the whole younger set fits, so some prefix of it does
