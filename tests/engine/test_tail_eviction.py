@@ -110,13 +110,13 @@ async def shared_prefix(eng: Any, prefix: int, own: int, pressure: int) -> dict[
     return out
 
 
-async def preempted_tail(eng: Any, u: int) -> dict[str, Any]:
-    """x (5 units) and the younger y (9 units) both generate 4 units on a budget of 16: x's decodes take y's
-    KV (recompute preemption), y waits for x to end, then goes on."""
+async def preempted_tail(eng: Any, u: int, n: int) -> dict[str, Any]:
+    """x (5 units) and the younger y (9 units) both generate n tokens, more than the budget has free: x's decodes
+    take y's KV (recompute preemption), y waits for x to end, then goes on."""
     tok = tokens_for(eng)
     x = await eng.open(tok(5 * u, 21))
     y = await eng.open(tok(9 * u, 22))
-    (xs, _, _), (ys, _, _) = await asyncio.gather(collect(eng, x, greedy(4 * u)), collect(eng, y, greedy(4 * u)))
+    (xs, _, _), (ys, _, _) = await asyncio.gather(collect(eng, x, greedy(n)), collect(eng, y, greedy(n)))
     return {"x": xs, "y": ys, "stats": {"x": eng.seq_stats(x), "y": eng.seq_stats(y)}, "engine": eng.stats()}
 
 
@@ -189,8 +189,9 @@ async def test_transformers_tail_eviction_keeps_a_shared_prefix() -> None:
 
 async def test_transformers_preemption_takes_the_tail_only() -> None:
     """Busy work preempted for older work gives back its tail blocks, as many as lacking, not its whole KV."""
-    tight = await run(lambda: transformers_engine(16), lambda e: preempted_tail(e, BS))
-    roomy = await run(lambda: transformers_engine(1000), lambda e: preempted_tail(e, BS))
+    # 14 of 16 blocks taken: 16 tokens each need 8 more.
+    tight = await run(lambda: transformers_engine(16), lambda e: preempted_tail(e, BS, 16))
+    roomy = await run(lambda: transformers_engine(1000), lambda e: preempted_tail(e, BS, 16))
     check_preempted_tail(tight, roomy, BS)
 
 
@@ -214,6 +215,8 @@ async def test_llamacpp_tail_eviction_keeps_a_shared_prefix() -> None:
 
 async def test_llamacpp_preemption_takes_the_tail_only() -> None:
     """Busy work preempted for older work gives back its tail cells (seq_rm), as many as lacking."""
-    tight = await run(lambda: llamacpp_engine(16 * 16), lambda e: preempted_tail(e, 16))
-    roomy = await run(lambda: llamacpp_engine(4096), lambda e: preempted_tail(e, 16))
+    # 224 of 240 cells taken: 16 tokens each need 32 more. Kept short: with 64 tokens each, x (never preempted)
+    # wrote another 27th token than without pressure, as llama.cpp's sums shift with the decode's batch size.
+    tight = await run(lambda: llamacpp_engine(15 * 16), lambda e: preempted_tail(e, 16, 16))
+    roomy = await run(lambda: llamacpp_engine(4096), lambda e: preempted_tail(e, 16, 16))
     check_preempted_tail(tight, roomy, 16)
