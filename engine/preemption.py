@@ -2,11 +2,10 @@
 
 Work is a generation or an open/append/score waiting for its tokens; it arrives when it is first scheduled
 and keeps that place until it ends, even when preempted. When work cannot get KV even with every idle sequence
-evicted, the most recently arrived work holding KV gives back what is lacking, from its tail as an evicted idle
-sequence does (its tokens stay; what it gave back is recomputed from them) until the older work fits. Work that
-no younger work can make room for waits for older work to end; since the oldest work always can take what it
-needs, nothing starves. Only work that would not fit even if every other unpinned sequence gave its KV back is
-refused. Pinned sequences are never
+evicted, the most recently arrived work holding KV gives it back (its tokens stay; it is recomputed from them,
+as an evicted idle sequence is) until the older work fits. Work that no younger work can make room for waits
+for older work to end; since the oldest work always can take what it needs, nothing starves. Only work that
+would not fit even if every other unpinned sequence gave its KV back is refused. Pinned sequences are never
 preempted. Both local engines' schedulers use this one policy over their own KV bookkeeping (`Room`).
 """
 
