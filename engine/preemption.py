@@ -14,7 +14,7 @@ schedulers use this one policy over their own KV bookkeeping (`Room`).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from .generation import LocalSequence
@@ -34,8 +34,9 @@ class Room(Protocol[S_contra]):
         """Whether what `s` waits for fits once every idle sequence not in protect and those in `also` are gone."""
         ...
 
-    def preempt(self, s: S_contra) -> None:
-        """Drop the KV of a busy sequence; it is recomputed from its tokens when scheduled again."""
+    def preempt_for(self, s: S_contra, victims: Sequence[S_contra], protect: Collection[int]) -> None:
+        """Give `s` the KV it lacks from the busy victims (their tails first, as an eviction takes them); what
+        they gave back is recomputed from their tokens when they are scheduled again."""
         ...
 
 
@@ -84,8 +85,7 @@ class Preemption(Generic[S]):
         for n in range(1, len(younger) + 1):
             victims = younger[:n]
             if self._room.fits(s, _without(protect, victims), victims):
-                for v in victims:
-                    self._room.preempt(v)
+                self._room.preempt_for(s, victims, _without(protect, victims))
                 self.count += len(victims)
                 return victims
         return []  # pragma: no cover - the whole younger set fits, so some prefix of it does

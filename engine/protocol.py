@@ -117,6 +117,7 @@ class SequenceStats:
     prefill_reused: int = 0
     decode_tokens: int = 0
     recomputed_after_eviction: int = 0
+    evicted_tokens: int = 0  # computed tokens whose KV was given back (evicted or preempted), tail first
 
 
 @dataclass
@@ -136,6 +137,8 @@ class EngineStats:
     draft_accepted: int = 0  # of those, the ones sampling reproduced (each saved a forward pass)
     response_cache_hits: int = 0  # generations answered from the response cache, with no compute
     preemptions: int = 0  # busy sequences whose KV went to older work, to be recomputed when they resume
+    evicted_tokens: int = 0  # computed tokens whose KV was given back (evicted or preempted), tail first
+    recomputed_after_eviction: int = 0  # of those, the ones computed again because a sequence went on
 
 
 @runtime_checkable

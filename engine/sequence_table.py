@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
 from .errors import (
@@ -153,17 +153,20 @@ class SequenceTable(Generic[E]):
 
     # ---------------------------------------------------------------- what sequences cost
 
-    def account(self, entry: E, computed: int = 0, reused: int = 0, decoded: int = 0) -> None:
-        """Count tokens against one sequence and the engine: prefill computed, prefill reused, decoded."""
+    def account(self, entry: E, computed: int = 0, reused: int = 0, decoded: int = 0, evicted: int = 0,
+                recomputed: int = 0) -> None:
+        """Count tokens against one sequence and the engine: prefill computed, prefill reused, decoded, KV given
+        back (evicted or preempted), computed again after that."""
         for st in (entry.stats, self._totals):
             st.prefill_computed += computed
             st.prefill_reused += reused
             st.decode_tokens += decoded
+            st.evicted_tokens += evicted
+            st.recomputed_after_eviction += recomputed
 
     def seq_stats(self, seq: Sequence) -> SequenceStats:
         """A copy of what this sequence has cost so far."""
-        st = self.get(seq).stats
-        return SequenceStats(st.prefill_computed, st.prefill_reused, st.decode_tokens, st.recomputed_after_eviction)
+        return replace(self.get(seq).stats)
 
     def tokens(self, seq: Sequence) -> list[int]:
         """A copy of the sequence's tokens."""
@@ -173,4 +176,5 @@ class SequenceTable(Generic[E]):
         """The engine-wide token counters and open sequences (engines add their own gauges)."""
         t = self._totals
         return EngineStats(prefill_computed=t.prefill_computed, prefill_reused=t.prefill_reused,
-                           decode_tokens=t.decode_tokens, sequences_open=len(self._entries))
+                           decode_tokens=t.decode_tokens, sequences_open=len(self._entries),
+                           evicted_tokens=t.evicted_tokens, recomputed_after_eviction=t.recomputed_after_eviction)

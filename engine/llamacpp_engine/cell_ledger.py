@@ -53,6 +53,13 @@ class CellLedger:
         self._refs[idx] -= 1
         self._free.extend(idx[self._refs[idx] == 0].tolist())
 
+    def unshared_tail(self, cells: list[int], limit: int) -> int:
+        """How many of the last cells of `cells`, up to `limit`, have no other holder (freed if released)."""
+        n = 0
+        while n < min(limit, len(cells)) and self._refs[cells[len(cells) - 1 - n]] == 1:
+            n += 1
+        return n
+
     def freed_by(self, holders: Iterable[list[int]]) -> int:
         """Cells that would become free if each of these holders released its cells."""
         lists = [c for c in holders if c]

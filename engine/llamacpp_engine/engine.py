@@ -329,7 +329,7 @@ class LlamaCppEngine(LocalEngine):
                 decoded = 1 if s.sampled_pos is not None and c.start <= s.sampled_pos < c.end else 0
                 if decoded:
                     s.sampled_pos = None
-                s.stats.recomputed_after_eviction += max(0, min(c.end, s.recompute_until) - c.start)
+                self._table.account(s, recomputed=max(0, min(c.end, s.recompute_until) - c.start))
                 self._table.account(s, computed=c.count - decoded, decoded=decoded)
                 s.num_computed = c.end
                 if s.closed:

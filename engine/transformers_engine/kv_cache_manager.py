@@ -1,4 +1,4 @@
-"""Which KV blocks each sequence holds: prefix-cache hits, allocation with LRU eviction, preemption, forks, frees.
+"""Which KV blocks each sequence holds: prefix-cache hits, allocation with LRU tail eviction, preemption, forks.
 
 It works on block ids only (through the BlockPool); the tensors behind them belong to the model runner, so a
 fork that must copy a partial block hands back a BlockCopy for the runner to perform.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from ..block_pool import BlockPool, chain_hash
@@ -81,7 +81,7 @@ class KVCacheManager:
         return copy
 
     def allocate(self, n: int, protect: Collection[int]) -> list[int] | None:
-        """n new blocks, evicting idle sequences (least recently used first, none in protect); None if short."""
+        """n new blocks, taking idle sequences' KV if short (tails first, see `free_tail`); None if short even so."""
         if n <= 0:
             return []
         got = self.pool.allocate(n)
@@ -90,30 +90,61 @@ class KVCacheManager:
         if not self.can_fit(n, protect):
             return None  # evicting would not be enough: keep every idle sequence's KV
         idle = sorted((s for s in self._table if s.evictable and s.id not in protect), key=lambda s: s.last_used)
+        # As SGLang's radix cache evicts leaves: the least recently used sequences give back their own tail
+        # blocks first, and only as many as the step lacks, so each keeps its head and every block it shares.
         for victim in idle:
-            self.evict(victim)
+            self.free_tail(victim, n - self.pool.free_count)
+            if self.pool.free_count >= n:
+                return self.pool.allocate(n)
+        # Still short: what is left is shared among idle sequences, and comes back only once all its holders go.
+        for victim in idle:
+            if victim.blocks:
+                self.evict(victim)
             if self.pool.free_count >= n:
                 return self.pool.allocate(n)
         return None  # pragma: no cover - can_fit said evicting every idle sequence frees enough
 
+    def free_tail(self, s: SeqState, n: int) -> int:
+        """Evict up to n of an idle sequence's last blocks that no other sequence holds; how many were freed.
+
+        Its tokens stay: what the blocks held is recomputed when the sequence is used again (`num_computed`
+        drops to the kept blocks, `recompute_until` marks the rest as recompute).
+        """
+        freed, fresh = self._cut_tail(s, n)
+        self.evictions += fresh
+        return freed
+
+    def _cut_tail(self, s: SeqState, n: int) -> tuple[int, bool]:
+        """Release up to n of the sequence's last blocks only it holds: (how many, whether a new eviction)."""
+        keep = len(s.blocks)
+        while keep > 0 and len(s.blocks) - keep < n and self.pool.refcount(s.blocks[keep - 1]) == 1:
+            keep -= 1
+        freed = len(s.blocks) - keep
+        if not freed:
+            return 0, False
+        log.debug("sequence %d gives back its last %d blocks", s.id, freed)
+        return freed, self._truncate(s, keep)
+
     def can_fit(self, n: int, protect: Collection[int], also: Collection[SeqState] = ()) -> bool:
         """Whether n blocks are free now or would be after evicting every idle sequence not in protect (and
         preempting the busy ones in `also`)."""
-        if self.pool.free_count >= n:
-            return True
+        return self.pool.free_count >= n or self._reclaimable(protect, also) >= n
+
+    def _reclaimable(self, protect: Collection[int], also: Collection[SeqState] = ()) -> int:
+        """Blocks free once every idle sequence not in protect and every one in `also` gave back all its KV."""
         refs: dict[int, int] = {}
         for s in [*(s for s in self._table if s.evictable and s.id not in protect), *also]:
             for b in s.blocks:
                 refs[b] = refs.get(b, 0) + 1
         # A block shared with a busy sequence stays referenced: only blocks whose every holder goes come back.
         freed = sum(1 for b, k in refs.items() if self.pool.refcount(b) == k)
-        return self.pool.free_count + freed >= n
+        return self.pool.free_count + freed
 
     def evict(self, s: SeqState) -> None:
         """Drop an idle sequence's KV; it is recomputed from its tokens when the sequence is used again."""
         log.debug("evicting sequence %d (%d tokens)", s.id, s.num_computed)
-        self._drop(s)
-        self.evictions += 1
+        if self._truncate(s, 0):
+            self.evictions += 1
 
     def preemptible(self, s: SeqState) -> bool:
         """Whether the busy sequence holds blocks (preempting it gives back those nobody else holds)."""
@@ -128,12 +159,40 @@ class KVCacheManager:
         log.debug("preempting sequence %d (%d tokens)", s.id, s.num_computed)
         self._drop(s)
 
+    def preempt_for(self, s: SeqState, victims: Sequence[SeqState], protect: Collection[int]) -> None:
+        """Give `s` the blocks it lacks from busy victims, as an eviction would: their own tail blocks first,
+        in the victims' order and only as many as lacking; whole victims only where KV they share is what is
+        lacking. Idle sequences not in protect are counted as going (allocation takes theirs first)."""
+        need = self.blocks_needed(s, s.pending)
+        for v in victims:
+            short = need - self._reclaimable(protect)
+            if short <= 0:
+                return
+            log.debug("preempting the tail of sequence %d for sequence %d", v.id, s.id)
+            self._cut_tail(v, short)
+        for v in victims:
+            if self._reclaimable(protect) >= need:
+                return
+            self.preempt(v)
+
     def _drop(self, s: SeqState) -> None:
-        self.free(s)
+        self._truncate(s, 0)
+
+    def _truncate(self, s: SeqState, keep: int) -> bool:
+        """Keep the sequence's first `keep` blocks, the computed tokens beyond them to be recomputed; whether it
+        held all it had computed until now (a new eviction, not a sequence already cut shorter)."""
+        self.pool.release(s.blocks[keep:])
+        del s.blocks[keep:]
+        s.registered = min(s.registered, keep)
+        kept = min(s.num_computed, keep * self.block_size)
+        if kept >= s.num_computed:
+            return False
+        fresh = s.num_computed >= s.recompute_until
         s.recompute_until = max(s.recompute_until, s.num_computed)
-        s.num_computed = 0
-        s.registered = 0
+        self._table.account(s, evicted=s.num_computed - kept)
+        s.num_computed = kept
         s.last_logits = None  # sampled_pos stays: that token is still uncomputed, a decode when computed
+        return fresh
 
     def free(self, s: SeqState) -> None:
         """Release the sequence's blocks (full ones stay in the prefix cache until reused)."""

@@ -103,13 +103,15 @@ class ModeRun:
     wall_s: float
     records: list[StepRecord] = field(default_factory=list)
     engine: dict[str, int] = field(default_factory=dict)
+    kv_fraction: float | None = None  # the budget's fraction of the agents' KV footprint (None: unbounded)
 
     def summary(self) -> dict[str, Any]:
         """Per-step latency median and p90, tokens computed per step, call fidelity, engine counter deltas."""
         model = [r.model_s for r in self.records]
         computed = [r.computed for r in self.records]
         return {
-            "mode": self.mode, "agents": self.agents, "steps": self.steps, "wall_s": self.wall_s,
+            "mode": self.mode, "agents": self.agents, "steps": self.steps, "kv_fraction": self.kv_fraction,
+            "wall_s": self.wall_s,
             "step_median_s": statistics.median(model) if model else math.nan,
             "step_p90_s": _quantile(model, 0.9),
             "step_mean_s": statistics.fmean(model) if model else math.nan,
@@ -151,13 +153,18 @@ class AgentBenchConfig:
     steps: tuple[int, ...] = (6, 35)
     cases: int = 40
     tool_latency_ms: float = 200.0
-    kv_fraction: float = 0.9
+    kv_fraction: float = 0.9  # the budget of the headline figures (ratio_prefix_cache_8 and the others)
+    kv_fractions: tuple[float, ...] = ()  # more budgets the multi-agent scenarios run at (by_budget figures)
     modes: tuple[str, ...] = LOCAL_MODES
     llamacpp: bool = True
     all_pairs: bool = False
     pin_ttl_s: float | None = None  # None: pinned until the tool returns
     speculation: SpeculationBenchConfig | None = field(default_factory=SpeculationBenchConfig)  # None: section off
     prompt_lookup: PromptLookupBenchConfig | None = field(default_factory=PromptLookupBenchConfig)  # None: off
+
+    def budgets(self) -> tuple[float, ...]:
+        """Every fraction the multi-agent scenarios run at, the headline one first."""
+        return (self.kv_fraction, *(f for f in dict.fromkeys(self.kv_fractions) if f != self.kv_fraction))
 
     def scenarios_shape(self) -> list[tuple[int, int]]:
         """(agents, steps) pairs: every agent count on the shortest workflow, one agent on the longer ones."""
@@ -170,7 +177,8 @@ def engine_counters(engine: Engine) -> dict[str, int]:
     st = engine.stats()
     return {"prefill_computed": st.prefill_computed, "prefill_reused": st.prefill_reused,
             "decode_tokens": st.decode_tokens, "evictions": st.evictions, "draft_tokens": st.draft_tokens,
-            "draft_accepted": st.draft_accepted}
+            "draft_accepted": st.draft_accepted, "preemptions": st.preemptions, "evicted_tokens": st.evicted_tokens,
+            "recomputed_after_eviction": st.recomputed_after_eviction}
 
 
 def counter_delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
@@ -257,9 +265,12 @@ def start_llama_server(n_ctx: int, cache_bytes: int, threads: int | None = None)
 kv_bytes_per_token = transformers_kv_bytes_per_token  # the name the bench's tests and callers know
 
 
-def ratios(runs: Seq[ModeRun], shortest: int, longest: int, most_agents: int) -> dict[str, float | None]:
-    """The contract's ratios (per-step median latency over stateful's); None where a run is missing."""
-    med = {(r.mode, r.agents, r.steps): r.summary()["step_median_s"] for r in runs}
+def ratios(runs: Seq[ModeRun], shortest: int, longest: int, most_agents: int,
+           kv_fraction: float | None = None) -> dict[str, float | None]:
+    """The contract's ratios (per-step median latency over stateful's) at one budget (unbounded single-agent runs
+    count at every budget; None: every run); None where a run is missing."""
+    med = {(r.mode, r.agents, r.steps): r.summary()["step_median_s"] for r in runs
+           if kv_fraction is None or r.kv_fraction in (None, kv_fraction)}
 
     def ratio(mode: str, agents: int, steps: int) -> float | None:
         a, b = med.get((mode, agents, steps)), med.get(("stateful", agents, steps))
@@ -293,36 +304,42 @@ async def run_agent_bench(engine_factory: EngineFactory, config: AgentBenchConfi
     rendering = ChatRendering(tok)
     per_token = engine_factory.kv_bytes_per_token(probe)
     await probe.shutdown()
-    for agents, steps in config.scenarios_shape():
+    for agents, steps, fraction in _scenario_budgets(config):
         flows = workflows(agents, steps, cases)
         convs = conversations(flows, rendering, tok)
         contexts = [len(c) for c in convs]
         footprint = kv_footprint_tokens(convs)
         budget = None
-        if agents > 1:  # a fraction of what they need together (shared prefixes counted once), yet room for
-            # the largest context and a block per agent, so every step can run once the others are evicted
-            budget = max(int(config.kv_fraction * footprint), max(contexts) + 32 * agents)
+        if fraction is not None:  # a fraction of what they need together (shared prefixes counted once), yet
+            # room for the largest context and a block per agent, so every step can run once the others are evicted
+            budget = max(int(fraction * footprint), max(contexts) + 32 * agents)
         scenario = Scenario(agents, steps, budget)
-        scenarios.append({**asdict(scenario), "summed_context_tokens": sum(contexts), "kv_footprint_tokens": footprint,
-                          "max_context_tokens": max(contexts)})
+        scenarios.append({**asdict(scenario), "kv_fraction": fraction, "summed_context_tokens": sum(contexts),
+                          "kv_footprint_tokens": footprint, "max_context_tokens": max(contexts)})
         for mode in config.modes:
             engine = engine_factory(budget)
             try:
                 await _warm(engine)
-                runs.append(await run_local_mode(mode, engine, flows, rendering, tool_s, config.pin_ttl_s))
+                run = await run_local_mode(mode, engine, flows, rendering, tool_s, config.pin_ttl_s)
+                run.kv_fraction = fraction
+                runs.append(run)
             finally:
                 await engine.shutdown()
-        if config.llamacpp and agents == most_agents and steps == shortest:
+        if config.llamacpp and agents == most_agents and steps == shortest and fraction == config.kv_fraction:
             peer = start_llama_server(n_ctx=max(contexts) + 256, cache_bytes=(budget or footprint) * per_token,
                                       threads=engine_factory.peer_threads())
             try:
                 before = peer.counters()
                 run = await run_llamacpp_mode(peer.base_url, flows, rendering, tok, tool_s)
                 run.engine = counter_delta(peer.counters(), before)
+                run.kv_fraction = fraction
                 runs.append(run)
             finally:
                 peer.stop()
-    out: dict[str, Any] = dict(ratios(runs, shortest, longest, most_agents))
+    out: dict[str, Any] = dict(ratios(runs, shortest, longest, most_agents, config.kv_fraction))
+    # {fraction: ratio} over every budget run, the headline one included (JSON keys are strings: "0.9").
+    out["ratio_prefix_cache_8_by_budget"] = {
+        str(f): ratios(runs, shortest, longest, most_agents, f)["ratio_prefix_cache_8"] for f in config.budgets()}
     out.update(await _speculation_section(engine_factory, cases, config))
     out.update(await _prompt_lookup_section(engine_factory, cases, rendering, config))
     out["targets"] = {k: f">= {v}" for k, v in TARGETS.items()}
@@ -331,11 +348,18 @@ async def run_agent_bench(engine_factory: EngineFactory, config: AgentBenchConfi
     out["setup"] = {
         "model": config.model or "default (SmolLM2-135M-Instruct)", "backend": engine_factory.backend,
         "cases": config.cases, "tool_latency_ms": config.tool_latency_ms, "kv_fraction": config.kv_fraction,
+        "kv_fractions": list(config.budgets()),
         "pin_ttl_s": config.pin_ttl_s, "kv_bytes_per_token": per_token,
         "peer_threads": engine_factory.peer_threads(),
         "step_latency": "model time of a step: Δ appended and the forced call written (tool time excluded)",
     }
     return out
+
+
+def _scenario_budgets(config: AgentBenchConfig) -> list[tuple[int, int, float | None]]:
+    """(agents, steps, fraction) of every scenario run: a single agent unbounded once, several at every budget."""
+    return [(a, s, f) for a, s in config.scenarios_shape()
+            for f in ((None,) if a == 1 else config.budgets())]
 
 
 async def _speculation_section(factory: EngineFactory, cases: Seq[BfclCase], config: AgentBenchConfig

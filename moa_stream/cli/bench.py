@@ -30,6 +30,7 @@ def _comma_list(cast: type, minimum: float, wants: str) -> Callable[[str], tuple
 
 _parse_streams = _comma_list(int, 1, "positive integers like 1,4,8")
 _parse_latencies = _comma_list(float, 0, "milliseconds >= 0 like 0,200,1000")
+_parse_fractions = _comma_list(float, 0, "fractions in (0, 1] like 1.0,0.9,0.7,0.5")
 
 
 def _add_engine_arguments(p: argparse.ArgumentParser) -> None:
@@ -263,9 +264,10 @@ def _add_agent_arguments(p: argparse.ArgumentParser) -> None:
                    help="BFCL v4 multi-turn base cases to draw workflows from (40)")
     p.add_argument("--tool-latency-ms", type=float, default=200.0, metavar="MS",
                    help="simulated time every tool call takes on top of the real function (200)")
-    p.add_argument("--kv-fraction", type=float, default=0.9, metavar="F",
-                   help="KV budget of a multi-agent run as a fraction of what the agents need together, shared "
-                        "prefixes counted once (0.9; at 0.6 the working set no longer fits and calls get cut)")
+    p.add_argument("--kv-fraction", type=_parse_fractions, default=(0.9,), metavar="LIST",
+                   help="KV budgets of the multi-agent runs as fractions of what the agents need together, shared "
+                        "prefixes counted once, comma-separated (0.9; e.g. 1.0,0.9,0.7,0.5 runs each; "
+                        "ratio_prefix_cache_8 is the 0.9 run's, or the first listed without 0.9)")
     p.add_argument("--pin-ttl", type=float, default=None, metavar="S",
                    help="seconds a stateful agent's sequence stays pinned while its tool runs (default: until it "
                         "returns)")
@@ -303,11 +305,12 @@ def _agent_table(result: dict[str, Any]) -> Any:
     from rich.table import Table
 
     table = Table(title="agent steps per mode (step = Δ appended + forced call written; tool time excluded)")
-    for col in ("mode", "agents", "steps", "median s", "p90 s", "computed/step", "recomputed", "calls ok",
+    for col in ("mode", "agents", "steps", "kv frac", "median s", "p90 s", "computed/step", "recomputed", "calls ok",
                 "wall s"):
         table.add_column(col, justify="left" if col == "mode" else "right")
     for run in result["runs"]:
-        table.add_row(run["mode"], str(run["agents"]), str(run["steps"]), f"{run['step_median_s']:.3f}",
+        frac = "-" if run["kv_fraction"] is None else f"{run['kv_fraction']:g}"
+        table.add_row(run["mode"], str(run["agents"]), str(run["steps"]), frac, f"{run['step_median_s']:.3f}",
                       f"{run['step_p90_s']:.3f}", f"{run['computed_per_step_mean']:.0f}",
                       str(run["recomputed_total"]), f"{run['calls_matched']}/{run['calls']}", f"{run['wall_s']:.1f}")
     return table
@@ -341,8 +344,10 @@ def _main_agent(args: argparse.Namespace) -> int:
     unknown = [m for m in modes if m not in _LOCAL_MODES]
     if unknown or not modes:
         raise ConfigError(f"--modes: unknown {unknown or modes}; pick from {', '.join(_LOCAL_MODES)}")
-    if not 0.0 < args.kv_fraction <= 1.0:
-        raise ConfigError(f"--kv-fraction must be in (0, 1], got {args.kv_fraction}")
+    bad = [f for f in args.kv_fraction if not 0.0 < f <= 1.0]
+    if bad:
+        raise ConfigError(f"--kv-fraction: every fraction must be in (0, 1], got {bad}")
+    headline = 0.9 if 0.9 in args.kv_fraction else args.kv_fraction[0]
     if args.speculator not in SPECULATORS:
         raise ConfigError(f"--speculator: unknown {args.speculator!r}; pick from {', '.join(SPECULATORS)}")
     preset = _AGENT_QUICK if args.quick else {"agents": args.agents, "steps": args.steps, "cases": args.cases}
@@ -352,7 +357,8 @@ def _main_agent(args: argparse.Namespace) -> int:
                                          **spec_size) if args.speculation else None
     lookup = PromptLookupBenchConfig(max_draft=args.prompt_lookup_tokens, steps=min(preset["steps"])) \
         if args.prompt_lookup else None
-    config = AgentBenchConfig(model=args.model, tool_latency_ms=args.tool_latency_ms, kv_fraction=args.kv_fraction,
+    config = AgentBenchConfig(model=args.model, tool_latency_ms=args.tool_latency_ms, kv_fraction=headline,
+                              kv_fractions=tuple(args.kv_fraction),
                               modes=modes, llamacpp=not args.no_llamacpp, all_pairs=args.all_pairs,
                               pin_ttl_s=args.pin_ttl, speculation=speculation, prompt_lookup=lookup, **preset)
     result = asyncio.run(run_agent_bench(_agent_engines(args), config))
@@ -367,6 +373,9 @@ def _main_agent(args: argparse.Namespace) -> int:
             value = result[key]
             shown = f"{value:.2f}" if value is not None else "not measured"
             console.print(f"{key} = {shown} (target >= {target})")
+        for fraction, value in result["ratio_prefix_cache_8_by_budget"].items():
+            shown = f"{value:.2f}" if value is not None else "not measured"
+            console.print(f"ratio_prefix_cache_8 at kv fraction {fraction} = {shown} (target >= 1)")
         for key in ("speculation_alpha", "prompt_lookup_acceptance"):
             value = result[key]
             console.print(f"{key} = {value:.2f}" if value is not None else f"{key}: not measured")

@@ -33,3 +33,5 @@ def test_bench_agent_usage_errors() -> None:
     assert proc.returncode == 2 and "crystal-ball" in proc.stderr
     proc = moa_stream("bench", "agent", "--speculation-latencies", "0,-5")
     assert proc.returncode == 2 and "milliseconds" in proc.stderr
+    proc = moa_stream("bench", "agent", "--kv-fraction", "0.9,x")
+    assert proc.returncode == 2 and "fractions" in proc.stderr

@@ -204,8 +204,8 @@ async def test_score_equals_llama_log_probs(lc: LlamaCppEngine, llama: Any) -> N
 
 
 async def test_eviction_recompute_and_pin(llama: Any) -> None:
-    """Over the budget, the least recently used idle sequence is evicted, then recomputed exactly on use;
-    a pinned one is never evicted."""
+    """Over the budget, the least recently used idle sequence gives back its tail cells, then recomputes them
+    exactly on use; a pinned one is never evicted."""
     eng = LlamaCppEngine(kv_cells=280, n_seq_max=4, max_tokens_per_step=128)
     try:
         # Token runs with no common prefix, so no cells are shared and the arithmetic below is exact.
@@ -213,21 +213,22 @@ async def test_eviction_recompute_and_pin(llama: Any) -> None:
         a = await eng.open(a_tokens)
         b = await eng.open(b_tokens)
         await eng.pin(b)
-        c = await eng.open(c_tokens)  # needs a's cells: a is idle and least recently used
+        c = await eng.open(c_tokens)  # needs 80 of a's cells: a is idle and least recently used
         st = eng.stats()
-        assert st.evictions == 1 and st.sequences_resident == 2
-        ids, _, _ = await collect(eng, a, greedy(8))  # a comes back: b is pinned, so c goes
+        assert st.evictions == 1 and st.sequences_resident == 3, "a kept the head c did not need"
+        assert eng.seq_stats(a).evicted_tokens == 80
+        ids, _, _ = await collect(eng, a, greedy(8))  # a comes back: b is pinned, so c's tail goes
         assert ids == llama_greedy(llama, a_tokens, 8)
-        assert eng.seq_stats(a).recomputed_after_eviction == len(a_tokens)
-        assert eng.stats().evictions == 2
+        assert eng.seq_stats(a).recomputed_after_eviction == 80, "only the dropped tail was recomputed"
+        assert eng.stats().evictions == 2, "c's cells given back step by step count as one eviction"
         assert eng.is_resident(b)  # the pinned sequence kept its KV
 
         await eng.pin(a, ttl=60)
         with pytest.raises(CapacityError, match="budget"):
             await eng.append(c, [5] * 20)  # a and b pinned: no room for c
         await eng.unpin(b)
-        await eng.append(c, [5] * 20)  # now b can go
-        assert not eng.is_resident(b)
+        await eng.append(c, [5] * 20)  # now b's tail can go
+        assert eng.seq_stats(b).evicted_tokens > 0 and eng.is_resident(b)
         with pytest.raises(EngineError, match="ttl"):
             await eng.pin(a, ttl=0)
     finally:

@@ -174,6 +174,24 @@ async def test_the_json_has_the_contract_fields(loaded: Any) -> None:
     assert eight["kv_budget_tokens"] < eight["kv_footprint_tokens"] <= eight["summed_context_tokens"]
 
 
+async def test_the_bench_runs_every_budget_and_keeps_the_headline_ratio(loaded: Any) -> None:
+    """--kv-fraction 0.9,0.5: the 8 agents run at both budgets; ratio_prefix_cache_8 stays the 0.9 run's."""
+    factory = TransformersFactory(loaded, {"block_size": BLOCK, "max_model_len": 8192})
+    config = AgentBenchConfig(agents=(8,), steps=(2,), cases=8, tool_latency_ms=0.0, llamacpp=False,
+                              modes=("stateful", "prefix-cache"), kv_fraction=0.9, kv_fractions=(0.9, 0.5),
+                              speculation=None, prompt_lookup=None)
+    result = await run_agent_bench(factory, config)
+    json.dumps(result)
+    by_budget = result["ratio_prefix_cache_8_by_budget"]
+    assert set(by_budget) == {"0.9", "0.5"} and all(v > 0 for v in by_budget.values())
+    assert result["ratio_prefix_cache_8"] == by_budget["0.9"]
+    assert sorted((r["mode"], r["kv_fraction"]) for r in result["runs"]) == sorted(
+        (m, f) for m in ("stateful", "prefix-cache") for f in (0.9, 0.5))
+    budgets = {s["kv_fraction"]: s["kv_budget_tokens"] for s in result["scenarios"]}
+    assert budgets[0.5] <= budgets[0.9] < result["scenarios"][0]["kv_footprint_tokens"]
+    assert result["setup"]["kv_fractions"] == [0.9, 0.5]
+
+
 # ---------------------------------------------------------------------------------------------- the llama.cpp engine
 
 
