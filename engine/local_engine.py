@@ -204,6 +204,23 @@ class LocalEngine(StepLoop):
         self._kick()
         await fut
 
+    def _count_computed(self, s: Any, start: int, end: int, count: int) -> None:
+        """Take in a computed chunk [start, end) of `count` tokens: its counters (a sampled token computed in it is
+        a decoded one, positions below `recompute_until` are recompute) and the sequence's progress."""
+        decoded = 1 if s.sampled_pos is not None and start <= s.sampled_pos < end else 0
+        if decoded:
+            s.sampled_pos = None
+        self._table.account(s, computed=count - decoded, decoded=decoded,
+                            recomputed=max(0, min(end, s.recompute_until) - start))
+        s.num_computed = end
+
+    def _wake_waiters(self, s: Any) -> None:
+        """Resolve the opens and appends whose tokens are all computed now."""
+        for w in s.waiters:
+            if w.target <= s.num_computed and not w.future.done():
+                w.future.set_result(None)
+        s.waiters = [w for w in s.waiters if w.target > s.num_computed]
+
     def _fail_waiters(self, s: Any, exc: BaseException) -> None:
         for w in s.waiters:
             if not w.future.done():

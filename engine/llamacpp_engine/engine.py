@@ -326,21 +326,13 @@ class LlamaCppEngine(LocalEngine):
                 taken.append(c)
                 mine = [next(it) for _ in range(c.n_logits)]
                 own = len(mine) - len(c.draft)  # rows of the chunk's tokens; the draft's follow
-                decoded = 1 if s.sampled_pos is not None and c.start <= s.sampled_pos < c.end else 0
-                if decoded:
-                    s.sampled_pos = None
-                self._table.account(s, recomputed=max(0, min(c.end, s.recompute_until) - c.start))
-                self._table.account(s, computed=c.count - decoded, decoded=decoded)
-                s.num_computed = c.end
+                self._count_computed(s, c.start, c.end, c.count)
                 if s.closed:
                     continue  # closing drops every cell beyond what it keeps, the draft's too
                 self._kv.index.register(s)
                 if s.logits_from is not None:
                     s.scored.extend(mine[:own])
-                for w in s.waiters:
-                    if w.target <= s.num_computed and not w.future.done():
-                        w.future.set_result(None)
-                s.waiters = [w for w in s.waiters if w.target > s.num_computed]
+                self._wake_waiters(s)
                 if c.ends_sequence and c.end == len(s.tokens):
                     s.last_logits = mine[own - 1]
                     gen = c.gen

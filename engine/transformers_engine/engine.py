@@ -276,19 +276,11 @@ class TransformersEngine(LocalEngine):
         """Take in a finished step: progress and counters, prefix cache, waiters, sampled tokens."""
         for c in self._chunks(step):
             s = c.seq
-            decoded = 1 if s.sampled_pos is not None and c.start <= s.sampled_pos < c.end else 0
-            if decoded:
-                s.sampled_pos = None
-            self._table.account(s, recomputed=max(0, min(c.end, s.recompute_until) - c.start))
-            self._table.account(s, computed=c.count - decoded, decoded=decoded)
-            s.num_computed = c.end
+            self._count_computed(s, c.start, c.end, c.count)
             if s.closed:
                 continue
             self._kv.register_full_blocks(s)
-            for w in s.waiters:
-                if w.target <= s.num_computed and not w.future.done():
-                    w.future.set_result(None)
-            s.waiters = [w for w in s.waiters if w.target > s.num_computed]
+            self._wake_waiters(s)
             if s.id in output.logits:
                 s.last_logits = output.logits[s.id]
                 gen = c.gen
