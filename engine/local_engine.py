@@ -19,7 +19,7 @@ from collections.abc import Sequence as Seq
 from typing import Any
 
 from .detokenizer import Detokenizer
-from .errors import CapacityError, EngineError, StepFailedError
+from .errors import CapacityError, EngineError, StepFailedError, UnsupportedFeatureError
 from .generation import Generation, Waiter
 from .protocol import FinishReason, SamplingParams, Sequence, SequenceStats, TokenDelta
 from .response_cache import CachedResponse, ResponseCache
@@ -120,6 +120,12 @@ class LocalEngine(StepLoop):
         s.tokens.extend(new)
         s.last_logits = None
         await self._compute(s, rollback_to=before)
+
+    async def insert(self, seq: Sequence, at: int, tokens: Seq[int]) -> None:
+        """Refused: this engine's cached keys cannot be moved to other positions (the llama.cpp engine's can)."""
+        self._table.get(seq)
+        raise UnsupportedFeatureError(f"{type(self).__name__} cannot insert tokens inside a sequence (its cached "
+                                      "keys cannot move); use the llama.cpp engine or a layout that appends")
 
     async def fork(self, seq: Sequence) -> Sequence:
         """A copy of the sequence that shares its KV; computes nothing."""

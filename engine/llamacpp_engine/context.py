@@ -158,9 +158,18 @@ class LlamaContext:
 
     # ---------------------------------------------------------------- sequence memory (between steps)
 
-    def seq_cp(self, src: int, dst: int, n: int) -> None:
-        """Let slot dst share the KV cells of slot src's positions 0..n-1 (no copy, no compute)."""
-        self._L.llama_memory_seq_cp(self._mem, src, dst, 0, n)
+    def seq_cp(self, src: int, dst: int, n: int, start: int = 0) -> None:
+        """Let slot dst share the KV cells of slot src's positions start..n-1 (no copy, no compute)."""
+        self._L.llama_memory_seq_cp(self._mem, src, dst, start, n)
+
+    @property
+    def can_shift(self) -> bool:
+        """Whether cached positions can be moved (RoPE models: llama.cpp re-rotates the keys in place)."""
+        return bool(self._L.llama_memory_can_shift(self._mem))
+
+    def seq_shift(self, slot: int, start: int, delta: int) -> None:
+        """Move slot's positions from `start` on by `delta` (the keys are re-rotated before the next decode)."""
+        self._L.llama_memory_seq_add(self._mem, slot, start, -1, delta)
 
     def seq_rm(self, slot: int, start: int = -1) -> None:
         """Drop slot's KV from position `start` on (-1: all of it); cells no other slot holds become free."""

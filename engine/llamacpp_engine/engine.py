@@ -20,7 +20,14 @@ import numpy as np
 import torch
 
 from .. import model_registry, models
-from ..errors import CapacityError, EngineError, ModelLoadError, SequenceClosedError
+from ..errors import (
+    CapacityError,
+    EngineError,
+    InvalidTokensError,
+    ModelLoadError,
+    SequenceClosedError,
+    UnsupportedFeatureError,
+)
 from ..local_engine import LocalEngine
 from ..prompt_lookup import PromptLookup
 from ..protocol import EngineStats, Sequence, Tokenizer
@@ -184,6 +191,66 @@ class LlamaCppEngine(LocalEngine):
         self._fail_waiters(s, SequenceClosedError(f"sequence {s.id} was closed"))
         await self._out_of_decode()
         self._kv.close(s)
+
+    async def insert(self, seq: Sequence, at: int, tokens: Seq[int]) -> None:
+        """Put `tokens` at position `at`, the later tokens after them; computes only the new tokens.
+
+        The later tokens keep their KV, moved len(tokens) positions on (llama.cpp re-rotates their keys): it was
+        computed without the new tokens before it, as text read before they came. The new tokens read only what
+        lies before them, as a prefill of the new order would; what is generated next reads everything. Where
+        the KV from `at` on is not all computed or is shared with another sequence, it is recomputed after the
+        new tokens instead. An empty insert only checks that the engine can insert.
+        """
+        s = self._table.get(seq)
+        self._table.check_idle(s, "insert into")
+        new = self._table.check_tokens(tokens, allow_empty=True)
+        if not self._ctx.can_shift:
+            raise UnsupportedFeatureError(f"{self._name}'s KV cache cannot move positions; use a layout that appends")
+        if not 0 <= at <= len(s.tokens):
+            raise InvalidTokensError(f"insert position {at} is outside sequence {s.id} (0..{len(s.tokens)})")
+        if not new:
+            return
+        if at == len(s.tokens):
+            return await self.append(seq, new)
+        self._table.check_length(len(s.tokens) + len(new))
+        await self._out_of_decode()
+        if self._kv.movable(s, at):
+            if await self._insert_moving(s, at, new):
+                return
+            s = self._table.get(seq)  # it changed while the fork computed: recompute its tail instead
+            self._table.check_idle(s, "insert into")
+            await self._out_of_decode()
+        self._kv.truncate(s, at)
+        self._place(s, at, new)
+        await self._compute(s, rollback_to=len(s.tokens))
+
+    async def _insert_moving(self, s: LlamaSeq, at: int, new: list[int]) -> bool:
+        """Compute `new` on a fork of s's first `at` positions, then splice it in; False if s changed meanwhile."""
+        donor = LlamaSeq(self._table.new_id(), s.tokens[:at] + new)
+        self._kv.fork(s, donor, protect=set(), upto=at)
+        handle = self._table.add(donor)
+        pinned, s.pinned_until = s.pinned_until, math.inf  # its KV must stay where it is while the fork computes
+        try:
+            await self._compute(donor, rollback_to=len(donor.tokens))
+            await self._out_of_decode()
+            if s.closed or s.busy or not self._kv.movable(s, at) or donor.num_computed < len(donor.tokens):
+                return False
+            self._place(s, at, new)
+            self._kv.splice(s, donor, at, len(new))
+            s.stats.prefill_computed += donor.stats.prefill_computed  # the fork's work was done for s
+            return True
+        finally:
+            s.pinned_until = pinned
+            await self.close(handle)
+
+    def _place(self, s: LlamaSeq, at: int, new: list[int]) -> None:
+        """Insert the token ids (not their KV) and move the positions the sequence remembers past `at`."""
+        s.tokens[at:at] = new
+        s.last_logits = None  # the next generation's logits must read the new tokens
+        if s.sampled_pos is not None and s.sampled_pos >= at:
+            s.sampled_pos += len(new)
+        if s.recompute_until > at:
+            s.recompute_until += len(new)
 
     async def score(self, seq: Sequence, tokens: Seq[int]) -> list[float]:
         """Log-probability of each of `tokens` after `seq`; computed on a fork, so `seq` is left unchanged."""

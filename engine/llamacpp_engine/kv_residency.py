@@ -65,18 +65,20 @@ class KVResidency:
         self.index.register(s)
         return True
 
-    def fork(self, parent: LlamaSeq, child: LlamaSeq, protect: Collection[int]) -> None:
-        """Give child the parent's computed KV, shared cell by cell (nothing copied, nothing computed)."""
+    def fork(self, parent: LlamaSeq, child: LlamaSeq, protect: Collection[int], upto: int | None = None) -> None:
+        """Give child the parent's computed KV (of its first `upto` positions), shared cell by cell (nothing
+        copied, nothing computed)."""
         child.cache_salt = parent.cache_salt
-        child.hashes = list(parent.hashes)
+        n = parent.num_computed if upto is None else min(upto, parent.num_computed)
+        child.hashes = list(parent.hashes) if upto is None else parent.hashes[:n // self.index.block_size]
+        child.moved_from = parent.moved_from if parent.moved_from is not None and parent.moved_from < n else None
         self.touch(child)
-        if parent.slot is None or parent.num_computed == 0:
+        if parent.slot is None or n == 0:
             return  # the parent was evicted: the child computes its tokens when used, as the parent would
         slot = self._take_slot({*protect, parent.id})
         if slot is None:
             raise CapacityError(f"no llama.cpp sequence slot free to fork into (n_seq_max="
                                 f"{self._ctx.options.n_seq_max}); close sequences or raise n_seq_max")
-        n = parent.num_computed
         self._ctx.seq_cp(parent.slot, slot, n)
         child.slot = slot
         child.cells = parent.cells[:n]
@@ -120,7 +122,30 @@ class KVResidency:
         self.ledger.release(s.cells[n:])
         del s.cells[n:]
         s.num_computed = min(s.num_computed, n)
+        if s.moved_from is not None and s.moved_from >= n:
+            s.moved_from = None  # what was moved is gone: it is recomputed in order
         self.index.unregister(s, keep_tokens=n)
+
+    def movable(self, s: LlamaSeq, at: int) -> bool:
+        """Whether the sequence's KV from position `at` on is all computed and its own, so it can be moved."""
+        after = len(s.cells) - at
+        return (s.slot is not None and after > 0 and len(s.cells) == s.num_computed
+                and self.ledger.unshared_tail(s.cells, after) == after)
+
+    def splice(self, s: LlamaSeq, donor: LlamaSeq, at: int, n: int) -> None:
+        """Put the donor's KV of positions at..at+n-1 into the sequence at `at`, its own KV from `at` on moved n
+        positions on (see `movable`; the donor shares the sequence's first `at` positions)."""
+        assert s.slot is not None and donor.slot is not None
+        self._ctx.seq_shift(s.slot, at, n)  # first, so that the cells shared next are not moved too
+        self._ctx.seq_cp(donor.slot, s.slot, at + n, start=at)
+        cells = donor.cells[at:at + n]
+        self.ledger.share(cells)
+        s.cells[at:at] = cells
+        s.num_computed += n
+        self.index.unregister(s, keep_tokens=at)
+        del s.hashes[at // self.index.block_size:]
+        if s.moved_from is None or s.moved_from >= at:
+            s.moved_from = at + n
 
     def evict(self, s: LlamaSeq) -> None:
         """Drop an idle sequence's KV; it is recomputed from its tokens when used again."""
@@ -211,6 +236,7 @@ class KVResidency:
         self.ledger.release(s.cells)
         s.cells = []
         s.num_computed = 0
+        s.moved_from = None
         self.index.unregister(s)
 
     def _victims(self, protect: Collection[int]) -> list[LlamaSeq]:

@@ -30,7 +30,8 @@ class PrefixIndex:
 
     def register(self, s: LlamaSeq) -> None:
         """Enter the sequence's newly computed full blocks."""
-        n_full = s.num_computed // self.block_size
+        exact = s.num_computed if s.moved_from is None else min(s.num_computed, s.moved_from)
+        n_full = exact // self.block_size
         if n_full > s.indexed:
             for key in self.keys(s, n_full)[s.indexed:]:
                 self._holders.setdefault(key, {})[s.id] = s

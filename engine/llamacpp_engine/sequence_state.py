@@ -21,6 +21,9 @@ class LlamaSeq(LocalSequence):
     slot: int | None = None  # llama.cpp sequence id while its KV is resident
     cells: list[int] = field(default_factory=list)  # ledger cells of positions 0.. (computed or being computed)
     indexed: int = 0  # full blocks entered in the prefix index
+    # Positions from here on hold KV computed before tokens were inserted below them (insert): not what a prefill
+    # of these tokens computes, so they are never shared as a cached prefix. None: every position is a prefill's.
+    moved_from: int | None = None
     logits_from: int | None = None  # score(): keep the logits of every position from here on
     scored: list[np.ndarray] = field(default_factory=list)
 

@@ -120,6 +120,12 @@ class ClientSequences:
             f"{type(self).__name__} cannot score tokens; use a local engine (transformers or llamacpp) for "
             "log-likelihood scoring")
 
+    async def insert(self, seq: Sequence, at: int, tokens: Seq[int]) -> None:
+        """Not available: a remote server's cached KV cannot be moved from here."""
+        self._table.get(seq)
+        raise UnsupportedFeatureError(f"{type(self).__name__} cannot insert tokens inside a sequence; use the "
+                                      "llama.cpp engine or a layout that appends")
+
     def tokens(self, seq: Sequence) -> list[int]:
         """A copy of the sequence's tokens (prompt, appends and generated)."""
         return self._table.tokens(seq)
