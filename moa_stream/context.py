@@ -67,11 +67,13 @@ class ChatFormat:
         return head + tail
 
     def prompt_split(self, messages: Sequence[Message], marker: str | None = None) -> tuple[list[int], list[int]]:
-        """The prompt cut where `marker` stands in the last message: what can be computed now, and the rest."""
+        """The prompt cut where `marker` stands (in the last message that holds it): what can be computed now,
+        and the rest."""
         safe = [Message(m.role, self.neutralize(m.content)) for m in messages]
         if marker:
-            last = safe[-1]
-            safe[-1] = Message(last.role, last.content.replace(self.neutralize(marker), _SENT_Q, 1))
+            cut = self.neutralize(marker)
+            i = next((i for i in range(len(safe) - 1, -1, -1) if cut in safe[i].content), len(safe) - 1)
+            safe[i] = Message(safe[i].role, safe[i].content.replace(cut, _SENT_Q, 1))
         text = self._render(safe, generation_prompt=True)
         head, _, tail = text.partition(_SENT_Q) if marker else (text, "", "")
         return self._encode_markup(head), self._encode_markup(tail)

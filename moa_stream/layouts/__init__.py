@@ -13,6 +13,7 @@ from .interleaved import InterleavedLayout
 from .interleaved_cued import InterleavedCuedLayout
 from .marker_filter import MarkerFilter
 from .reprefill import ReprefillLayout
+from .shifted import ShiftedLayout
 from .single import SingleLayout
 
 StaircaseLayout = InterleavedLayout  # the layout the `staircase` mode selects
@@ -30,6 +31,7 @@ __all__ = [
     "InterleavedLayout",
     "MarkerFilter",
     "ReprefillLayout",
+    "ShiftedLayout",
     "SingleLayout",
     "StaircaseLayout",
     "alias_layout",
