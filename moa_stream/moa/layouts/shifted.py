@@ -18,10 +18,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .. import prompts
-from ..agents import AgentSlot, Chunk
+from ... import prompts
+from ...agent.slot import AgentSlot, Chunk
+from ...errors import ConfigError
 from ..context import Message
-from ..errors import ConfigError
 from .base import Answer, IncrementalLayout, register_layout
 from .references import aggregate_system, escape_delimiters
 
