@@ -1,7 +1,7 @@
 """Mixture-of-Agents with staircase streaming on a shared stateful engine."""
 
 from . import events
-from .agent import Agent
+from .agent.agent import Agent
 from .agent_events import AgentDelta, AgentDone, AgentEvent, AgentRunMetrics, StepDone, StepMetrics
 from .agent_formats import AGENT_FORMATS, AgentFormat, agent_format, register_agent_format
 from .api import Conversation, MoA, collect
@@ -17,7 +17,6 @@ from .config import (
     TransformersBackend,
     VllmBackend,
 )
-from .context import Message
 from .draft_speculator import DraftSpeculator, DraftStats
 from .errors import ConfigError, EngineError, MoAError, MoAStreamError
 from .events import (
@@ -34,7 +33,8 @@ from .events import (
     ProposerDelta,
     RunResult,
 )
-from .layouts import LAYOUTS, AggregatorLayout, IncrementalLayout, layout_class, register_layout
+from .moa.context import Message
+from .moa.layouts import LAYOUTS, AggregatorLayout, IncrementalLayout, layout_class, register_layout
 from .next_step import Episode, StepOutcome, predict_next_steps
 from .option_scoring import OptionScores, UnsupportedFeatureError, score_options
 from .tool_speculation import HistoryPredictor, PredictedCall, SpeculationStats, Speculator, StepContext

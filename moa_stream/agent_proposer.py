@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-from .agent import Agent
+from .agent.agent import Agent
+from .agent.slot import AgentSlot, Chunk, Emit, Failure, ProposalResult
 from .agent_events import AgentDelta, AgentDone
-from .agents import AgentSlot, Chunk, Emit, Failure, ProposalResult
 from .config import StaircaseConfig
-from .context import Message
 from .events import AgentError, ProposerDelta
+from .moa.context import Message
 from .tools import ToolCall, ToolResult, toolset
 from .tools.call_stream import CallStream, Piece, TextPiece
 

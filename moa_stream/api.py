@@ -9,14 +9,14 @@ from typing import Any
 
 from engine import Engine, EngineStats, StructuredOutput
 
-from .agents import AgentSlot
+from .agent.slot import AgentSlot
 from .backends import build_engines
 from .config import MoAConfig, StaircaseConfig
-from .context import ChatFormat, Message, as_messages
 from .errors import ConfigError
 from .events import AgentError, Done, Event, RunResult
-from .layouts import layout_class
-from .turn import Turn, TurnInput
+from .moa.context import ChatFormat, Message, as_messages
+from .moa.layouts import layout_class
+from .moa.turn import Turn, TurnInput
 
 _END = object()
 

@@ -30,7 +30,7 @@ class AgentMetrics(BaseModel):
 class Metrics(BaseModel):
     """A turn's timings and token accounting (the JSON that benches, the server and the eval report)."""
 
-    mode: str  # the aggregator layout's name: one of MODES, or a layout registered in moa_stream.layouts
+    mode: str  # the aggregator layout's name: one of MODES, or a layout registered in moa_stream.moa.layouts
     ttft_s: float | None = None
     total_s: float = 0.0
     answer_tokens: int = 0
@@ -43,7 +43,7 @@ class Metrics(BaseModel):
     agents: dict[str, AgentMetrics] = Field(default_factory=dict)
     # Events an MQTT publisher dropped because a broker outage outlasted its buffer (set on the Done it publishes).
     bus_events_dropped: int = 0
-    # The proposers' throttle while the answer was written (moa_stream/pacing.py): how often one waited, and the
+    # The proposers' throttle while the answer was written (moa_stream/moa/pacing.py): how often one waited, and the
     # most chunks one had written beyond the aggregator's intake.
     proposer_holds: int = 0
     proposer_max_lead_chunks: int = 0

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from engine import Engine, SamplingParams
 from engine import Sequence as EngineSequence
 
+from .agent.slot import AgentSlot
 from .agent_formats import AgentFormat, agent_format, opening_events, step_events
 from .agent_formats.base import json_line
-from .agents import AgentSlot
 from .bfcl_traces import BfclCase, Trace, TraceCall, execute, fresh_instances, replay
 from .config import AgentConfig
-from .context import ChatFormat
+from .moa.context import ChatFormat
 from .next_step_scoring import score_next_step
 from .tools import bfcl_tools
 

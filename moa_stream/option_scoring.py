@@ -17,7 +17,7 @@ from engine.errors import UnsupportedFeatureError
 
 from .api import MoA
 from .config import StaircaseConfig
-from .turn import Turn, TurnInput
+from .moa.turn import Turn, TurnInput
 
 __all__ = ["OptionScores", "UnsupportedFeatureError", "score_options"]
 

@@ -20,7 +20,7 @@ from engine import Tokenizer
 
 from .config import AgentConfig, MoAConfig
 from .errors import MoAError
-from .layouts.references import aggregate_system
+from .moa.layouts.references import aggregate_system
 
 
 @dataclass

@@ -20,7 +20,7 @@ from .api import MoA
 from .config import LlamaCppBackend, MoAConfig, TransformersBackend
 from .errors import ConfigError
 from .events import MODES, AggregatorDelta, Done, Metrics, ProposerDelta
-from .layouts import layout_class
+from .moa.layouts import layout_class
 from .peer_moa import PeerRun, answer_rate, classic_over_http
 
 DEFAULT_QUESTION = "Explain how vaccines train the immune system, with examples."

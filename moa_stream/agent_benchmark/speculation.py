@@ -18,7 +18,7 @@ from typing import Any
 
 from engine import Engine, SamplingParams
 
-from ..agent import Agent
+from ..agent.agent import Agent
 from ..agent_events import AgentDone
 from ..bfcl_traces import BfclCase, TraceCall, TraceStep, fresh_instances, replay
 from ..draft_speculator import DraftSpeculator

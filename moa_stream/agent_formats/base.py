@@ -26,8 +26,8 @@ from typing import Any, ClassVar
 from engine import StructuralTag
 
 from ..bfcl_traces import TraceCall
-from ..context import ChatFormat
 from ..errors import ConfigError
+from ..moa.context import ChatFormat
 from ..prompts import render
 from ..registry import Registry
 from ..tools import HermesFormat, ToolCall, ToolSet

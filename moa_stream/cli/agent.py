@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from .options import positive_int
 
 if TYPE_CHECKING:
-    from moa_stream.agent import Agent
+    from moa_stream.agent.agent import Agent
 
     from .agent_view import AgentRecord
 
@@ -65,7 +65,7 @@ def _task(args: argparse.Namespace) -> str | None:
 def build_agent(args: argparse.Namespace) -> Agent:
     """The tools first (fast usage errors), then the engine and the agent."""
     from engine import SamplingParams
-    from moa_stream.agent import Agent
+    from moa_stream.agent.agent import Agent
     from moa_stream.backends import build_engine
     from moa_stream.config import TransformersBackend, check_temperature
     from moa_stream.tools import ToolSet, toolset

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from moa_stream import Conversation, MoA
-from moa_stream.context import as_messages
+from moa_stream.moa.context import as_messages
 
 from .errors import APIError
 

@@ -9,7 +9,7 @@ import pytest
 from engine import SamplingParams, StructuralTag
 from engine.transformers_engine import TransformersEngine
 from moa_stream import ChunkIngested, ConfigError, Done, FirstToken, MoA, MoAConfig, ProposerDelta
-from moa_stream.agent import Agent
+from moa_stream.agent.agent import Agent
 from moa_stream.agent_events import AgentDelta, AgentDone, StepDone
 from moa_stream.bfcl_traces import fresh_instances, load_cases, replay
 from moa_stream.tools import ForceTool, HermesFormat, Tool, ToolChoice, ToolResult, ToolSet, bfcl_tools
@@ -318,10 +318,10 @@ async def test_a_wrong_draft_is_cancelled_and_its_result_never_appended(tiny_cha
 async def test_speculation_is_turned_on_in_a_proposers_config(tiny_chat_engine):
     """`speculation:` in an agent's config builds its speculator (a draft on its own backend, or history) and the
     streaming start; a draft backend that is not defined is an error naming it."""
+    from moa_stream.agent.slot import AgentSlot
     from moa_stream.agent_proposer import tool_agent
-    from moa_stream.agents import AgentSlot
-    from moa_stream.context import ChatFormat
     from moa_stream.draft_speculator import DraftSpeculator
+    from moa_stream.moa.context import ChatFormat
     from moa_stream.tool_speculation import HistoryPredictor
 
     def proposer(speculation: dict) -> dict:

@@ -20,8 +20,8 @@ from moa_stream.agent_formats import (
     step_events,
 )
 from moa_stream.bfcl_traces import TraceCall
-from moa_stream.context import ChatFormat
 from moa_stream.errors import ConfigError
+from moa_stream.moa.context import ChatFormat
 from moa_stream.tools import ToolResult, bfcl_tools
 from tests.conftest import tiny_llama
 

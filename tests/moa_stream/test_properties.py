@@ -16,8 +16,8 @@ from transformers import AutoTokenizer
 from engine import models
 from moa_stream import ConfigError, MoAConfig
 from moa_stream.config import MIN_TEMPERATURE
-from moa_stream.context import ChatFormat, Message
-from moa_stream.layouts.references import _DELIMITERS, escape_delimiters
+from moa_stream.moa.context import ChatFormat, Message
+from moa_stream.moa.layouts.references import _DELIMITERS, escape_delimiters
 
 EXAMPLES = 200
 BOUNDED = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from engine.transformers_engine import TransformersEngine
-from moa_stream.context import ChatFormat
 from moa_stream.draft_speculator import DraftSpeculator, DraftStats
+from moa_stream.moa.context import ChatFormat
 from moa_stream.tool_speculation import (
     HistoryPredictor,
     PredictedCall,
@@ -112,7 +112,7 @@ def lookup(flag: bool) -> str:
 
 async def draft_context(eng: Any, tool: str = "lookup") -> StepContext:
     """A step's context on `eng`: a fresh agent prompt for a forced call of `tool`, the sequence opened."""
-    from moa_stream.agent import Agent
+    from moa_stream.agent.agent import Agent
 
     agent = Agent(eng, ToolSet([Tool.from_function(lookup, pure=True)]), tool_choice=ForceTool(tool))
     messages = agent.with_tools(agent.messages("Look up the flag."))

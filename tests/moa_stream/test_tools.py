@@ -12,7 +12,7 @@ import pytest
 import xgrammar
 from xgrammar.testing import _is_grammar_accept_string as grammar_accepts
 
-from moa_stream.context import ChatFormat
+from moa_stream.moa.context import ChatFormat
 from moa_stream.tool_cache import ToolCache
 from moa_stream.tools import (
     BFCL_CLASSES,

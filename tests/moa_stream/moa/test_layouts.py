@@ -8,7 +8,7 @@ from typing import ClassVar
 import pytest
 
 from moa_stream import MODES, ConfigError, MoA
-from moa_stream.layouts import (
+from moa_stream.moa.layouts import (
     LAYOUTS,
     AggregatorLayout,
     BlocksLayout,
@@ -20,8 +20,8 @@ from moa_stream.layouts import (
     layout_class,
     register_layout,
 )
-from moa_stream.layouts.marker_filter import MarkerFilter
-from moa_stream.layouts.references import aggregate_prompt
+from moa_stream.moa.layouts.marker_filter import MarkerFilter
+from moa_stream.moa.layouts.references import aggregate_prompt
 from tests.moa_stream.test_moa import LONG_QUESTION, small_config
 
 

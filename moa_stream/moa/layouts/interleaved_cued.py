@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from .. import prompts
-from ..agents import Chunk
+from ... import prompts
+from ...agent.slot import Chunk
 from .base import register_layout
 from .interleaved import InterleavedLayout
 from .references import escape_delimiters

@@ -10,8 +10,8 @@ from typing import ClassVar
 import pytest
 
 from moa_stream import MODES, MoA
-from moa_stream.agents import Chunk
-from moa_stream.layouts import (
+from moa_stream.agent.slot import Chunk
+from moa_stream.moa.layouts import (
     LAYOUTS,
     Answer,
     BlocksLayout,

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from .. import prompts
-from ..agents import Chunk
+from ... import prompts
+from ...agent.slot import Chunk
 from .append_only import AppendOnlyLayout, resume_cue
 from .base import Answer, register_layout
 from .references import references_block

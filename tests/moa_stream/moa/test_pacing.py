@@ -1,5 +1,5 @@
 """Proposers serve the answer: while the aggregator answers, a proposer runs at most `proposer_lead_chunks` chunks
-ahead of what the aggregator has taken in (moa_stream/pacing.py). Counters only, no clocks: the turn tests run the
+ahead of what the aggregator has taken in (moa_stream/moa/pacing.py). Counters only, no clocks: the turn tests run the
 real llama.cpp engine, where every generating sequence decodes in the same steps, so how far a proposer gets while
 the aggregator writes its first step is fixed by token counts, not by the machine's speed."""
 
@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from moa_stream import MoA, MoAConfig
-from moa_stream.agents import part_seed
-from moa_stream.pacing import ANSWER_PRIORITY, PROPOSER_PRIORITY, Pacing
+from moa_stream.moa.pacing import ANSWER_PRIORITY, PROPOSER_PRIORITY, Pacing
+from moa_stream.moa.proposer import part_seed
 
 QUESTION = "Explain how vaccines train the immune system, with examples."
 CHUNK, PROPOSER_TOKENS, INTAKE_EVERY, ANSWER_TOKENS = 4, 40, 16, 32

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..agents import Chunk
+from ...agent.slot import Chunk
 from .base import Answer, IncrementalLayout, register_layout
 from .references import aggregate_prompt
 

@@ -2,7 +2,7 @@
 
 The driver is the same for every mode: it runs the proposer layers, waits for the start policy (or for every
 proposal, when the layout is not incremental), samples the answer in steps and hands chunks that arrived
-between steps to the layout. What the aggregator's context holds is the layout's business (moa_stream/layouts/).
+between steps to the layout. What the aggregator's context holds is the layout's business (moa_stream/moa/layouts/).
 Earlier proposer layers (L > 1) always run to completion first: layer l+1 reads layer l as in classic MoA.
 """
 
@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 
 from engine import StructuredOutput, TokenDelta
 
-from .agents import AgentSlot, Chunk, Emit, Failure, ProposalResult, run_proposer
-from .config import StaircaseConfig
+from ..agent.slot import AgentSlot, Chunk, Emit, Failure, ProposalResult
+from ..config import StaircaseConfig
+from ..errors import MoAError
+from ..events import AgentMetrics, AggregatorDelta, ChunkIngested, Done, FirstToken, Metrics
 from .context import Message
-from .errors import MoAError
-from .events import AgentMetrics, AggregatorDelta, ChunkIngested, Done, FirstToken, Metrics
 from .layouts import AggregatorLayout, Answer, IncrementalLayout, layout_for
 from .layouts.references import aggregate_system
 from .pacing import Pacing
+from .proposer import run_proposer
 
 
 @dataclass
@@ -94,7 +95,7 @@ class Turn:
         self.chunks_ingested = 0
         self.results: dict[str, ProposalResult] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        # The last layer's throttle while the answer is written (incremental layouts; see moa_stream/pacing.py).
+        # The last layer's throttle while the answer is written (incremental layouts; see moa_stream/moa/pacing.py).
         lead = inp.knobs.proposer_lead_chunks if isinstance(self.layout, IncrementalLayout) else None
         self.pacing = Pacing(len(proposer_layers[-1]), lead)
 

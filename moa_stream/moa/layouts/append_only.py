@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
-from .. import prompts
-from ..agents import AgentSlot
+from ... import prompts
+from ...agent.slot import AgentSlot
 from ..context import Message
 from .base import IncrementalLayout
 from .references import escape_delimiters, references_block

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 
 from engine import Engine
 
-from .. import prompts
-from ..agents import AgentSlot, Chunk
+from ... import prompts
+from ...agent.slot import AgentSlot, Chunk
+from ...errors import ConfigError
 from ..context import Message
-from ..errors import ConfigError
 from .base import Answer, IncrementalLayout, register_layout
 from .references import aggregate_system, escape_delimiters
 

@@ -1,7 +1,7 @@
 """The interface between the turn driver and an aggregator layout, and the registry of layouts by mode name.
 
 A layout decides what the aggregator's context holds: how it is opened from the proposals' first text and how
-later chunks enter it. The driver (moa_stream/turn.py) runs the proposers, applies the start policy, samples
+later chunks enter it. The driver (moa_stream/moa/turn.py) runs the proposers, applies the start policy, samples
 the answer and calls the layout at these points only:
 
 Every layout samples the answer exactly like the others (the aggregator's own SamplingParams, nothing banned).
@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, ClassVar
 
 from engine import Engine
 
-from ..agents import AgentSlot, Chunk
-from ..errors import ConfigError
-from ..events import MODES
-from ..registry import Registry
+from ...agent.slot import AgentSlot, Chunk
+from ...errors import ConfigError
+from ...events import MODES
+from ...registry import Registry
 from .marker_filter import MarkerFilter
 
 if TYPE_CHECKING:

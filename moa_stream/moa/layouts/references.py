@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .. import prompts
-from ..agents import AgentSlot
+from ... import prompts
+from ...agent.slot import AgentSlot
 from ..context import Message
 
 _DELIMITERS = ("[more from", "[end of more]", "[model ")

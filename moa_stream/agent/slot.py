@@ -1,0 +1,146 @@
+"""What a MoA turn and an agent share: the slot that keeps one agent's sequence alive, its chunks and failures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine import Engine, SamplingParams, Sequence, SequenceStats
+
+from ..config import AgentConfig
+from ..events import Event
+from ..moa.context import ChatFormat, Message
+
+Emit = Callable[[Event], None]
+
+
+@dataclass
+class AgentSlot:
+    """One agent bound to its engine; `seq` survives between turns of a conversation."""
+
+    cfg: AgentConfig
+    engine: Engine
+    fmt: ChatFormat
+    layer: int = 0
+    seq: Sequence | None = None
+    after_eos: bool = False
+    layout: str | None = None  # which context layout `seq` holds (aggregator: the mode that built it)
+    # Per-turn accounting: counters at the turn's start for each sequence used, and those already closed.
+    opened: list[Sequence] = field(default_factory=list)
+    turn_base: dict[int, SequenceStats] = field(default_factory=dict)
+    closed_stats: list[SequenceStats] = field(default_factory=list)
+    prompt_tokens: int = 0  # context length when the turn's first sequence was ready
+    cache_salt: str | None = None  # the tenant's prefix-cache salt, passed to every engine.open
+    tool_agent: Any = None  # a proposer with tools: its moa_stream.agent.agent.Agent, made on its first turn
+    draft_engine: Engine | None = None  # speculation.draft_backend's engine, when the draft runs on another backend
+
+    def sampling(self, max_tokens: int | None = None) -> SamplingParams:
+        """SamplingParams from the agent's config."""
+        return SamplingParams(max_tokens=max_tokens or self.cfg.max_tokens, temperature=self.cfg.temperature,
+                              top_p=self.cfg.top_p, min_p=self.cfg.min_p,
+                              repetition_penalty=self.cfg.repetition_penalty,
+                              frequency_penalty=self.cfg.frequency_penalty, presence_penalty=self.cfg.presence_penalty,
+                              seed=self.cfg.seed, ignore_eos=self.cfg.ignore_eos,
+                              banned_token_ids=tuple(self.cfg.banned_token_ids))
+
+    async def start(self, messages: list[Message], question: str, reuse: bool, marker: str | None = None) -> list[int]:
+        """Make `seq` end with the assistant prompt for `question`: append a turn if possible, else open.
+
+        With a marker (text inside the last message), stop there and return the tokens after it: the caller
+        appends them later, so the head is computed while the rest is still being written.
+        """
+        if reuse and self.seq is not None:
+            self._track(self.seq)
+            head, tail = self.fmt.next_turn_split(question, self.after_eos, marker)
+        else:
+            head, tail = self.fmt.prompt_split(messages, marker)
+        if marker is None:
+            head, tail = head + tail, []
+        if reuse and self.seq is not None:
+            await self.engine.append(self.seq, head)
+        else:
+            await self.open_fresh(head)
+        self.after_eos = False
+        assert self.seq is not None
+        self.prompt_tokens = len(self.engine.tokens(self.seq)) + len(tail)
+        return tail
+
+    async def open_fresh(self, tokens: list[int]) -> Sequence:
+        """Replace `seq` with a new sequence of these tokens (layouts that rewrite the prompt)."""
+        await self.reset()
+        self.seq = await self.engine.open(tokens, cache_salt=self.cache_salt)
+        self._track(self.seq, fresh=True)
+        self.prompt_tokens = self.prompt_tokens or len(tokens)
+        return self.seq
+
+    def _track(self, seq: Sequence, fresh: bool = False) -> None:
+        if seq not in self.opened:
+            self.opened.append(seq)
+            self.turn_base[seq.id] = SequenceStats() if fresh else self.engine.seq_stats(seq)
+
+    def _delta(self, seq: Sequence) -> SequenceStats:
+        now, base = self.engine.seq_stats(seq), self.turn_base.get(seq.id, SequenceStats())
+        return SequenceStats(now.prefill_computed - base.prefill_computed, now.prefill_reused - base.prefill_reused,
+                             now.decode_tokens - base.decode_tokens)
+
+    def context_tokens(self) -> int:
+        """Length of the live sequence (0 if none)."""
+        return len(self.engine.tokens(self.seq)) if self.seq is not None else 0
+
+    def turn_stats(self) -> SequenceStats:
+        """Prefill computed/reused and decode tokens of this agent during the current turn."""
+        total = SequenceStats()
+        parts = list(self.closed_stats)
+        if self.seq is not None:
+            parts.append(self._delta(self.seq))
+        for p in parts:
+            total.prefill_computed += p.prefill_computed
+            total.prefill_reused += p.prefill_reused
+            total.decode_tokens += p.decode_tokens
+        return total
+
+    def begin_turn(self) -> None:
+        """Forget the previous turn's accounting."""
+        self.opened.clear()
+        self.prompt_tokens = 0
+        self.turn_base.clear()
+        self.closed_stats.clear()
+
+    async def reset(self) -> None:
+        """Close the live sequence (its counters are kept for this turn's metrics)."""
+        if self.seq is not None:
+            if self.seq in self.opened:  # keep its counters: reprefill layouts close a sequence per step
+                self.closed_stats.append(self._delta(self.seq))
+            seq, self.seq, self.layout = self.seq, None, None
+            await self.engine.close(seq)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of one proposal: `final` marks the last piece (possibly empty)."""
+
+    proposer: int
+    index: int
+    text: str
+    tokens: int
+    final: bool
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A proposer stopped without finishing."""
+
+    proposer: int
+    error: str
+    cause: Exception | None = None  # what stopped it: a run whose proposers all failed is raised from the last one
+
+
+@dataclass
+class ProposalResult:
+    """What a proposer produced in this turn."""
+
+    text: str = ""
+    tokens: int = 0
+    finish_reason: str | None = None
+    error: str | None = None
