@@ -32,7 +32,7 @@ def test_each_mode_selects_its_layout_class_by_name() -> None:
     for mode, cls in expected.items():
         assert layout_class(mode) is cls and cls.name == mode
     # `staircase` names the default append-only layout (issue 10): an alias, not a layout of its own.
-    assert layout_class("staircase") is StaircaseLayout and StaircaseLayout.name in ("blocks", "interleaved")
+    assert layout_class("staircase") is StaircaseLayout and StaircaseLayout.name in ("shifted", "interleaved")
     with pytest.raises(ConfigError, match="mode must be one of single, classic, staircase-reprefill, staircase"):
         layout_class("ladder")
 
