@@ -2,8 +2,10 @@
 
 from . import events
 from .agent.agent import Agent
-from .agent_events import AgentDelta, AgentDone, AgentEvent, AgentRunMetrics, StepDone, StepMetrics
-from .agent_formats import AGENT_FORMATS, AgentFormat, agent_format, register_agent_format
+from .agent.draft_speculator import DraftSpeculator, DraftStats
+from .agent.events import AgentDelta, AgentDone, AgentEvent, AgentRunMetrics, StepDone, StepMetrics
+from .agent.formats import AGENT_FORMATS, AgentFormat, agent_format, register_agent_format
+from .agent.tool_speculation import HistoryPredictor, PredictedCall, SpeculationStats, Speculator, StepContext
 from .api import Conversation, MoA, collect
 from .bfcl_traces import BfclCase, Trace, TraceCall, load_cases, replay
 from .config import (
@@ -17,7 +19,6 @@ from .config import (
     TransformersBackend,
     VllmBackend,
 )
-from .draft_speculator import DraftSpeculator, DraftStats
 from .errors import ConfigError, EngineError, MoAError, MoAStreamError
 from .events import (
     MODES,
@@ -37,7 +38,6 @@ from .moa.context import Message
 from .moa.layouts import LAYOUTS, AggregatorLayout, IncrementalLayout, layout_class, register_layout
 from .next_step import Episode, StepOutcome, predict_next_steps
 from .option_scoring import OptionScores, UnsupportedFeatureError, score_options
-from .tool_speculation import HistoryPredictor, PredictedCall, SpeculationStats, Speculator, StepContext
 from .tools import (
     CallFormat,
     ForceTool,

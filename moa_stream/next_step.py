@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from engine import Engine, SamplingParams
 from engine import Sequence as EngineSequence
 
+from .agent.formats import AgentFormat, agent_format, opening_events, step_events
+from .agent.formats.base import json_line
 from .agent.slot import AgentSlot
-from .agent_formats import AgentFormat, agent_format, opening_events, step_events
-from .agent_formats.base import json_line
 from .bfcl_traces import BfclCase, Trace, TraceCall, execute, fresh_instances, replay
 from .config import AgentConfig
 from .moa.context import ChatFormat

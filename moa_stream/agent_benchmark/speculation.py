@@ -19,10 +19,10 @@ from typing import Any
 from engine import Engine, SamplingParams
 
 from ..agent.agent import Agent
-from ..agent_events import AgentDone
+from ..agent.draft_speculator import DraftSpeculator
+from ..agent.events import AgentDone
+from ..agent.tool_speculation import HistoryPredictor, PredictedCall, Speculator, StepContext
 from ..bfcl_traces import BfclCase, TraceCall, TraceStep, fresh_instances, replay
-from ..draft_speculator import DraftSpeculator
-from ..tool_speculation import HistoryPredictor, PredictedCall, Speculator, StepContext
 from ..tools import Tool, ToolCall, ToolSet
 from ..tools.bfcl import PURE_METHODS, bfcl_tools
 from ..tools.runners import OnLoop

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from eval import bfcl_next_step, command
 from moa_stream import MoA, MoAConfig, load_cases
-from tests.moa_stream.test_agent_formats import tiny_bfcl_engine
+from tests.moa_stream.agent.test_agent_formats import tiny_bfcl_engine
 
 pytest.importorskip("bfcl_eval")
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..bfcl_traces import TraceCall, TraceStep
+from ...bfcl_traces import TraceCall, TraceStep
 
 
 @dataclass(frozen=True)

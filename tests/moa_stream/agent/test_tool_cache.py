@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from moa_stream.tool_cache import ToolCache, canonical_call
+from moa_stream.agent.tool_cache import ToolCache, canonical_call
 
 
 def test_argument_order_does_not_matter_but_values_do() -> None:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from .tools.calls import ToolCall, ToolResult
+from ..tools.calls import ToolCall, ToolResult
 
 AgentFinish = Literal["answer", "max_steps", "length", "tool_calls"]
 """Why a run ended: a reply without calls, the step limit, the token limit, or calls left for the caller."""

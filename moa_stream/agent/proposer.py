@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import time
 
-from .agent.agent import Agent
-from .agent.slot import AgentSlot, Chunk, Emit, Failure, ProposalResult
-from .agent_events import AgentDelta, AgentDone
-from .config import StaircaseConfig
-from .events import AgentError, ProposerDelta
-from .moa.context import Message
-from .tools import ToolCall, ToolResult, toolset
-from .tools.call_stream import CallStream, Piece, TextPiece
+from ..config import StaircaseConfig
+from ..events import AgentError, ProposerDelta
+from ..moa.context import Message
+from ..tools import ToolCall, ToolResult, toolset
+from ..tools.call_stream import CallStream, Piece, TextPiece
+from .agent import Agent
+from .events import AgentDelta, AgentDone
+from .slot import AgentSlot, Chunk, Emit, Failure, ProposalResult
 
 
 def _text(pieces: list[Piece]) -> str:

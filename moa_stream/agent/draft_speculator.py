@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from engine import Engine, SamplingParams
 from engine import Sequence as EngineSequence
 
+from ..tools.call_stream import CallPiece, CallStream
 from .tool_speculation import PredictedCall, StepContext
-from .tools.call_stream import CallPiece, CallStream
 
 
 @dataclass

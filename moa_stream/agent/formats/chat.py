@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..prompts import render
-from ..tools import ToolResult
+from ...prompts import render
+from ...tools import ToolResult
 from .base import CALL_TAGS, AgentFormat, escape_tags, register_agent_format
 from .events import CallEvent, ErrorEvent, HistoryEvent, ResultEvent, UserTurn
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..prompts import render
+from ...prompts import render
 from .base import CALL_TAGS, AgentFormat, escape_tags, json_line, register_agent_format
 from .events import CallEvent, ErrorEvent, HistoryEvent, ResultEvent, UserTurn, payload
 

@@ -10,7 +10,7 @@ import pytest
 from engine import SamplingParams
 from engine.transformers_engine import TransformersEngine
 from moa_stream import AGENT_FORMATS, agent_format, load_cases, predict_next_steps, replay
-from moa_stream.agent_formats import (
+from moa_stream.agent.formats import (
     CallEvent,
     ErrorEvent,
     ResultEvent,

@@ -10,7 +10,7 @@ from engine import SamplingParams, StructuralTag
 from engine.transformers_engine import TransformersEngine
 from moa_stream import ChunkIngested, ConfigError, Done, FirstToken, MoA, MoAConfig, ProposerDelta
 from moa_stream.agent.agent import Agent
-from moa_stream.agent_events import AgentDelta, AgentDone, StepDone
+from moa_stream.agent.events import AgentDelta, AgentDone, StepDone
 from moa_stream.bfcl_traces import fresh_instances, load_cases, replay
 from moa_stream.tools import ForceTool, HermesFormat, Tool, ToolChoice, ToolResult, ToolSet, bfcl_tools
 from tests.conftest import count_model_positions, tiny_llama
@@ -146,7 +146,8 @@ async def test_a_tool_using_proposer_streams_its_calls_into_the_staircase(tiny_c
         "mode": "staircase",
         "layers": [[
             {"name": "calc", "system_prompt": "Use the tools.", "temperature": 0.0, "max_tokens": 64,
-             "tools": ["tests.moa_stream.test_agent:lucky_number"], "tool_choice": "required", "max_tool_steps": 2},
+             "tools": ["tests.moa_stream.agent.test_agent:lucky_number"], "tool_choice": "required",
+             "max_tool_steps": 2},
             {"name": "plain", "system_prompt": "Answer concisely.", "temperature": 0.0, "max_tokens": 12},
         ]],
         "aggregator": {"name": "aggregator", "temperature": 0.0, "max_tokens": 12},
@@ -225,7 +226,7 @@ async def test_speculative_starts_are_taken_on_an_exact_match_and_impure_tools_n
     """A pure call starts as soon as its streamed text parses (streaming start) or when the step begins from the
     history of a repeated workflow (predicted start); either is taken only on an exact match and the tool runs
     once. A wrong guess is cancelled and never reaches the context; an impure tool never starts early."""
-    from moa_stream.tool_speculation import HistoryPredictor
+    from moa_stream.agent.tool_speculation import HistoryPredictor
 
     predictor = HistoryPredictor()
     tools = ToolSet([Tool.from_function(lookup, pure=True), Tool.from_function(store)])
@@ -254,7 +255,7 @@ async def test_a_draft_agent_guesses_each_step_on_a_fork_and_never_touches_the_a
     """The draft (same model, greedy, a short budget, the step's grammar) guesses the call on a fork of the
     agent's sequence: a right guess is taken (alpha counted), the agent's sequence and its computed tokens are
     those of a run without drafting, every fork is closed, and an impure tool is never started early."""
-    from moa_stream.draft_speculator import DraftSpeculator
+    from moa_stream.agent.draft_speculator import DraftSpeculator
 
     eng = tiny_chat_engine
     tools = ToolSet([Tool.from_function(lookup, pure=True), Tool.from_function(store)])
@@ -292,7 +293,7 @@ async def test_a_draft_agent_guesses_each_step_on_a_fork_and_never_touches_the_a
 async def test_a_wrong_draft_is_cancelled_and_its_result_never_appended(tiny_chat_engine):
     """A draft on another engine (another random model) guesses another call than the agent writes: the
     guess is started, cancelled, and its result reaches no context."""
-    from moa_stream.draft_speculator import DraftSpeculator
+    from moa_stream.agent.draft_speculator import DraftSpeculator
 
     other = TransformersEngine(tiny_llama(seed=4, vocab=49152), block_size=4, kv_cache_bytes=64 << 20)
     try:
@@ -318,15 +319,15 @@ async def test_a_wrong_draft_is_cancelled_and_its_result_never_appended(tiny_cha
 async def test_speculation_is_turned_on_in_a_proposers_config(tiny_chat_engine):
     """`speculation:` in an agent's config builds its speculator (a draft on its own backend, or history) and the
     streaming start; a draft backend that is not defined is an error naming it."""
+    from moa_stream.agent.draft_speculator import DraftSpeculator
+    from moa_stream.agent.proposer import tool_agent
     from moa_stream.agent.slot import AgentSlot
-    from moa_stream.agent_proposer import tool_agent
-    from moa_stream.draft_speculator import DraftSpeculator
+    from moa_stream.agent.tool_speculation import HistoryPredictor
     from moa_stream.moa.context import ChatFormat
-    from moa_stream.tool_speculation import HistoryPredictor
 
     def proposer(speculation: dict) -> dict:
         return {"name": "calc", "temperature": 0.0, "max_tokens": 64, "tool_choice": "required",
-                "tools": ["tests.moa_stream.test_agent:lucky_number"], "speculation": speculation}
+                "tools": ["tests.moa_stream.agent.test_agent:lucky_number"], "speculation": speculation}
 
     cfg = MoAConfig.parse({"layers": [[proposer({"predict": "draft", "draft_max_tokens": 24, "stream_start": True})]],
                            "aggregator": {"name": "aggregator"}})

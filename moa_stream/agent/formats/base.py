@@ -25,12 +25,12 @@ from typing import Any, ClassVar
 
 from engine import StructuralTag
 
-from ..bfcl_traces import TraceCall
-from ..errors import ConfigError
-from ..moa.context import ChatFormat
-from ..prompts import render
-from ..registry import Registry
-from ..tools import HermesFormat, ToolCall, ToolSet
+from ...bfcl_traces import TraceCall
+from ...errors import ConfigError
+from ...moa.context import ChatFormat
+from ...prompts import render
+from ...registry import Registry
+from ...tools import HermesFormat, ToolCall, ToolSet
 from .events import HistoryEvent
 from .template_glue import TemplateGlue
 

@@ -2,7 +2,7 @@
 
 Two starts feed one mechanism: the streaming start (the streamed text already parses as a complete call) and
 the predicted start (a `Speculator` guesses the step's call while the step decodes: `HistoryPredictor` from calls
-seen before, `DraftSpeculator` (moa_stream/draft_speculator.py) from a short greedy draft). The real call takes a
+seen before, `DraftSpeculator` (moa_stream/agent/draft_speculator.py) from a short greedy draft). The real call takes a
 speculative result only on an exact canonical match; every other speculation is cancelled and its result
 never reaches a context. Impure tools are never started early. The timing model (arXiv 2512.15834) is
 T_spec = alpha*N*max(G, g+T) + (1-alpha)*N*(G+T), alpha being how often the speculation was right.
@@ -23,7 +23,7 @@ from engine import Sequence as EngineSequence
 from .tool_cache import canonical_call
 
 if TYPE_CHECKING:
-    from .tools import CallFormat
+    from ..tools import CallFormat
 
 RunTool = Callable[[str, Mapping[str, Any]], Awaitable[Any]]
 

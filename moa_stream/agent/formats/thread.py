@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from ..prompts import render
+from ...prompts import render
 from .base import AgentFormat, escape_tags, register_agent_format
 from .events import CallEvent, ErrorEvent, HistoryEvent, ResultEvent, UserTurn, payload
 

@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 
 from engine.transformers_engine import TransformersEngine
-from moa_stream.draft_speculator import DraftSpeculator, DraftStats
-from moa_stream.moa.context import ChatFormat
-from moa_stream.tool_speculation import (
+from moa_stream.agent.draft_speculator import DraftSpeculator, DraftStats
+from moa_stream.agent.tool_speculation import (
     HistoryPredictor,
     PredictedCall,
     PredictedStart,
@@ -23,6 +22,7 @@ from moa_stream.tool_speculation import (
     Speculator,
     StepContext,
 )
+from moa_stream.moa.context import ChatFormat
 from moa_stream.tools import ForceTool, Tool, ToolSet
 from tests.conftest import tiny_llama
 

@@ -12,11 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from ..tool_cache import ToolCache
-from ..tool_speculation import SpeculativeCalls
-from .calls import ToolCall, ToolResult
-from .errors import ToolError
-from .toolset import ToolSet
+from ..tools.calls import ToolCall, ToolResult
+from ..tools.errors import ToolError
+from ..tools.toolset import ToolSet
+from .tool_cache import ToolCache
+from .tool_speculation import SpeculativeCalls
 
 
 class ToolExecutor:
