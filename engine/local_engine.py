@@ -121,6 +121,11 @@ class LocalEngine(StepLoop):
         s.last_logits = None
         await self._compute(s, rollback_to=before)
 
+    @property
+    def can_insert(self) -> bool:
+        """False: this engine's cached keys cannot move (the llama.cpp engine's can)."""
+        return False
+
     async def insert(self, seq: Sequence, at: int, tokens: Seq[int]) -> None:
         """Refused: this engine's cached keys cannot be moved to other positions (the llama.cpp engine's can)."""
         self._table.get(seq)

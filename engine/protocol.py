@@ -173,6 +173,11 @@ class Engine(Protocol):
     @property
     def model_name(self) -> str: ...
 
+    @property
+    def can_insert(self) -> bool:
+        """Whether `insert` can put tokens inside a sequence (its cached KV can move to other positions)."""
+        ...
+
     async def open(self, tokens: Seq[int], parent: Sequence | None = None, *,
                    cache_salt: str | None = None) -> Sequence: ...
 

@@ -192,6 +192,11 @@ class LlamaCppEngine(LocalEngine):
         await self._out_of_decode()
         self._kv.close(s)
 
+    @property
+    def can_insert(self) -> bool:
+        """Whether the model's cached positions can move (RoPE models: llama.cpp re-rotates the keys)."""
+        return self._ctx.can_shift
+
     async def insert(self, seq: Sequence, at: int, tokens: Seq[int]) -> None:
         """Put `tokens` at position `at`, the later tokens after them; computes only the new tokens.
 
@@ -204,7 +209,7 @@ class LlamaCppEngine(LocalEngine):
         s = self._table.get(seq)
         self._table.check_idle(s, "insert into")
         new = self._table.check_tokens(tokens, allow_empty=True)
-        if not self._ctx.can_shift:
+        if not self.can_insert:
             raise UnsupportedFeatureError(f"{self._name}'s KV cache cannot move positions; use a layout that appends")
         if not 0 <= at <= len(s.tokens):
             raise InvalidTokensError(f"insert position {at} is outside sequence {s.id} (0..{len(s.tokens)})")

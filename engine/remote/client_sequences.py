@@ -120,6 +120,11 @@ class ClientSequences:
             f"{type(self).__name__} cannot score tokens; use a local engine (transformers or llamacpp) for "
             "log-likelihood scoring")
 
+    @property
+    def can_insert(self) -> bool:
+        """False: a remote server's cached KV cannot be moved from here."""
+        return False
+
     async def insert(self, seq: Sequence, at: int, tokens: Seq[int]) -> None:
         """Not available: a remote server's cached KV cannot be moved from here."""
         self._table.get(seq)

@@ -21,7 +21,7 @@ from ..config import StaircaseConfig
 from ..errors import MoAError
 from ..events import AgentMetrics, AggregatorDelta, ChunkIngested, Done, FirstToken, Metrics
 from .context import Message
-from .layouts import AggregatorLayout, Answer, IncrementalLayout, layout_class
+from .layouts import AggregatorLayout, Answer, IncrementalLayout, layout_for
 from .layouts.references import aggregate_system
 from .pacing import Pacing
 from .proposer import run_proposer
@@ -86,7 +86,7 @@ class Turn:
         self.layers = proposer_layers
         self.agg = aggregator
         self.inp = inp
-        self.layout: AggregatorLayout = layout_class(inp.mode)(aggregator, inp)
+        self.layout: AggregatorLayout = layout_for(inp.mode, aggregator.engine)(aggregator, inp)
         self._emit = emit
         self.t0 = time.perf_counter()
         self.ttft: float | None = None

@@ -6,7 +6,16 @@ that the measurements showed best (see README), so configs, chat `/mode` and ser
 """
 
 from .append_only import AppendOnlyLayout
-from .base import LAYOUTS, AggregatorLayout, Answer, IncrementalLayout, alias_layout, layout_class, register_layout
+from .base import (
+    LAYOUTS,
+    AggregatorLayout,
+    Answer,
+    IncrementalLayout,
+    alias_layout,
+    layout_class,
+    layout_for,
+    register_layout,
+)
 from .blocks import BlocksLayout
 from .classic import ClassicLayout
 from .interleaved import InterleavedLayout
@@ -36,5 +45,6 @@ __all__ = [
     "StaircaseLayout",
     "alias_layout",
     "layout_class",
+    "layout_for",
     "register_layout",
 ]

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
+from engine import Engine
+
 from ...agent.slot import AgentSlot, Chunk
 from ...errors import ConfigError
 from ...events import MODES
@@ -57,6 +59,11 @@ class AggregatorLayout(ABC):
         """Whether the aggregator's live sequence is this layout's context of the conversation so far."""
         return self.inp.reuse and self.agg.layout == self.name
 
+    @classmethod
+    def runs_on(cls, engine: Engine) -> bool:
+        """Whether this layout can run on the engine (every one can, unless it needs an engine capability)."""
+        return True
+
     async def prime(self) -> None:  # noqa: B027 - a hook most layouts leave empty
         """Compute what does not depend on the proposals while they write their first chunks."""
 
@@ -81,13 +88,25 @@ LAYOUTS = Registry("layout")
 register_layout = LAYOUTS.register  # class decorator: the layout becomes selectable by its `name` (as a mode)
 
 
-def alias_layout(alias: str, cls: type[AggregatorLayout]) -> None:
-    """Make `alias` select the registered layout `cls` too (`staircase` names the default append-only layout)."""
-    if LAYOUTS.get(cls.name) is not cls:
-        raise ValueError(f"{cls.__name__} is not registered")
+_PREFERRED: dict[str, tuple[type[AggregatorLayout], ...]] = {}  # alias -> its layouts, first choice first
+
+
+def alias_layout(alias: str, cls: type[AggregatorLayout], *fallbacks: type[AggregatorLayout]) -> None:
+    """Make `alias` select the registered layout `cls` too, or on an engine `cls` cannot run on, the first of
+    `fallbacks` that runs there (`staircase` names the default append-only layout)."""
+    for c in (cls, *fallbacks):
+        if LAYOUTS.get(c.name) is not c:
+            raise ValueError(f"{c.__name__} is not registered")
     if LAYOUTS.get(alias, cls) is not cls:
         raise ValueError(f"layout name {alias!r} is taken by {LAYOUTS[alias].__name__}")
     LAYOUTS[alias] = cls
+    _PREFERRED[alias] = (cls, *fallbacks)
+
+
+def layout_for(name: str, engine: Engine) -> type[AggregatorLayout]:
+    """The layout `name` selects for an aggregator on `engine` (an alias: its first layout that runs there)."""
+    cls = layout_class(name)
+    return next((c for c in _PREFERRED.get(name, ()) if c.runs_on(engine)), cls)
 
 
 def layout_class(name: str) -> type[AggregatorLayout]:

@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from engine import Engine
+
 from ... import prompts
 from ...agent.slot import AgentSlot, Chunk
 from ...errors import ConfigError
@@ -43,6 +45,11 @@ class ShiftedLayout(IncrementalLayout):
         self._ends: dict[int, int] = {}  # proposer -> the position right after its reference's text
         self._block_end = 0  # where a proposal's first reference item goes
 
+    @classmethod
+    def runs_on(cls, engine: Engine) -> bool:
+        """Only where the engine can insert tokens inside a sequence (the llama.cpp engine)."""
+        return engine.can_insert
+
     def reusable(self) -> bool:
         """Never: each turn opens its own prompt, as the re-prefill layout does (the prefix cache serves its head)."""
         return False
@@ -53,12 +60,10 @@ class ShiftedLayout(IncrementalLayout):
         system = aggregate_system([], extra=slot.cfg.system_prompt) + _ITEMS
         head, self._tail = slot.fmt.prompt_split(
             [Message("system", system), *self.inp.history, Message("user", self.inp.question)], _ITEMS)
-        seq = await slot.open_fresh(head)
-        try:
-            await slot.engine.insert(seq, len(head), [])
-        except Exception as exc:  # the engine's UnsupportedFeatureError, said as a choice of layout
+        if not self.runs_on(slot.engine):
             raise ConfigError(f"layout {self.name!r} needs an engine that can move cached positions (the llama.cpp "
-                              f"engine): {exc}") from exc
+                              f"engine); {slot.engine.model_name} runs on one that cannot: use another layout")
+        await slot.open_fresh(head)
         self._block_end = len(head)
 
     async def start(self, texts: Sequence[str]) -> None:
