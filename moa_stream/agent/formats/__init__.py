@@ -11,10 +11,7 @@ from .events import (
     HistoryEvent,
     ResultEvent,
     UserTurn,
-    opening_events,
     result_event,
-    step_events,
-    trace_events,
 )
 
 __all__ = [
@@ -26,9 +23,6 @@ __all__ = [
     "ResultEvent",
     "UserTurn",
     "agent_format",
-    "opening_events",
     "register_agent_format",
     "result_event",
-    "step_events",
-    "trace_events",
 ]

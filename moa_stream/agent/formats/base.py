@@ -25,7 +25,6 @@ from typing import Any, ClassVar
 
 from engine import StructuralTag
 
-from ...bfcl_traces import TraceCall
 from ...errors import ConfigError
 from ...moa.context import ChatFormat
 from ...prompts import render
@@ -77,15 +76,15 @@ class AgentFormat(ABC):
         """Stop strings: the end of the first call (one step is one call)."""
         return (self.calls.call_close,)
 
-    def read_call(self, text: str) -> tuple[TraceCall | None, str | None]:
+    def read_call(self, text: str) -> tuple[ToolCall | None, str | None]:
         """The first readable call in the model's text, or None and why there was none."""
         parsed = self.calls.parse(text)
         for p in parsed:
             if p.error is None:
-                return TraceCall(p.name, dict(p.arguments)), None
+                return ToolCall("", p.name, dict(p.arguments)), None
         return None, parsed[0].error if parsed else "the reply holds no call"
 
-    def call_text(self, call: TraceCall) -> str:
+    def call_text(self, call: ToolCall) -> str:
         """A call exactly as the model writes it."""
         return self.calls.render_call(ToolCall("", call.name, call.arguments))
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ...bfcl_traces import TraceCall, TraceStep
+from ...tools.calls import ToolCall
 
 
 @dataclass(frozen=True)
@@ -21,7 +20,7 @@ class UserTurn:
 class CallEvent:
     """A call the agent made."""
 
-    call: TraceCall
+    call: ToolCall
 
 
 @dataclass(frozen=True)
@@ -52,25 +51,6 @@ def result_event(name: str, result: str) -> ResultEvent | ErrorEvent:
     if isinstance(doc, dict) and set(doc) == {"error"}:
         return ErrorEvent(name, str(doc["error"]))
     return ResultEvent(name, result)
-
-
-def step_events(step: TraceStep) -> Iterator[HistoryEvent]:
-    """A trace step's call and its result (the user turn that opened it comes before, see `opening_events`)."""
-    yield CallEvent(step.call)
-    yield result_event(step.call.name, step.result)
-
-
-def opening_events(step: TraceStep) -> Iterator[HistoryEvent]:
-    """What the agent has read before it makes the step's call: the user turn that opened it, if any."""
-    if step.user:
-        yield UserTurn(step.user)
-
-
-def trace_events(steps: Iterable[TraceStep]) -> Iterator[HistoryEvent]:
-    """Every event of a run of steps, in order."""
-    for step in steps:
-        yield from opening_events(step)
-        yield from step_events(step)
 
 
 def payload(text: str) -> Any:

@@ -8,11 +8,12 @@ import pytest
 
 from engine import SamplingParams, StructuralTag
 from engine.transformers_engine import TransformersEngine
+from eval.bfcl.traces import load_cases, replay
 from moa_stream import ChunkIngested, ConfigError, Done, FirstToken, MoA, MoAConfig, ProposerDelta
 from moa_stream.agent.agent import Agent
 from moa_stream.agent.events import AgentDelta, AgentDone, StepDone
-from moa_stream.bfcl_traces import fresh_instances, load_cases, replay
 from moa_stream.tools import ForceTool, HermesFormat, Tool, ToolChoice, ToolResult, ToolSet, bfcl_tools
+from moa_stream.tools.bfcl_classes import fresh_instances
 from tests.conftest import count_model_positions, tiny_llama
 
 

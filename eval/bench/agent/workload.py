@@ -13,7 +13,10 @@ from engine.structured_output import Grammar
 if TYPE_CHECKING:
     pass
 
-from ..bfcl_traces import BfclCase, TraceCall, TraceStep, chained_steps
+from moa_stream.tools import ToolCall
+from moa_stream.tools.bfcl_classes import BfclCase
+
+from ...bfcl.traces import TraceStep, chained_steps
 
 # ---------------------------------------------------------------------------------------------- workload
 
@@ -69,7 +72,7 @@ def compact_doc(doc: dict[str, Any]) -> str:
     return f"{doc['name']}({', '.join(names)}): {about}"
 
 
-def call_text(call: TraceCall) -> str:
+def call_text(call: ToolCall) -> str:
     """The text an assistant writes for a call."""
     return "<tool_call>" + json.dumps({"name": call.name, "arguments": call.arguments}) + "</tool_call>"
 

@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine import Tokenizer
-
-from .config import AgentConfig, MoAConfig
-from .errors import MoAError
-from .moa.layouts.references import aggregate_system
+from moa_stream.config import AgentConfig, MoAConfig
+from moa_stream.errors import MoAError
+from moa_stream.moa.layouts.references import aggregate_system
 
 
 @dataclass

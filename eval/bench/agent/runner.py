@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from engine import Engine, SamplingParams
+from moa_stream.tools.bfcl_classes import BfclCase, execute, fresh_instances
 
-from ..bfcl_traces import BfclCase, TraceStep, execute, fresh_instances, load_cases
+from ...bfcl.traces import TraceStep, load_cases
 from .engines import EngineFactory, transformers_kv_bytes_per_token
 from .modes import LOCAL_MODES, AgentMode, LlamaServerAgent, StepRecord, generate_all, make_mode
 from .prompt_lookup_bench import PromptLookupBenchConfig, run_prompt_lookup_bench

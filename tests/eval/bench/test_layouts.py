@@ -8,10 +8,10 @@ import json
 import pytest
 
 import cli
-from eval.layout_bench import PROMPTS_FILE, load_prompts, score_run, summarize
+from eval.bench.layouts import PROMPTS_FILE, load_prompts, score_run, summarize
+from eval.bench.ttft import TimedRun
 from eval.scorers import worst_ngram_count
 from moa_stream.events import Metrics
-from moa_stream.ttft_benchmark import TimedRun
 
 FIGURES = {"worst_4gram", "rep4", "length_vs_classic", "rouge_vs_classic", "ttft_vs_classic", "prefill_computed"}
 
@@ -27,7 +27,7 @@ def test_prompt_set_is_fixed_and_covers_each_kind() -> None:
     assert len(prompts) >= 12
     assert {p.kind for p in prompts} == {"list", "explanation", "short"}
     assert {p.kind for p in load_prompts(3)} == {"list", "explanation", "short"}
-    assert PROMPTS_FILE.parent.name == "eval"
+    assert PROMPTS_FILE.parent.name == "bench"
 
 
 def _run(answer: str, tokens: int, ttft: float, prefill: int) -> TimedRun:

@@ -16,9 +16,10 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from moa_stream import LAYOUTS, IncrementalLayout, MoA, TimedRun, layout_class, timed_run
+from eval.bench.ttft import TimedRun, timed_run
+from moa_stream import LAYOUTS, IncrementalLayout, MoA, layout_class
 
-from .scorers import repeated_ngrams, rouge_l, worst_ngram_count
+from ..scorers import repeated_ngrams, rouge_l, worst_ngram_count
 
 PROMPTS_FILE = Path(__file__).with_name("layout_prompts.jsonl")
 BASELINE = "classic"

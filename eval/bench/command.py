@@ -7,8 +7,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from . import bench_layouts
-from .options import positive_int
+from moa_stream.cli.options import positive_int
+
+from . import layouts_command as bench_layouts
 
 # ---------------------------------------------------------------------------------------------- bench engine
 
@@ -89,7 +90,7 @@ def _backend_kind(args: argparse.Namespace) -> str:
 
 
 def _main_engine(args: argparse.Namespace) -> int:
-    from engine.benchmark import bench_engine
+    from eval.bench.engine import bench_engine
 
     backend = _backend_kind(args)
     result = bench_engine(args.model, backend=backend, peer=args.peer, context_tokens=args.context,
@@ -145,8 +146,8 @@ def _ttft_table(result: dict[str, Any]) -> Any:
 def _main_ttft(args: argparse.Namespace) -> int:
     import asyncio
 
+    from eval.bench.ttft import DEFAULT_QUESTION, bench_config, run_ttft_bench
     from moa_stream import MoA, MoAConfig
-    from moa_stream.ttft_benchmark import DEFAULT_QUESTION, bench_config, run_ttft_bench
 
     cfg = bench_config(MoAConfig.load(args.config), args.proposer_tokens, args.answer_tokens)
     cfg = cfg.model_copy(update={"staircase": cfg.staircase.with_chunk(args.chunk, first=args.first_chunk)})
@@ -318,7 +319,7 @@ def _agent_table(result: dict[str, Any]) -> Any:
 
 def _agent_engines(args: argparse.Namespace) -> Any:
     """The engine factory of `--backend`: the GGUF on llama.cpp, or the model loaded once for transformers."""
-    from moa_stream.agent_benchmark import LlamaCppFactory, TransformersFactory
+    from eval.bench.agent import LlamaCppFactory, TransformersFactory
 
     if _backend_kind(args) == "llamacpp":
         return LlamaCppFactory(args.model)
@@ -330,8 +331,7 @@ def _agent_engines(args: argparse.Namespace) -> Any:
 def _main_agent(args: argparse.Namespace) -> int:
     import asyncio
 
-    from moa_stream import ConfigError
-    from moa_stream.agent_benchmark import (
+    from eval.bench.agent import (
         SPECULATORS,
         TARGETS,
         AgentBenchConfig,
@@ -339,6 +339,7 @@ def _main_agent(args: argparse.Namespace) -> int:
         SpeculationBenchConfig,
         run_agent_bench,
     )
+    from moa_stream import ConfigError
 
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     unknown = [m for m in modes if m not in _LOCAL_MODES]

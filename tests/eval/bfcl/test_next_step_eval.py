@@ -9,8 +9,10 @@ import matplotlib.image
 import pytest
 from rich.console import Console
 
-from eval import bfcl_next_step, command
-from moa_stream import MoA, MoAConfig, load_cases
+from eval import command
+from eval.bfcl import next_step_eval as bfcl_next_step
+from eval.bfcl.traces import load_cases
+from moa_stream import MoA, MoAConfig
 from tests.moa_stream.agent.test_agent_formats import tiny_bfcl_engine
 
 pytest.importorskip("bfcl_eval")

@@ -9,7 +9,7 @@ import pytest
 
 from engine import SamplingParams
 from engine.transformers_engine import TransformersEngine
-from moa_stream.agent_benchmark import (
+from eval.bench.agent import (
     AgentBenchConfig,
     ChatRendering,
     LlamaCppFactory,
@@ -28,8 +28,8 @@ from moa_stream.agent_benchmark import (
     run_local_mode,
     workflows,
 )
-from moa_stream.agent_benchmark.speculation import run_speculation_bench
-from moa_stream.bfcl_traces import load_cases, replay
+from eval.bench.agent.speculation import run_speculation_bench
+from eval.bfcl.traces import load_cases, replay
 from tests.conftest import tiny_llama
 
 pytest.importorskip("bfcl_eval")

@@ -12,8 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from .errors import InvalidTokensError
-from .protocol import Engine, SamplingParams, Sequence
+from engine import Engine, InvalidTokensError, SamplingParams, Sequence
 
 
 @dataclass
@@ -211,16 +210,16 @@ def bench_engine(model: str | None = None, *, backend: Backend = "transformers",
     With `peer`, a GGUF model (the default one included) is also served by llama.cpp's own server and driven
     with 1 and 4 concurrent requests of the same length: the peer columns.
     """
-    from .llamacpp_engine.engine import accepts_model, model_path
+    from engine.llamacpp_engine.engine import accepts_model, model_path
 
     async def main() -> EngineBenchResult:
         engine: Engine
         if backend == "llamacpp":
-            from .llamacpp_engine import LlamaCppEngine
+            from engine.llamacpp_engine import LlamaCppEngine
 
             engine = LlamaCppEngine(model)
         else:
-            from .transformers_engine import TransformersEngine
+            from engine.transformers_engine import TransformersEngine
 
             engine = TransformersEngine.from_pretrained(model)
         try:
@@ -231,7 +230,7 @@ def bench_engine(model: str | None = None, *, backend: Backend = "transformers",
     result = asyncio.run(main())
     result.backend = backend
     if peer and accepts_model(model):
-        from .llama_server import peer_rates
+        from engine.llama_server import peer_rates
 
         rates = peer_rates(model_path(model), kwargs.get("decode_tokens", 32))
         result.peer_tok_s_1, result.peer_tok_s_4 = round(rates[1], 2), round(rates[4], 2)

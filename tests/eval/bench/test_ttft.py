@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from eval.bench.peer_moa import PeerRun, classic_over_http
+from eval.bench.ttft import TimedRun, bench_config, bench_modes, compare, compare_peer, run_ttft_bench
 from moa_stream import Metrics, MoAConfig
 from moa_stream.events import AgentMetrics
-from moa_stream.peer_moa import PeerRun, classic_over_http
-from moa_stream.ttft_benchmark import TimedRun, bench_config, bench_modes, compare, compare_peer, run_ttft_bench
 
 
 def run(mode: str, ttft: float, step: float, tokens: int, total: float, finish: str) -> TimedRun:

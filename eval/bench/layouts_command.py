@@ -1,4 +1,4 @@
-"""`moa-stream bench layouts`: each aggregator layout vs classic on a fixed prompt set (eval/layout_bench)."""
+"""`moa-stream bench layouts`: each aggregator layout vs classic on a fixed prompt set (eval/bench/layouts.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from .options import positive_int
+from moa_stream.cli.options import positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="MoA config file (YAML/TOML); default: 3 proposers, one model")
     p.add_argument("--model", default=None, help="model of the default backend (default: the offline SmolLM2)")
     p.add_argument("--prompts", type=positive_int, default=None, metavar="N",
-                   help="run the first N prompts of eval/layout_prompts.jsonl (default: all 12)")
+                   help="run the first N prompts of eval/bench/layout_prompts.jsonl (default: all 12)")
     p.add_argument("--layouts", default=None, metavar="LIST",
                    help="layouts to compare with classic, comma-separated (default: every incremental one)")
     p.add_argument("--proposer-tokens", type=positive_int, default=96, metavar="N",
@@ -45,9 +45,9 @@ def main(args: argparse.Namespace) -> int:
     """Run the bench and print its JSON or a table."""
     import asyncio
 
-    from eval.layout_bench import load_prompts, run_layout_bench
+    from eval.bench.layouts import load_prompts, run_layout_bench
+    from eval.bench.ttft import bench_config
     from moa_stream import MoA, MoAConfig
-    from moa_stream.ttft_benchmark import bench_config
 
     cfg = bench_config(MoAConfig.load(args.config), args.proposer_tokens, args.answer_tokens, ignore_eos=False)
     cfg = cfg.model_copy(update={"staircase": cfg.staircase.with_chunk(args.chunk)})

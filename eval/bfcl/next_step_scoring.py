@@ -12,7 +12,10 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from .bfcl_traces import BfclError, Trace, TraceCall, execute, fresh_instances
+from moa_stream.tools import ToolCall
+from moa_stream.tools.bfcl_classes import BfclError, execute, fresh_instances
+
+from .traces import Trace
 
 
 @dataclass(frozen=True)
@@ -20,8 +23,8 @@ class NextStepScore:
     """How a predicted call compares with the trace's call at one step."""
 
     step: int
-    expected: TraceCall
-    predicted: TraceCall | None
+    expected: ToolCall
+    predicted: ToolCall | None
     call_match: bool  # same name and canonical arguments
     effect_match: bool  # same result and same end state when executed on the state at this step
     error: str | None = None  # why the prediction could not run, if it could not
@@ -41,7 +44,7 @@ def canonical_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
     return {k: norm(v) for k, v in sorted(arguments.items())}
 
 
-def calls_match(a: TraceCall, b: TraceCall) -> bool:
+def calls_match(a: ToolCall, b: ToolCall) -> bool:
     """Whether two calls are the same call up to argument order and numeric spelling."""
     return a.name == b.name and canonical_arguments(a.arguments) == canonical_arguments(b.arguments)
 
@@ -56,7 +59,7 @@ def state_at(trace: Trace, step: int) -> dict[str, Any]:
     return instances
 
 
-def score_next_step(trace: Trace, step: int, predicted: TraceCall | None) -> NextStepScore:
+def score_next_step(trace: Trace, step: int, predicted: ToolCall | None) -> NextStepScore:
     """Score `predicted` against the trace's call at `step` (0-based), by call match and by execution."""
     from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_checker import state_checker
 

@@ -4,7 +4,7 @@ Speed means little if an answer is cut short, so each mode's answer length and f
 total-time ratio to classic is taken at equal answer length (the time to the N-th answer token, N the shorter of
 the two answers), and a mode whose answer is under 80% of classic's is flagged. Each mode also reports its answer
 tokens/s after the first token and its proposers' decode tokens/s together. With a peer (`--peer`), the same
-classic MoA runs as a client of llama.cpp's own server on the same GGUF (moa_stream/peer_moa.py), after our modes,
+classic MoA runs as a client of llama.cpp's own server on the same GGUF (eval/bench/peer_moa.py), after our modes,
 so that the two never share the CPU.
 """
 
@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .api import MoA
-from .config import LlamaCppBackend, MoAConfig, TransformersBackend
-from .errors import ConfigError
-from .events import MODES, AggregatorDelta, Done, Metrics, ProposerDelta
-from .moa.layouts import layout_class
+from moa_stream.api import MoA
+from moa_stream.config import LlamaCppBackend, MoAConfig, TransformersBackend
+from moa_stream.errors import ConfigError
+from moa_stream.events import MODES, AggregatorDelta, Done, Metrics, ProposerDelta
+from moa_stream.moa.layouts import layout_class
+
 from .peer_moa import PeerRun, answer_rate, classic_over_http
 
 DEFAULT_QUESTION = "Explain how vaccines train the immune system, with examples."

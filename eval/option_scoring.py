@@ -14,10 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine.errors import UnsupportedFeatureError
-
-from .api import MoA
-from .config import StaircaseConfig
-from .moa.turn import Turn, TurnInput
+from moa_stream.api import MoA
+from moa_stream.config import StaircaseConfig
+from moa_stream.moa.turn import Turn, TurnInput
 
 __all__ = ["OptionScores", "UnsupportedFeatureError", "score_options"]
 

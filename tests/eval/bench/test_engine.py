@@ -12,8 +12,8 @@ import pytest
 
 import cli
 from engine import InvalidTokensError
-from engine.benchmark import run_engine_bench
 from engine.transformers_engine import TransformersEngine
+from eval.bench.engine import run_engine_bench
 
 CONTRACT = ("reprefill_ms", "append_ms", "append_speedup", "append_tokens_computed", "tok_s_1", "tok_s_4",
             "batch_speedup")
@@ -64,7 +64,7 @@ def test_bench_engine_cli_prints_one_json_object(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "cli", "bench", "engine", "--json", "--model", str(tmp_path), "--context", "64",
          "--delta", "8", "--decode", "3", "--streams", "1,4"],
-        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[3])
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stdout

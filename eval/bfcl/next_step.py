@@ -20,15 +20,16 @@ from dataclasses import dataclass, field
 
 from engine import Engine, SamplingParams
 from engine import Sequence as EngineSequence
+from moa_stream.agent.formats import AgentFormat, agent_format
+from moa_stream.agent.formats.base import json_line
+from moa_stream.agent.slot import AgentSlot
+from moa_stream.config import AgentConfig
+from moa_stream.moa.context import ChatFormat
+from moa_stream.tools import ToolCall, bfcl_tools
+from moa_stream.tools.bfcl_classes import BfclCase, execute, fresh_instances
 
-from .agent.formats import AgentFormat, agent_format, opening_events, step_events
-from .agent.formats.base import json_line
-from .agent.slot import AgentSlot
-from .bfcl_traces import BfclCase, Trace, TraceCall, execute, fresh_instances, replay
-from .config import AgentConfig
-from .moa.context import ChatFormat
 from .next_step_scoring import score_next_step
-from .tools import bfcl_tools
+from .traces import Trace, opening_events, replay, step_events
 
 NO_CALL = "(no valid call)"
 
@@ -38,8 +39,8 @@ class StepOutcome:
     """One predicted step: what was expected and predicted, how it scored, and what it cost."""
 
     step: int
-    expected: TraceCall
-    predicted: TraceCall | None
+    expected: ToolCall
+    predicted: ToolCall | None
     call_match: bool
     effect_match: bool
     error: str | None
@@ -103,7 +104,7 @@ async def _write(engine: Engine, main: EngineSequence, cue: list[int], agent: _A
         await engine.close(fork)
 
 
-def _replayed_state_matches(trace: Trace, predicted: Sequence[TraceCall | None]) -> bool:
+def _replayed_state_matches(trace: Trace, predicted: Sequence[ToolCall | None]) -> bool:
     """Whether the predicted calls, run in order on fresh instances, leave BFCL's ground-truth end state."""
     from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_checker import state_checker
 

@@ -1,7 +1,7 @@
 """`moa-stream eval --dataset bfcl-multi-turn:N --formats chat,thread,compact`: next-step accuracy per agent format.
 
 Each (case, format, system) is one episode: every step of a BFCL multi-turn case predicted on one engine sequence
-(moa_stream.predict_next_steps), written as one JSON line as it finishes, so an interrupted run resumes. The
+(eval/bfcl/next_step.py), written as one JSON line as it finishes, so an interrupted run resumes. The
 summary gives per format and system the next-step accuracy (call match and effect match, Wilson 95% CI over
 steps), prefill tokens computed per step and TTFT per step (normal 95% CI), and the episodes whose predicted
 calls, replayed in order, reach BFCL's ground-truth end state.
@@ -18,21 +18,14 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from moa_stream import (
-    AGENT_FORMATS,
-    BfclCase,
-    ConfigError,
-    Episode,
-    MoA,
-    MoAConfig,
-    MoAStreamError,
-    load_cases,
-    predict_next_steps,
-)
+from eval.bfcl.next_step import Episode, predict_next_steps
+from eval.bfcl.traces import load_cases
+from moa_stream import AGENT_FORMATS, ConfigError, MoA, MoAConfig, MoAStreamError
+from moa_stream.tools.bfcl_classes import BfclCase
 
-from .progress import progress_bar
-from .report import Estimate, estimate
-from .rows import drop_torn_tail
+from ..progress import progress_bar
+from ..report import Estimate, estimate
+from ..rows import drop_torn_tail
 
 DATASET = "bfcl-multi-turn"
 SYSTEMS = ("single", "moa")
@@ -281,7 +274,7 @@ def main(args: argparse.Namespace, datasets: Sequence[tuple[str, int | None]]) -
     """Run (or resume) the next-step eval, then write summary.md, summary.json and plot.png beside rows.jsonl."""
     from rich.console import Console
 
-    from .command import DEFAULT_SYSTEMS
+    from ..command import DEFAULT_SYSTEMS
 
     console = Console(stderr=True)
     out = Path(args.out)

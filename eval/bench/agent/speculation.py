@@ -17,15 +17,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine import Engine, SamplingParams
+from moa_stream.agent.agent import Agent
+from moa_stream.agent.draft_speculator import DraftSpeculator
+from moa_stream.agent.events import AgentDone
+from moa_stream.agent.tool_speculation import HistoryPredictor, PredictedCall, Speculator, StepContext
+from moa_stream.tools import Tool, ToolCall, ToolSet
+from moa_stream.tools.bfcl import PURE_METHODS, bfcl_tools
+from moa_stream.tools.bfcl_classes import BfclCase, fresh_instances
+from moa_stream.tools.runners import OnLoop
 
-from ..agent.agent import Agent
-from ..agent.draft_speculator import DraftSpeculator
-from ..agent.events import AgentDone
-from ..agent.tool_speculation import HistoryPredictor, PredictedCall, Speculator, StepContext
-from ..bfcl_traces import BfclCase, TraceCall, TraceStep, fresh_instances, replay
-from ..tools import Tool, ToolCall, ToolSet
-from ..tools.bfcl import PURE_METHODS, bfcl_tools
-from ..tools.runners import OnLoop
+from ...bfcl.traces import TraceStep, replay
 from .workload import literal_grammar
 
 CALL_SLACK_TOKENS = 8
@@ -78,7 +79,7 @@ class TraceAgent(Agent):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.plan: list[TraceCall] = []  # the current turn's calls, in order
+        self.plan: list[ToolCall] = []  # the current turn's calls, in order
 
     def forced_text(self, step: int) -> str:
         """What the model writes at this step of the turn: the planned call in the agent's call format."""
@@ -132,9 +133,9 @@ def speculable_cases(cases: Sequence[BfclCase], n: int, steps: int) -> list[tupl
     return out
 
 
-def turns(steps: Sequence[TraceStep]) -> list[tuple[str, list[TraceCall]]]:
+def turns(steps: Sequence[TraceStep]) -> list[tuple[str, list[ToolCall]]]:
     """The trace's user turns, each with the calls it led to."""
-    out: list[tuple[str, list[TraceCall]]] = []
+    out: list[tuple[str, list[ToolCall]]] = []
     for step in steps:
         if step.user or not out:
             out.append((step.user or "Go on.", []))
