@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import pytest
-from moa_stream.agents import Chunk
-from moa_stream.layouts import LAYOUTS, Answer, InterleavedLayout, ShiftedLayout, layout_for, register_layout
 
 from moa_stream import MoA
+from moa_stream.agent.slot import Chunk
 from moa_stream.errors import ConfigError
+from moa_stream.moa.layouts import LAYOUTS, Answer, InterleavedLayout, ShiftedLayout, layout_for, register_layout
 from tests.moa_stream.test_moa import LONG_QUESTION, small_config
 
 
