@@ -13,7 +13,7 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "bench": ("moa_stream.cli.bench", "measure the engine (append vs re-prefill, batching) or MoA TTFT per mode"),
+    "bench": ("eval.bench.command", "measure the engine (append vs re-prefill, batching) or MoA TTFT per mode"),
     "run": ("moa_stream.cli.run", "answer one question, streamed to stdout (--json: answer and metrics)"),
     "agent": ("moa_stream.cli.agent", "a tool-using agent: steps, calls and results live (--json: the whole run)"),
     "chat": ("moa_stream.cli.chat", "multi-turn chat that shows proposers, answer and TTFT live"),

@@ -86,7 +86,7 @@ def _datasets(args: argparse.Namespace) -> list[tuple[str, int | None]]:
 
 def main(args: argparse.Namespace) -> int:
     """Run (or resume) the evaluation, then write summary.md, summary.json and plot.png beside rows.jsonl."""
-    from . import bfcl_next_step
+    from .bfcl import next_step_eval as bfcl_next_step
 
     if any(bfcl_next_step.is_bfcl(spec.split(":")[0]) for spec in getattr(args, "dataset", None) or []):
         return bfcl_next_step.main(args, _datasets(args))

@@ -3,7 +3,7 @@
 Each sample's systems run in an order drawn from a seeded RNG, and every (system, sample) run gets a fresh
 cache salt, so no system's prefill is served by blocks another system's run computed (each is measured cold).
 Multiple-choice samples also get a log-likelihood row per system: the options scored from the aggregator's
-context at the moment it starts answering (moa_stream.score_options).
+context at the moment it starts answering (eval/option_scoring.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from moa_stream import MODES, Metrics, MoA, MoAError, Mode, StaircaseConfig, UnsupportedFeatureError, score_options
+from eval.option_scoring import score_options
+from moa_stream import MODES, Metrics, MoA, MoAError, Mode, StaircaseConfig, UnsupportedFeatureError
 
 from .datasets import Sample
 from .judge import Judge

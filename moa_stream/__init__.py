@@ -1,11 +1,14 @@
 """Mixture-of-Agents with staircase streaming on a shared stateful engine."""
 
+from engine.errors import UnsupportedFeatureError
+
 from . import events
 from .agent.agent import Agent
-from .agent_events import AgentDelta, AgentDone, AgentEvent, AgentRunMetrics, StepDone, StepMetrics
-from .agent_formats import AGENT_FORMATS, AgentFormat, agent_format, register_agent_format
+from .agent.draft_speculator import DraftSpeculator, DraftStats
+from .agent.events import AgentDelta, AgentDone, AgentEvent, AgentRunMetrics, StepDone, StepMetrics
+from .agent.formats import AGENT_FORMATS, AgentFormat, agent_format, register_agent_format
+from .agent.tool_speculation import HistoryPredictor, PredictedCall, SpeculationStats, Speculator, StepContext
 from .api import Conversation, MoA, collect
-from .bfcl_traces import BfclCase, Trace, TraceCall, load_cases, replay
 from .config import (
     AgentConfig,
     BackendConfig,
@@ -17,7 +20,6 @@ from .config import (
     TransformersBackend,
     VllmBackend,
 )
-from .draft_speculator import DraftSpeculator, DraftStats
 from .errors import ConfigError, EngineError, MoAError, MoAStreamError
 from .events import (
     MODES,
@@ -35,9 +37,6 @@ from .events import (
 )
 from .moa.context import Message
 from .moa.layouts import LAYOUTS, AggregatorLayout, IncrementalLayout, layout_class, register_layout
-from .next_step import Episode, StepOutcome, predict_next_steps
-from .option_scoring import OptionScores, UnsupportedFeatureError, score_options
-from .tool_speculation import HistoryPredictor, PredictedCall, SpeculationStats, Speculator, StepContext
 from .tools import (
     CallFormat,
     ForceTool,
@@ -52,7 +51,6 @@ from .tools import (
     register_call_format,
     toolset,
 )
-from .ttft_benchmark import TimedRun, timed_run
 
 __all__ = [
     "AGENT_FORMATS",
@@ -70,7 +68,6 @@ __all__ = [
     "AggregatorDelta",
     "AggregatorLayout",
     "BackendConfig",
-    "BfclCase",
     "CallFormat",
     "ChunkIngested",
     "ConfigError",
@@ -79,7 +76,6 @@ __all__ = [
     "DraftSpeculator",
     "DraftStats",
     "EngineError",
-    "Episode",
     "Event",
     "FirstToken",
     "ForceTool",
@@ -94,7 +90,6 @@ __all__ = [
     "MoAError",
     "MoAStreamError",
     "Mode",
-    "OptionScores",
     "PredictedCall",
     "ProposerDelta",
     "RunResult",
@@ -105,8 +100,6 @@ __all__ = [
     "StepContext",
     "StepDone",
     "StepMetrics",
-    "StepOutcome",
-    "TimedRun",
     "Tool",
     "ToolCall",
     "ToolChoice",
@@ -114,8 +107,6 @@ __all__ = [
     "ToolResult",
     "ToolSchemaError",
     "ToolSet",
-    "Trace",
-    "TraceCall",
     "TransformersBackend",
     "UnsupportedFeatureError",
     "VllmBackend",
@@ -124,13 +115,8 @@ __all__ = [
     "collect",
     "events",
     "layout_class",
-    "load_cases",
-    "predict_next_steps",
     "register_agent_format",
     "register_call_format",
     "register_layout",
-    "replay",
-    "score_options",
-    "timed_run",
     "toolset",
 ]

@@ -24,24 +24,17 @@ from typing import Any
 
 from engine import Engine, SamplingParams, SequenceStats
 
-from ..agent_events import AgentDelta, AgentDone, AgentEvent, AgentFinish, AgentRunMetrics, StepDone, StepMetrics
 from ..config import AgentConfig, SpeculationConfig
-from ..draft_speculator import DraftSpeculator
 from ..errors import ConfigError
 from ..moa.context import ChatFormat, Message
-from ..tool_cache import ToolCache
-from ..tool_speculation import (
-    HistoryPredictor,
-    PredictedCall,
-    PredictedStart,
-    SpeculativeCalls,
-    Speculator,
-    StepContext,
-)
 from ..tools import CallFormat, Tool, ToolCall, ToolChoice, ToolResult, ToolSet, call_format, toolset
 from ..tools.call_stream import CallPiece, CallStream
-from ..tools.executor import ToolExecutor
+from .draft_speculator import DraftSpeculator
+from .events import AgentDelta, AgentDone, AgentEvent, AgentFinish, AgentRunMetrics, StepDone, StepMetrics
+from .executor import ToolExecutor
 from .slot import AgentSlot
+from .tool_cache import ToolCache
+from .tool_speculation import HistoryPredictor, PredictedCall, PredictedStart, SpeculativeCalls, Speculator, StepContext
 
 ToolsArg = ToolSet | Iterable[Tool] | str | None
 

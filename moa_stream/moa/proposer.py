@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import time
 
+from ..agent.proposer import run_tool_proposer
 from ..agent.slot import AgentSlot, Chunk, Emit, Failure, ProposalResult
 from ..config import StaircaseConfig
 from ..events import AgentError, ProposerDelta
@@ -22,9 +23,7 @@ async def run_proposer(slot: AgentSlot, idx: int, messages: list[Message], quest
     and starts another once the pacing lets it (moa_stream/moa/pacing.py); a proposer never held writes its proposal
     in one generation, as without pacing.
     """
-    if slot.cfg.tools:  # a tool-using proposer runs its own tool loop (moa_stream/agent_proposer.py)
-        from ..agent_proposer import run_tool_proposer
-
+    if slot.cfg.tools:  # a tool-using proposer runs its own tool loop (moa_stream/agent/proposer.py)
         await run_tool_proposer(slot, idx, messages, question, reuse, knobs, out, emit, t0, result)
         return
     name, layer = slot.cfg.name, slot.layer

@@ -1,7 +1,7 @@
 """BFCL's executable classes (bfcl-eval) as ready toolsets: their JSON docs as schemas, their methods as tools.
 
 BFCL writes schemas in its own dialect (`dict`, `float`, `tuple`, `any`, defaults of "None"); they are mapped to
-JSON schema here. Calls run on BFCL's own instances through `bfcl_traces.execute`; a call that may change them
+JSON schema here. Calls run on BFCL's own instances through `bfcl_classes.execute`; a call that may change them
 runs on a deep copy that is written back into them only if it returns before its timeout.
 """
 
@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..bfcl_traces import BfclCase, TraceCall, execute, fresh_instances
+from .bfcl_classes import BfclCase, execute, fresh_instances
+from .calls import ToolCall
 from .errors import ToolLoadError
 from .runners import StatefulFunction, ToolState
 from .tool import Tool
@@ -74,7 +75,10 @@ def bfcl_schema(schema: Any) -> Any:
 def _bound(name: str, state: ToolState) -> StatefulFunction:
     # A call that may change the instances runs on a copy of them (OnStateCopy): one that times out cannot
     # change them afterwards.
-    return StatefulFunction(name, lambda objects, arguments: execute(TraceCall(name, arguments), dict(objects)), state)
+    def run(objects: dict[str, Any], arguments: dict[str, Any]) -> Any:
+        return execute(ToolCall("", name, arguments), dict(objects))
+
+    return StatefulFunction(name, run, state)
 
 
 def bfcl_tools(case: BfclCase, instances: Mapping[str, Any] | None = None, *,

@@ -10,6 +10,8 @@ import pytest
 from tests.cli.test_cli_run import moa_stream
 from tests.conftest import tiny_llama
 
+LUCKY = "tests.moa_stream.agent.test_agent:lucky_number"
+
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -22,7 +24,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_agent_json_prints_steps_calls_results_and_metrics(tiny_model_dir):
-    proc = moa_stream("agent", "--model", str(tiny_model_dir), "--tools", "tests.moa_stream.test_agent:lucky_number",
+    proc = moa_stream("agent", "--model", str(tiny_model_dir), "--tools", LUCKY,
                       "--tool-choice", "required", "--max-steps", "2", "--max-tokens", "40", "--json",
                       "What is the lucky number?")
     assert proc.returncode == 0, proc.stderr
@@ -41,7 +43,7 @@ def test_agent_json_prints_steps_calls_results_and_metrics(tiny_model_dir):
 
 
 def test_agent_plain_output_shows_calls_and_step_figures(tiny_model_dir):
-    proc = moa_stream("agent", "--model", str(tiny_model_dir), "--tools", "tests.moa_stream.test_agent:lucky_number",
+    proc = moa_stream("agent", "--model", str(tiny_model_dir), "--tools", LUCKY,
                       "--tool-choice", "required", "--max-steps", "1", "--max-tokens", "40", "Lucky number?")
     assert proc.returncode == 0, proc.stderr
     assert "<tool_call>" in proc.stdout

@@ -10,7 +10,8 @@ import pytest
 
 from engine.remote.http_engine import HttpEngine
 from eval import command, datasets, runner
-from moa_stream import MoA, MoAConfig, score_options
+from eval.option_scoring import score_options
+from moa_stream import MoA, MoAConfig
 
 
 def _moa(engine: Any, **update: Any) -> MoA:

@@ -12,8 +12,9 @@ import pytest
 import xgrammar
 from xgrammar.testing import _is_grammar_accept_string as grammar_accepts
 
+from moa_stream.agent.executor import ToolExecutor
+from moa_stream.agent.tool_cache import ToolCache
 from moa_stream.moa.context import ChatFormat
-from moa_stream.tool_cache import ToolCache
 from moa_stream.tools import (
     BFCL_CLASSES,
     ForceTool,
@@ -26,7 +27,6 @@ from moa_stream.tools import (
     call_format,
     toolset,
 )
-from moa_stream.tools.executor import ToolExecutor
 
 
 def move(source: str, destination: str, overwrite: bool = False, mode: Literal["fast", "safe"] = "safe") -> str:

@@ -1,0 +1,1 @@
+"""Benchmarks: engine, TTFT per mode, peer MoA, the agent workloads, layouts and load (`moa-stream bench ...`)."""

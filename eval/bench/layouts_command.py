@@ -1,0 +1,72 @@
+"""`moa-stream bench layouts`: each aggregator layout vs classic on a fixed prompt set (eval/bench/layouts.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from moa_stream.cli.options import positive_int
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `bench layouts`."""
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--config", default=None, help="MoA config file (YAML/TOML); default: 3 proposers, one model")
+    p.add_argument("--model", default=None, help="model of the default backend (default: the offline SmolLM2)")
+    p.add_argument("--prompts", type=positive_int, default=None, metavar="N",
+                   help="run the first N prompts of eval/bench/layout_prompts.jsonl (default: all 12)")
+    p.add_argument("--layouts", default=None, metavar="LIST",
+                   help="layouts to compare with classic, comma-separated (default: every incremental one)")
+    p.add_argument("--proposer-tokens", type=positive_int, default=96, metavar="N",
+                   help="tokens every proposer writes at most (96; they stop at their end of text)")
+    p.add_argument("--answer-tokens", type=positive_int, default=96, metavar="N",
+                   help="answer tokens at most, the same for every layout (96)")
+    p.add_argument("--chunk", type=positive_int, default=None, metavar="N", help="chunk size in tokens")
+
+
+def _table(result: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"layouts vs classic over {result['setup']['prompts']} prompts "
+                        f"(default: {result['default_layout']})")
+    cols = ("layout", "worst_4gram", "rep4", "length_vs_classic", "rouge_vs_classic", "ttft_vs_classic",
+            "prefill_computed")
+    for col in cols:
+        table.add_column(col, justify="left" if col == "layout" else "right")
+    for name, row in result["layouts"].items():
+        table.add_row(name, *(str(row[c]) if isinstance(row[c], int) or row[c] is None else f"{row[c]:.3f}"
+                              for c in cols[1:]))
+    return table
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the bench and print its JSON or a table."""
+    import asyncio
+
+    from eval.bench.layouts import load_prompts, run_layout_bench
+    from eval.bench.ttft import bench_config
+    from moa_stream import MoA, MoAConfig
+
+    cfg = bench_config(MoAConfig.load(args.config), args.proposer_tokens, args.answer_tokens, ignore_eos=False)
+    cfg = cfg.model_copy(update={"staircase": cfg.staircase.with_chunk(args.chunk)})
+    layouts = [n.strip() for n in args.layouts.split(",") if n.strip()] if args.layouts else None
+
+    async def go() -> dict[str, Any]:
+        moa = MoA.from_config(cfg, model=args.model)
+        try:
+            return await run_layout_bench(moa, load_prompts(args.prompts), layouts,
+                                          progress=lambda line: print(line, file=sys.stderr, flush=True))
+        finally:
+            await moa.aclose()
+
+    result = asyncio.run(go())
+    result["setup"]["model"] = args.model or "default"
+    if args.json:
+        print(json.dumps(result))
+    else:
+        from rich.console import Console
+
+        Console().print(_table(result))
+    return 0

@@ -1,0 +1,28 @@
+"""Agent context formats, one class each, selected by name: `agent_format("compact", chat, tools)`.
+
+Importing this package registers the built-in formats (chat, thread, compact); see base.py for the contract.
+"""
+
+from . import chat, compact, thread  # noqa: F401  (registers the built-in formats)
+from .base import AGENT_FORMATS, AgentFormat, agent_format, register_agent_format
+from .events import (
+    CallEvent,
+    ErrorEvent,
+    HistoryEvent,
+    ResultEvent,
+    UserTurn,
+    result_event,
+)
+
+__all__ = [
+    "AGENT_FORMATS",
+    "AgentFormat",
+    "CallEvent",
+    "ErrorEvent",
+    "HistoryEvent",
+    "ResultEvent",
+    "UserTurn",
+    "agent_format",
+    "register_agent_format",
+    "result_event",
+]

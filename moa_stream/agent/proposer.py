@@ -1,0 +1,93 @@
+"""A MoA proposer with tools: it runs its own tool loop and streams what it finds into the aggregator as chunks.
+
+The aggregator reads the proposer's own words and, in place of each call's markup, one compact line with the
+call and its result (`[called ls({}) -> {...}]`). Chunks leave as soon as they fill, so the staircase starts
+while the proposer is still calling tools; a step ends at its first call, so each result reaches the
+aggregator as soon as the call returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from ..config import StaircaseConfig
+from ..events import AgentError, ProposerDelta
+from ..moa.context import Message
+from ..tools import ToolCall, ToolResult, toolset
+from ..tools.call_stream import CallStream, Piece, TextPiece
+from .agent import Agent
+from .events import AgentDelta, AgentDone
+from .slot import AgentSlot, Chunk, Emit, Failure, ProposalResult
+
+
+def _text(pieces: list[Piece]) -> str:
+    return "".join(p.text for p in pieces if isinstance(p, TextPiece))
+
+
+def tool_agent(slot: AgentSlot) -> Agent:
+    """The slot's tool agent, made on first use from its config (tools, tool_choice, max_tool_steps, timeout)."""
+    if slot.tool_agent is None:
+        cfg = slot.cfg
+        tools = toolset(",".join(cfg.tools), timeout=cfg.tool_timeout_s)
+        slot.tool_agent = Agent(slot.engine, tools, slot=slot, max_steps=cfg.max_tool_steps,
+                                tool_choice=cfg.tool_choice, later_tool_choice="auto", parallel_calls=False,
+                                tool_timeout=cfg.tool_timeout_s, name=cfg.name, draft_engine=slot.draft_engine)
+    agent: Agent = slot.tool_agent
+    return agent
+
+
+async def run_tool_proposer(slot: AgentSlot, idx: int, messages: list[Message], question: str, reuse: bool,
+                            knobs: StaircaseConfig, out: asyncio.Queue[Chunk | Failure], emit: Emit,
+                            t0: float, result: ProposalResult) -> None:
+    """Run a tool-using proposer's turn, cutting its text and compact calls into chunks; never raises."""
+    name, layer = slot.cfg.name, slot.layer
+    index, buf, buf_tokens = 0, "", 0
+
+    def say(text: str, tokens: int) -> None:
+        nonlocal index, buf, buf_tokens
+        if not text:
+            return
+        result.text += text
+        buf += text
+        buf_tokens += tokens
+        emit(ProposerDelta(name, layer, text, time.perf_counter() - t0))
+        if buf_tokens >= knobs.chunk_size(index):
+            out.put_nowait(Chunk(idx, index, buf, buf_tokens, final=False))
+            index, buf, buf_tokens = index + 1, "", 0
+
+    try:
+        agent = tool_agent(slot)
+        fmt = agent.format
+        stream = CallStream(fmt)  # the step's text without its call blocks (calls arrive as events)
+        calls: dict[str, ToolCall] = {}
+        step = 0
+        async with asyncio.timeout(knobs.agent_timeout_s) as deadline:
+            loop = asyncio.get_running_loop()
+            async for ev in agent.turn(messages, question, reuse):
+                deadline.reschedule(loop.time() + knobs.agent_timeout_s)  # the timeout is on silence
+                if isinstance(ev, AgentDelta):
+                    if ev.step != step:
+                        say(_text(stream.finish()), 0)
+                        stream = CallStream(fmt)
+                    step = ev.step
+                    result.tokens += 1  # a delta per sampled token; AgentDone gives the exact count
+                    say(_text(stream.feed(ev.text)), 1)
+                elif isinstance(ev, ToolCall):
+                    calls[ev.id] = ev
+                elif isinstance(ev, ToolResult):
+                    say(_text(stream.finish()), 0)
+                    line = fmt.compact(calls.get(ev.id, ToolCall(ev.id, ev.name)), ev) + "\n"
+                    say(line, len(slot.fmt.encode_text(line)))
+                elif isinstance(ev, AgentDone):
+                    say(_text(stream.finish()), 0)
+                    result.tokens = ev.metrics.decode_tokens
+                    result.finish_reason = "stop" if ev.metrics.finish == "answer" else ev.metrics.finish
+        out.put_nowait(Chunk(idx, index, buf, buf_tokens, final=True))
+    except Exception as exc:  # TimeoutError included: the agent is dropped, the others go on
+        timed_out = isinstance(exc, TimeoutError)
+        why = f"no output for {knobs.agent_timeout_s:g} s" if timed_out else f"{type(exc).__name__}: {exc}"
+        result.error = why
+        emit(AgentError(name, layer, why, "timeout" if timed_out else "exception"))
+        out.put_nowait(Failure(idx, why, exc))
+        await slot.reset()
