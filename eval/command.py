@@ -9,6 +9,8 @@ import json
 import math
 from pathlib import Path
 
+from .options import positive_int
+
 DEFAULT_SYSTEMS = ("single,classic,staircase-reprefill@16,blocks@4,blocks@8,blocks@16,blocks@32,"
                    "staircase@4,staircase@8,staircase@16,staircase@32")
 _Z = 1.959964  # two-sided 95%
@@ -29,22 +31,12 @@ def _width(text: str) -> float:
     return w
 
 
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"wants a positive integer, got {text!r}")
-    return n
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Register `eval`'s options."""
     p.add_argument("--dataset", action="append", metavar="NAME[:N]",
                    help="nq-open, mmlu, openbookqa, truthfulqa, asdiv, boolq, mt-bench or a .jsonl file, with "
                         "an optional sample count; repeatable (default: nq-open:20 and mmlu:20)")
-    p.add_argument("--limit", type=_positive_int, default=None, help="samples per dataset when NAME has no :N")
+    p.add_argument("--limit", type=positive_int, default=None, help="samples per dataset when NAME has no :N")
     p.add_argument("--ci-width", type=_width, default=None, metavar="W",
                    help="samples per dataset (when NAME has no :N and no --limit) for a 95%% CI of total width W on "
                         "an accuracy near 0.5: n = (1.96/W)^2, e.g. 0.2 -> 97, 0.3 -> 43; paired differences "
@@ -55,13 +47,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="eval/results/latest", help="results folder; an existing rows.jsonl is resumed")
     p.add_argument("--config", default=None, help="MoA config file (YAML/TOML)")
     p.add_argument("--model", default=None, help="model of the default backend")
-    p.add_argument("--max-tokens", type=_positive_int, default=48, help="answer tokens at most (48)")
-    p.add_argument("--proposer-tokens", type=_positive_int, default=None, help="cap every proposer's max_tokens")
+    p.add_argument("--max-tokens", type=positive_int, default=48, help="answer tokens at most (48)")
+    p.add_argument("--proposer-tokens", type=positive_int, default=None, help="cap every proposer's max_tokens")
     p.add_argument("--judge", default="none", metavar="none|self|CONFIG",
                    help="grade open-ended answers (1-10, and pairwise against classic with the order swapped): "
                         "with this config's aggregator model (self), with another MoA config's aggregator "
                         "(a YAML/TOML file, any backend), or not (none, the default)")
-    p.add_argument("--judge-tokens", type=_positive_int, default=128, help="tokens of each judge reply (128)")
+    p.add_argument("--judge-tokens", type=positive_int, default=128, help="tokens of each judge reply (128)")
     p.add_argument("--turns", type=int, choices=(1, 2), default=2,
                    help="turns of multi-turn samples (MT-Bench has 2) answered in one conversation (2)")
     p.add_argument("--no-loglik", action="store_true",
@@ -69,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--formats", default="chat,thread,compact",
                    help="with --dataset bfcl-multi-turn[-CATEGORY]:N (the next-step eval of agent formats): the "
                         "formats to compare (chat,thread,compact); --systems is then single,moa")
-    p.add_argument("--call-tokens", type=_positive_int, default=128,
+    p.add_argument("--call-tokens", type=positive_int, default=128,
                    help="bfcl-multi-turn: tokens of each predicted call at most (128)")
     p.add_argument("--report-only", action="store_true", help="only summarise an existing rows.jsonl")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

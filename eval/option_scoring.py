@@ -13,10 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from engine.errors import UnsupportedFeatureError
-from moa_stream.api import MoA
-from moa_stream.config import StaircaseConfig
-from moa_stream.moa.turn import Turn, TurnInput
+from moa_stream import MoA, StaircaseConfig, UnsupportedFeatureError
 
 __all__ = ["OptionScores", "UnsupportedFeatureError", "score_options"]
 
@@ -59,25 +56,16 @@ async def score_options(moa: MoA, question: str, options: Sequence[str], *, mode
     if not options or any(not isinstance(o, str) or not o for o in options):
         raise ValueError("options must be non-empty strings")
     conv = moa.conversation(mode, cache_salt=cache_salt)  # checks the mode; owns the agent slots
-    inp = TurnInput(question, [], conv.mode, staircase or moa.config.staircase, None, cache_salt=cache_salt)
-    turn = Turn(conv.proposer_slots, conv.aggregator_slot, inp, lambda _event: None)
-    slot = turn.agg
     logprobs: list[float] = []
     counts: list[int] = []
-    try:
-        start_s = await turn.run_to_answer_start()
-        assert slot.seq is not None
-        context_tokens = slot.context_tokens()
+    async with conv.answer_start(question, staircase=staircase) as at:
         for text in options:
-            ids = slot.engine.tokenizer.encode(text, add_special_tokens=False)
-            logprobs.append(sum(await slot.engine.score(slot.seq, ids)))
+            ids = at.engine.tokenizer.encode(text, add_special_tokens=False)
+            logprobs.append(sum(await at.engine.score(at.seq, ids)))
             counts.append(len(ids))
-        total_s = time.perf_counter() - turn.t0
-        stats = [s.turn_stats() for s in [*(s for layer in conv.proposer_slots for s in layer), slot]]
-    finally:
-        await conv.close()
+        total_s = time.perf_counter() - at.t0
+        computed, reused = at.prefill()
     return OptionScores(
         mode=conv.mode, logprobs=tuple(logprobs), tokens=tuple(counts), chars=tuple(len(o) for o in options),
-        context_tokens=context_tokens, start_s=start_s, total_s=total_s, chunks_ingested=turn.chunks_ingested,
-        prefill_computed=sum(s.prefill_computed for s in stats) + sum(counts),
-        prefill_reused=sum(s.prefill_reused for s in stats))
+        context_tokens=at.context_tokens, start_s=at.start_s, total_s=total_s, chunks_ingested=at.chunks_ingested,
+        prefill_computed=computed + sum(counts), prefill_reused=reused)

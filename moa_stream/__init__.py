@@ -8,7 +8,7 @@ from .agent.draft_speculator import DraftSpeculator, DraftStats
 from .agent.events import AgentDelta, AgentDone, AgentEvent, AgentRunMetrics, StepDone, StepMetrics
 from .agent.formats import AGENT_FORMATS, AgentFormat, agent_format, register_agent_format
 from .agent.tool_speculation import HistoryPredictor, PredictedCall, SpeculationStats, Speculator, StepContext
-from .api import Conversation, MoA, collect
+from .api import AnswerStart, Conversation, MoA, collect
 from .config import (
     AgentConfig,
     BackendConfig,
@@ -19,6 +19,7 @@ from .config import (
     StaircaseConfig,
     TransformersBackend,
     VllmBackend,
+    default_backend,
 )
 from .errors import ConfigError, EngineError, MoAError, MoAStreamError
 from .events import (
@@ -35,8 +36,9 @@ from .events import (
     ProposerDelta,
     RunResult,
 )
-from .moa.context import Message
-from .moa.layouts import LAYOUTS, AggregatorLayout, IncrementalLayout, layout_class, register_layout
+from .moa.context import ChatFormat, Message
+from .moa.layouts import LAYOUTS, AggregatorLayout, IncrementalLayout, layout_class, layout_for, register_layout
+from .moa.layouts.references import aggregate_system
 from .tools import (
     CallFormat,
     ForceTool,
@@ -67,8 +69,10 @@ __all__ = [
     "AgentRunMetrics",
     "AggregatorDelta",
     "AggregatorLayout",
+    "AnswerStart",
     "BackendConfig",
     "CallFormat",
+    "ChatFormat",
     "ChunkIngested",
     "ConfigError",
     "Conversation",
@@ -111,10 +115,13 @@ __all__ = [
     "UnsupportedFeatureError",
     "VllmBackend",
     "agent_format",
+    "aggregate_system",
     "call_format",
     "collect",
+    "default_backend",
     "events",
     "layout_class",
+    "layout_for",
     "register_agent_format",
     "register_call_format",
     "register_layout",

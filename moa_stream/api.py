@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine import Engine, EngineStats, StructuredOutput
+from engine import Sequence as EngineSequence
 
 from .agent.slot import AgentSlot
 from .backends import build_engines
@@ -107,6 +110,24 @@ class MoA:
             await eng.shutdown()
 
 
+@dataclass(frozen=True)
+class AnswerStart:
+    """The aggregator's live context at the moment it would sample its first answer token."""
+
+    engine: Engine
+    seq: EngineSequence  # the aggregator's sequence: score or fork it, never close it (the conversation does)
+    context_tokens: int
+    start_s: float  # seconds from the question to the answer start (the TTFT analogue)
+    t0: float  # perf_counter() when the turn began
+    chunks_ingested: int  # proposal chunks the context held at the answer start
+    slots: tuple[AgentSlot, ...]
+
+    def prefill(self) -> tuple[int, int]:
+        """Prefill tokens (computed, reused) by every agent in this turn so far."""
+        stats = [s.turn_stats() for s in self.slots]
+        return sum(s.prefill_computed for s in stats), sum(s.prefill_reused for s in stats)
+
+
 class Conversation:
     """Turns of one chat; turn n+1 appends only its new tokens to each agent's live sequence."""
 
@@ -156,6 +177,25 @@ class Conversation:
         if not finished:  # a cancelled or failed turn leaves partial contexts: start afresh next turn
             await self._reset_agents()
 
+    @contextlib.asynccontextmanager
+    async def answer_start(self, user_text: str, *,
+                           staircase: StaircaseConfig | None = None) -> AsyncIterator[AnswerStart]:
+        """Run a turn up to the aggregator's first answer token and lend its context; the agents are freed after."""
+        if not isinstance(user_text, str) or not user_text.strip():
+            raise ValueError("the question is empty: pass some text")
+        inp = TurnInput(user_text, list(self.history), self.mode, staircase or self.moa.config.staircase, None,
+                        cache_salt=self.cache_salt)
+        async with self._lock:
+            turn = Turn(self._layers, self._agg, inp, lambda _event: None)
+            try:
+                start_s = await turn.run_to_answer_start()
+                assert self._agg.seq is not None
+                yield AnswerStart(self._agg.engine, self._agg.seq, self._agg.context_tokens(), start_s, turn.t0,
+                                  turn.chunks_ingested, tuple([*(s for layer in self._layers for s in layer),
+                                                               self._agg]))
+            finally:
+                await self._reset_agents()
+
     async def send(self, user_text: str, **kwargs: Any) -> RunResult:
         """One turn, collected."""
         return await collect(self.stream(user_text, **kwargs))
@@ -170,16 +210,6 @@ class Conversation:
         async with self._lock:
             await self._reset_agents()
             self.history = []
-
-    @property
-    def proposer_slots(self) -> list[list[AgentSlot]]:
-        """The proposers of each layer, bound to their engines (their sequences live across turns)."""
-        return self._layers
-
-    @property
-    def aggregator_slot(self) -> AgentSlot:
-        """The aggregator, bound to its engine."""
-        return self._agg
 
     async def pin(self, ttl: float | None) -> None:
         """Keep every agent's sequence resident for `ttl` seconds (None: until closed), as a server session does."""

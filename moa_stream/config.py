@@ -18,6 +18,8 @@ from pydantic import (
     model_validator,
 )
 
+from engine import SamplingParams
+
 from .errors import ConfigError
 from .events import Mode
 
@@ -232,6 +234,13 @@ class AgentConfig(_Strict):
     @classmethod
     def _temperature_not_tiny(cls, value: float) -> float:
         return check_temperature(value)
+
+    def sampling(self, max_tokens: int | None = None) -> SamplingParams:
+        """The engine's SamplingParams for this agent (max_tokens: the config's unless given)."""
+        return SamplingParams(max_tokens=max_tokens or self.max_tokens, temperature=self.temperature,
+                              top_p=self.top_p, min_p=self.min_p, repetition_penalty=self.repetition_penalty,
+                              frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
+                              seed=self.seed, ignore_eos=self.ignore_eos, banned_token_ids=tuple(self.banned_token_ids))
 
 
 class StaircaseConfig(_Strict):

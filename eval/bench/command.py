@@ -7,8 +7,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from moa_stream.cli.options import positive_int
-
+from ..options import positive_int
 from . import layouts_command as bench_layouts
 
 # ---------------------------------------------------------------------------------------------- bench engine
@@ -84,7 +83,7 @@ def _engine_table(result: dict[str, Any]) -> Any:
 
 def _backend_kind(args: argparse.Namespace) -> str:
     """`--backend`, else the default config's for the model (llamacpp for the default model on a CPU)."""
-    from moa_stream.config import default_backend
+    from moa_stream import default_backend
 
     return str(args.backend or default_backend(args.model).kind)
 
@@ -221,8 +220,8 @@ def _load_table(result: dict[str, Any]) -> Any:
 def _main_load(args: argparse.Namespace) -> int:
     import asyncio
 
+    from eval.bench.load import run_load
     from moa_stream import MoA, MoAConfig
-    from moa_stream.server.load import run_load
 
     cfg = MoAConfig.load(args.config) if args.config else MoAConfig.default(max_tokens=args.max_tokens)
     model = f"moa-stream:{args.mode}" if args.mode else "moa-stream"

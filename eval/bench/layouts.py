@@ -17,7 +17,7 @@ from statistics import mean
 from typing import Any
 
 from eval.bench.ttft import TimedRun, timed_run
-from moa_stream import LAYOUTS, IncrementalLayout, MoA, layout_class
+from moa_stream import LAYOUTS, IncrementalLayout, MoA, layout_class, layout_for
 
 from ..scorers import repeated_ngrams, rouge_l, worst_ngram_count
 
@@ -110,7 +110,7 @@ async def run_layout_bench(moa: MoA, prompts: Sequence[BenchPrompt], layouts: Se
         answers.append(row)
     cfg = moa.config
     return {
-        "default_layout": layout_class("staircase").name,
+        "default_layout": layout_for("staircase", moa.engines[cfg.aggregator.backend]).name,
         "layouts": {n: summarize(f) for n, f in figures.items()},
         "per_prompt": answers,
         "setup": {"prompts": len(prompts), "proposers": [a.name for layer in cfg.layers for a in layer],

@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine import Tokenizer
-from moa_stream.config import AgentConfig, MoAConfig
-from moa_stream.errors import MoAError
-from moa_stream.moa.layouts.references import aggregate_system
+from moa_stream import AgentConfig, MoAConfig, MoAError, aggregate_system
 
 
 @dataclass

@@ -16,11 +16,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moa_stream.api import MoA
-from moa_stream.config import LlamaCppBackend, MoAConfig, TransformersBackend
-from moa_stream.errors import ConfigError
-from moa_stream.events import MODES, AggregatorDelta, Done, Metrics, ProposerDelta
-from moa_stream.moa.layouts import layout_class
+from moa_stream import (
+    MODES,
+    AggregatorDelta,
+    ConfigError,
+    Done,
+    LlamaCppBackend,
+    Metrics,
+    MoA,
+    MoAConfig,
+    ProposerDelta,
+    TransformersBackend,
+    layout_class,
+)
 
 from .peer_moa import PeerRun, answer_rate, classic_over_http
 

@@ -20,13 +20,9 @@ from dataclasses import dataclass, field
 
 from engine import Engine, SamplingParams
 from engine import Sequence as EngineSequence
-from moa_stream.agent.formats import AgentFormat, agent_format
-from moa_stream.agent.formats.base import json_line
-from moa_stream.agent.slot import AgentSlot
-from moa_stream.config import AgentConfig
-from moa_stream.moa.context import ChatFormat
-from moa_stream.tools import ToolCall, bfcl_tools
-from moa_stream.tools.bfcl_classes import BfclCase, execute, fresh_instances
+from moa_stream import AgentConfig, ChatFormat
+from moa_stream.agent.formats import AgentFormat, agent_format, json_line
+from moa_stream.tools import BfclCase, ToolCall, bfcl_execute, bfcl_tools, fresh_instances
 
 from .next_step_scoring import score_next_step
 from .traces import Trace, opening_events, replay, step_events
@@ -75,10 +71,10 @@ class _Agent:
     sampling: SamplingParams
 
 
-def _agent(cfg: AgentConfig, engine: Engine, chat: ChatFormat, fmt: AgentFormat, max_tokens: int,
+def _agent(cfg: AgentConfig, fmt: AgentFormat, max_tokens: int,
            structured: bool) -> _Agent:
     # The config's sampling, without a repetition penalty: a call copies names and values from its context.
-    params = dataclasses.replace(AgentSlot(cfg, engine, chat).sampling(max_tokens), repetition_penalty=1.0,
+    params = dataclasses.replace(cfg.sampling(max_tokens), repetition_penalty=1.0,
                                  frequency_penalty=0.0, presence_penalty=0.0, ignore_eos=False, stop=fmt.stop(),
                                  structured=fmt.structured() if structured else None)
     return _Agent(cfg.name, params)
@@ -113,7 +109,7 @@ def _replayed_state_matches(trace: Trace, predicted: Sequence[ToolCall | None]) 
         if call is None:
             continue
         try:
-            execute(call, mine)
+            bfcl_execute(call, mine)
         except Exception:  # a failing predicted call changes nothing, as in BFCL's executor
             continue
     return bool(state_checker(mine, trace.instances)["valid"])
@@ -132,8 +128,8 @@ async def predict_next_steps(engine: Engine, case: BfclCase | Trace, format_name
     chat = ChatFormat(engine.tokenizer)
     fmt = agent_format(format_name, chat, bfcl_tools(trace.case), instructions)
     agg_cfg = aggregator or AgentConfig(name="agent", temperature=0.0)
-    agg = _agent(agg_cfg, engine, chat, fmt, max_tokens, structured)
-    props = [_agent(p, engine, chat, fmt, max_tokens, structured) for p in proposers]
+    agg = _agent(agg_cfg, fmt, max_tokens, structured)
+    props = [_agent(p, fmt, max_tokens, structured) for p in proposers]
     t_start = time.perf_counter()
     prefix = fmt.prefix()
     main = await engine.open(prefix)

@@ -21,7 +21,7 @@ from typing import Any
 from eval.bfcl.next_step import Episode, predict_next_steps
 from eval.bfcl.traces import load_cases
 from moa_stream import AGENT_FORMATS, ConfigError, MoA, MoAConfig, MoAStreamError
-from moa_stream.tools.bfcl_classes import BfclCase
+from moa_stream.tools import BfclCase
 
 from ..progress import progress_bar
 from ..report import Estimate, estimate

@@ -12,8 +12,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from moa_stream.tools import ToolCall
-from moa_stream.tools.bfcl_classes import BfclError, execute, fresh_instances
+from moa_stream.tools import BfclError, ToolCall, bfcl_execute, fresh_instances
 
 from .traces import Trace
 
@@ -55,7 +54,7 @@ def state_at(trace: Trace, step: int) -> dict[str, Any]:
         raise BfclError(f"step {step} is outside the trace's {len(trace.steps)} steps")
     instances = fresh_instances(trace.case)
     for done in trace.steps[:step]:
-        execute(done.call, instances)
+        bfcl_execute(done.call, instances)
     return instances
 
 
@@ -68,9 +67,9 @@ def score_next_step(trace: Trace, step: int, predicted: ToolCall | None) -> Next
         return NextStepScore(step, expected, None, False, False, "no call was predicted")
     before = state_at(trace, step)
     truth_state, mine = copy.deepcopy(before), copy.deepcopy(before)
-    truth_result = execute(expected, truth_state)
+    truth_result = bfcl_execute(expected, truth_state)
     try:
-        result = execute(predicted, mine)
+        result = bfcl_execute(predicted, mine)
     except Exception as e:  # a wrong name or arguments is a wrong step, not a failed eval
         return NextStepScore(step, expected, predicted, False, False, f"{type(e).__name__}: {e}")
     same_effect = _same_result(result, truth_result) and bool(state_checker(mine, truth_state)["valid"])

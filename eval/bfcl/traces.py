@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moa_stream.agent.formats.events import CallEvent, HistoryEvent, UserTurn, result_event
-from moa_stream.tools import ToolCall
-from moa_stream.tools.bfcl_classes import BfclCase, BfclError, bfcl_root
+from moa_stream.agent.formats import CallEvent, HistoryEvent, UserTurn, result_event
+from moa_stream.tools import BfclCase, BfclError, ToolCall, bfcl_root
 
 CATEGORIES = ("base", "miss_func", "miss_param", "long_context")
 

@@ -5,6 +5,7 @@
 
 from .app import create_app
 from .errors import APIError
+from .loopback import LoopbackServer, serving
 from .settings import ServerSettings
 
-__all__ = ["APIError", "ServerSettings", "create_app"]
+__all__ = ["APIError", "LoopbackServer", "ServerSettings", "create_app", "serving"]

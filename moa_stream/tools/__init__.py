@@ -13,6 +13,7 @@ tools = ToolSet([Tool.from_function(add, pure=True)]) | toolset("bfcl:GorillaFil
 
 from . import hermes_format  # noqa: F401  (registers the default call format)
 from .bfcl import BFCL_CLASSES, PURE_METHODS, bfcl_schema, bfcl_tools, bfcl_toolset
+from .bfcl_classes import BfclCase, BfclError, bfcl_execute, bfcl_root, fresh_instances
 from .call_format import CALL_FORMATS, CallFormat, ForceTool, ToolChoice, call_format, register_call_format
 from .calls import ParsedCall, ToolCall, ToolResult
 from .errors import ToolArgumentsError, ToolError, ToolLoadError, ToolSchemaError
@@ -37,6 +38,8 @@ __all__ = [
     "BFCL_CLASSES",
     "CALL_FORMATS",
     "PURE_METHODS",
+    "BfclCase",
+    "BfclError",
     "CallFormat",
     "CallRunner",
     "ForceTool",
@@ -59,10 +62,13 @@ __all__ = [
     "ToolSet",
     "ToolState",
     "WatchedOnLoop",
+    "bfcl_execute",
+    "bfcl_root",
     "bfcl_schema",
     "bfcl_tools",
     "bfcl_toolset",
     "call_format",
+    "fresh_instances",
     "register_call_format",
     "result_text",
     "runner_for",

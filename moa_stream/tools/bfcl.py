@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .bfcl_classes import BfclCase, execute, fresh_instances
+from .bfcl_classes import BfclCase, bfcl_execute, fresh_instances
 from .calls import ToolCall
 from .errors import ToolLoadError
 from .runners import StatefulFunction, ToolState
@@ -76,7 +76,7 @@ def _bound(name: str, state: ToolState) -> StatefulFunction:
     # A call that may change the instances runs on a copy of them (OnStateCopy): one that times out cannot
     # change them afterwards.
     def run(objects: dict[str, Any], arguments: dict[str, Any]) -> Any:
-        return execute(ToolCall("", name, arguments), dict(objects))
+        return bfcl_execute(ToolCall("", name, arguments), dict(objects))
 
     return StatefulFunction(name, run, state)
 

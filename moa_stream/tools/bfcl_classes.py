@@ -69,7 +69,7 @@ def fresh_instances(case: BfclCase) -> dict[str, Any]:
     return instances
 
 
-def execute(call: ToolCall, instances: dict[str, Any]) -> Any:
+def bfcl_execute(call: ToolCall, instances: dict[str, Any]) -> Any:
     """Run one call on the instance whose class has the method (as BFCL's executor resolves names)."""
     for instance in instances.values():
         if not call.name.startswith("_") and callable(getattr(instance, call.name, None)):

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from engine import Engine, SamplingParams
-from moa_stream.tools.bfcl_classes import BfclCase, execute, fresh_instances
+from moa_stream.tools import BfclCase, bfcl_execute, fresh_instances
 
 from ...bfcl.traces import TraceStep, load_cases
 from .engines import EngineFactory, transformers_kv_bytes_per_token
@@ -65,7 +65,7 @@ async def run_agent(agent_id: int, mode: AgentMode, workflow: Workflow, renderin
             instances[step.case_id] = fresh_instances(cases[step.case_id])
         # The real function runs; its recorded result is what gets appended. A failing tool is the trace's business.
         with contextlib.suppress(Exception):
-            execute(step.call, instances[step.case_id])
+            bfcl_execute(step.call, instances[step.case_id])
         await asyncio.sleep(tool_latency_s)
         tool_s = time.perf_counter() - t1
         await mode.tool_done()

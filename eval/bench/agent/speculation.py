@@ -17,14 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine import Engine, SamplingParams
-from moa_stream.agent.agent import Agent
-from moa_stream.agent.draft_speculator import DraftSpeculator
-from moa_stream.agent.events import AgentDone
-from moa_stream.agent.tool_speculation import HistoryPredictor, PredictedCall, Speculator, StepContext
-from moa_stream.tools import Tool, ToolCall, ToolSet
-from moa_stream.tools.bfcl import PURE_METHODS, bfcl_tools
-from moa_stream.tools.bfcl_classes import BfclCase, fresh_instances
-from moa_stream.tools.runners import OnLoop
+from moa_stream import Agent, AgentDone, DraftSpeculator, HistoryPredictor, PredictedCall, Speculator, StepContext
+from moa_stream.tools import PURE_METHODS, BfclCase, OnLoop, Tool, ToolCall, ToolSet, bfcl_tools, fresh_instances
 
 from ...bfcl.traces import TraceStep, replay
 from .workload import literal_grammar

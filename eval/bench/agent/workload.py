@@ -13,8 +13,7 @@ from engine.structured_output import Grammar
 if TYPE_CHECKING:
     pass
 
-from moa_stream.tools import ToolCall
-from moa_stream.tools.bfcl_classes import BfclCase
+from moa_stream.tools import BfclCase, ToolCall
 
 from ...bfcl.traces import TraceStep, chained_steps
 

@@ -4,7 +4,7 @@ Importing this package registers the built-in formats (chat, thread, compact); s
 """
 
 from . import chat, compact, thread  # noqa: F401  (registers the built-in formats)
-from .base import AGENT_FORMATS, AgentFormat, agent_format, register_agent_format
+from .base import AGENT_FORMATS, AgentFormat, agent_format, json_line, register_agent_format
 from .events import (
     CallEvent,
     ErrorEvent,
@@ -23,6 +23,7 @@ __all__ = [
     "ResultEvent",
     "UserTurn",
     "agent_format",
+    "json_line",
     "register_agent_format",
     "result_event",
 ]

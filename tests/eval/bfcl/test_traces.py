@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from eval.bfcl.traces import chained_steps, load_cases, parse_call, replay
-from moa_stream.tools.bfcl_classes import BfclError, execute, fresh_instances
+from moa_stream.tools.bfcl_classes import BfclError, bfcl_execute, fresh_instances
 
 pytest.importorskip("bfcl_eval")
 
@@ -20,7 +20,7 @@ def test_a_replay_reproduces_the_ground_truth_end_state() -> None:
         # The parsed calls, run directly on fresh instances, reach the state BFCL's own executor reached.
         mine = fresh_instances(case)
         for step in trace.steps:
-            execute(step.call, mine)
+            bfcl_execute(step.call, mine)
         assert state_checker(mine, trace.instances)["valid"], case.id
 
 
@@ -31,7 +31,7 @@ def test_the_end_state_differs_when_a_call_is_left_out() -> None:
     trace = replay(case)
     mine = fresh_instances(case)
     for step in trace.steps[:-3]:
-        execute(step.call, mine)
+        bfcl_execute(step.call, mine)
     assert not state_checker(mine, trace.instances)["valid"]
 
 

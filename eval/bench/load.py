@@ -15,9 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from moa_stream import MoA
-
-from .loopback import serving
-from .settings import ServerSettings
+from moa_stream.server import ServerSettings, serving
 
 DEFAULT_QUESTION = "In one sentence, why is the sky blue?"
 

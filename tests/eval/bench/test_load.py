@@ -8,10 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from engine.transformers_engine import TransformersEngine
+from eval.bench.load import run_load
 from moa_stream import MoA
-from moa_stream.server.load import run_load
-
-from .thread_server import tiny_config, tiny_moa_engine
+from tests.server.thread_server import tiny_config, tiny_moa_engine
 
 
 @pytest.fixture(scope="module")
