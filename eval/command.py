@@ -9,7 +9,7 @@ import json
 import math
 from pathlib import Path
 
-from .options import positive_int
+from moa_stream.cli import positive_int
 
 DEFAULT_SYSTEMS = ("single,classic,staircase-reprefill@16,blocks@4,blocks@8,blocks@16,blocks@32,"
                    "staircase@4,staircase@8,staircase@16,staircase@32")

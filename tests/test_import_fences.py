@@ -72,9 +72,10 @@ def is_cli(path: Path) -> bool:
 
 
 # The packages a harness may drive: the product's front door and the public subpackages that keep their own
-# `__all__` (the tools and their BFCL toolsets, the agent's context formats, the server, the event bus).
+# `__all__` (the tools and their BFCL toolsets, the agent's context formats, the server, the event bus, the
+# CLI's option types that the eval and bench commands plug into).
 PUBLIC_PACKAGES = ("moa_stream", "moa_stream.tools", "moa_stream.agent.formats", "moa_stream.server",
-                   "moa_stream.bus")
+                   "moa_stream.bus", "moa_stream.cli")
 
 
 def public_api(package: str = "moa_stream") -> set[str]:

@@ -7,7 +7,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from ..options import positive_int
+from moa_stream.cli import positive_int
+
 from . import layouts_command as bench_layouts
 
 # ---------------------------------------------------------------------------------------------- bench engine

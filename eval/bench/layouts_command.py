@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from ..options import positive_int
+from moa_stream.cli import positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
