@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -31,6 +31,8 @@ class _Strict(BaseModel):
 class _Backend(_Strict):
     """What every backend kind shares: options are typed fields, so a misspelled one is an error naming it."""
 
+    default_model_label: ClassVar[str] = "the server's model"
+
     @model_validator(mode="before")
     @classmethod
     def _lift_options(cls, data: Any) -> Any:
@@ -46,6 +48,14 @@ class _Backend(_Strict):
             raise ValueError(f"{both} given both beside and under options; keep one")
         return {**data, **options}
 
+    def model_label(self) -> str:
+        """A short name of the model this backend runs, for a panel title: a file's stem, a registry name."""
+        model = getattr(self, "model", None)
+        if model is None:
+            return self.default_model_label
+        name = Path(model).name if model.endswith(".gguf") else model
+        return name.removesuffix(".gguf")
+
     def engine_options(self, *exclude: str) -> dict[str, Any]:
         """The options that are set, as keyword arguments of the engine (`kind` and `exclude` left out)."""
         return self.model_dump(exclude={"kind", *exclude}, exclude_none=True)
@@ -53,6 +63,8 @@ class _Backend(_Strict):
 
 class _LocalBackend(_Backend):
     """What both embedded engines offer beyond a model: faster decoding of repeated text and of exact repeats."""
+
+    default_model_label: ClassVar[str] = "smollm2-135m"
 
     prompt_lookup_tokens: int = Field(0, ge=0, le=32, description="prompt-lookup draft tokens per step (0: off; "
                                       "greedy output is the same, repeated text decodes faster)")
@@ -390,3 +402,7 @@ class MoAConfig(_Strict):
     def agents(self) -> list[AgentConfig]:
         """Every agent, proposers first."""
         return [*(a for layer in self.layers for a in layer), self.aggregator]
+
+    def model_label(self, agent: AgentConfig) -> str:
+        """The model `agent` runs on, as a panel shows it."""
+        return self.backends[agent.backend].model_label()

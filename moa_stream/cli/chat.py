@@ -213,7 +213,7 @@ class ChatSession:
         """One answer, streamed into the live view (or as plain text)."""
         from moa_stream import EngineError, MoAError
 
-        from .turn_view import PlainView, TurnView
+        from .turn_view import PlainView, TurnView, panel_agents
 
         st = self.state
         events = self.conv.stream(text, mode=st.mode, staircase=st.staircase, max_tokens=st.max_tokens)
@@ -230,8 +230,9 @@ class ChatSession:
 
         from rich.live import Live
 
-        agents = [(a.name, i) for i, layer in enumerate(self.moa.config.layers) for a in layer]
-        view = TurnView(mode=st.mode, agents=agents, show_proposers=st.show_proposers)
+        config = self.moa.config
+        view = TurnView(mode=st.mode, agents=panel_agents(config),
+                        aggregator_model=config.model_label(config.aggregator), show_proposers=st.show_proposers)
         with Live(view, console=self.console, refresh_per_second=12, transient=False):
             try:
                 async with contextlib.aclosing(events):
@@ -309,8 +310,13 @@ class ChatSession:
         self.info("\n".join(lines), "")
 
     def _agents_line(self) -> str:
-        names = [a.name for layer in self.moa.config.layers for a in layer]
-        return f"proposers {', '.join(names)} -> {self.moa.config.aggregator.name}"
+        config = self.moa.config
+        agents = config.agents()
+        if len({config.model_label(a) for a in agents}) > 1:  # heterogeneous: say which model each agent runs
+            names = [f"{a.name} ({config.model_label(a)})" for a in agents]
+        else:
+            names = [a.name for a in agents]
+        return f"proposers {', '.join(names[:-1])} -> {names[-1]}"
 
 
 def main(args: argparse.Namespace) -> int:

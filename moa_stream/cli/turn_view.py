@@ -12,7 +12,18 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
-from moa_stream import AgentError, AggregatorDelta, ChunkIngested, Done, Event, FirstToken, Metrics, Mode, ProposerDelta
+from moa_stream import (
+    AgentError,
+    AggregatorDelta,
+    ChunkIngested,
+    Done,
+    Event,
+    FirstToken,
+    Metrics,
+    MoAConfig,
+    Mode,
+    ProposerDelta,
+)
 
 
 def status_text(metrics: Metrics) -> str:
@@ -46,12 +57,31 @@ class _Proposal:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class PanelAgent:
+    """A proposer as its panel names it: name, layer, and the model it runs on."""
+
+    name: str
+    layer: int = 0
+    model: str | None = None
+
+
+def panel_agents(config: MoAConfig) -> list[PanelAgent]:
+    """The config's proposers in order, each with its layer and model label."""
+    return [PanelAgent(a.name, i, config.model_label(a)) for i, layer in enumerate(config.layers) for a in layer]
+
+
 @dataclass
 class TurnView:
-    """State of one streaming turn, fed with its events; renders itself with rich."""
+    """State of one streaming turn, fed with its events; renders itself with rich.
+
+    A panel's title names the model only where the panel mixes models (heterogeneous MoA): on one model it would
+    repeat the same words over every panel.
+    """
 
     mode: Mode
-    agents: list[tuple[str, int]]  # (proposer name, layer) in config order
+    agents: list[PanelAgent]  # proposers in config order
+    aggregator_model: str | None = None
     show_proposers: bool = True
     proposal_lines: int = 6
     proposals: dict[str, _Proposal] = field(default_factory=dict)
@@ -64,7 +94,10 @@ class TurnView:
     t0: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
-        self.proposals = {name: _Proposal() for name, _ in self.agents}
+        self.proposals = {a.name: _Proposal() for a in self.agents}
+
+    def _mixed_models(self) -> bool:
+        return len({a.model for a in self.agents} | {self.aggregator_model}) > 1
 
     def apply(self, ev: Event) -> None:
         """Take in one event."""
@@ -94,15 +127,17 @@ class TurnView:
         return (f"{self.mode} | TTFT {ttft} | elapsed {time.perf_counter() - self.t0:.2f} s | "
                 f"{self.chunks} chunks ingested{state}")
 
-    def _proposal_panel(self, name: str, layer: int) -> Panel:
-        p = self.proposals[name]
+    def _proposal_panel(self, agent: PanelAgent) -> Panel:
+        p = self.proposals[agent.name]
         if p.error:
             border, note = "red", p.error[:60]
         elif p.done:
             border, note = "green", f"{p.chunks} chunks in, done"
         else:
             border, note = "yellow", f"{p.chunks} chunks in"
-        title = f"{name}" if len({lay for _, lay in self.agents}) < 2 else f"L{layer} {name}"
+        title = agent.name if len({a.layer for a in self.agents}) < 2 else f"L{agent.layer} {agent.name}"
+        if agent.model and self._mixed_models():
+            title += f" · {agent.model}"
         return Panel(_Tail(p.text, self.proposal_lines, "dim" if p.done else ""), title=title, subtitle=note,
                      border_style=border, title_align="left", subtitle_align="right")
 
@@ -112,10 +147,11 @@ class TurnView:
             grid = Table.grid(expand=True, padding=(0, 1))
             for _ in self.agents:
                 grid.add_column(ratio=1)
-            grid.add_row(*(self._proposal_panel(n, lay) for n, lay in self.agents))
+            grid.add_row(*(self._proposal_panel(a) for a in self.agents))
             parts.append(grid)
         answer_style = "bold" if self.metrics else ""
-        parts.append(Panel(Text(self.answer or "", style=answer_style), title="answer", title_align="left",
+        title = f"answer · {self.aggregator_model}" if self.aggregator_model and self._mixed_models() else "answer"
+        parts.append(Panel(Text(self.answer or "", style=answer_style), title=title, title_align="left",
                            border_style="cyan" if self.metrics else "blue"))
         status_style = "red" if self.cancelled or self.failed else "green" if self.metrics else "yellow"
         parts.append(Text(self.status(), style=status_style))
