@@ -102,9 +102,13 @@ class KVResidency:
         s.cells.extend(got)
         return True
 
-    def reserve_spare(self, s: LlamaSeq, n: int) -> int:
-        """Up to n more cells for the sequence from those free now, never evicting (a guess costs nobody their KV);
-        how many it got."""
+    def place(self, s: LlamaSeq, count: int, protect: Collection[int]) -> bool:
+        """Give the sequence a slot, its cached prefix and cells for `count` tokens (evicting idle ones if short)."""
+        return self.make_resident(s, protect) and self.reserve(s, min(count, s.pending), protect)
+
+    def reserve_spare(self, s: LlamaSeq, count: int, n: int) -> int:
+        """Up to n more cells after the next `count` tokens (already reserved) from those free now, never
+        evicting (a guess costs nobody their KV); how many it got."""
         got = self.ledger.allocate(min(n, self.ledger.free_count)) or []
         s.cells.extend(got)
         return len(got)

@@ -22,12 +22,12 @@ from ..local_engine import LocalEngine
 from ..prompt_lookup import PromptLookup
 from ..protocol import EngineStats, Sequence, Tokenizer
 from ..response_cache import ResponseCache
+from ..scheduler import ScheduledChunk, ScheduledStep, Scheduler
 from ..sequence_table import SequenceTable
 from ..step_sampling import SampleRequest
 from ..structured_state import Structurer
 from .kv_cache_manager import KVCacheManager
 from .model_runner import ModelRunner, StepOutput
-from .scheduler import ScheduledStep, Scheduler
 from .sequence_state import SeqState
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,8 @@ class TransformersEngine(LocalEngine):
             eos = [*([eos] if isinstance(eos, int) else (eos or [])), loaded.tokenizer.eos_token_id]
         self._eos = frozenset([eos] if isinstance(eos, int) else (eos or []))
         self._kv = KVCacheManager(BlockPool(self._runner.num_blocks, block_size), self._table)
-        self._scheduler = Scheduler(self._table, self._kv, max_tokens_per_step, prompt_lookup, self._eos)
+        self._scheduler: Scheduler[SeqState, ScheduledChunk[SeqState]] = Scheduler(
+            self._table, self._kv, max_tokens_per_step, prompt_lookup, self._eos)
         self._drafted = 0
         self._responses = response_cache
         self._draft_accepted = 0

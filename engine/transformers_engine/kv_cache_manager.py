@@ -80,6 +80,29 @@ class KVCacheManager:
         self.touch(child)
         return copy
 
+    def place(self, s: SeqState, count: int, protect: Collection[int]) -> bool:
+        """Start a new sequence on its cached prefix and give it blocks for its next `count` tokens (evicting
+        idle sequences if short); False if even that is not enough for all it has pending."""
+        if s.num_computed == 0 and not s.blocks:
+            self.match_prefix(s)
+        # Judge the whole sequence, not this chunk: a prompt that can never fit fails before any eviction.
+        if not self.can_fit(self.blocks_needed(s, s.pending), protect):
+            return False
+        blocks = self.allocate(self.blocks_needed(s, min(count, s.pending)), protect)
+        if blocks is None:  # pragma: no cover - the whole of what is pending was judged to fit
+            return False
+        s.blocks.extend(blocks)
+        return True
+
+    def reserve_spare(self, s: SeqState, count: int, n: int) -> int:
+        """Up to n more tokens' blocks after the next `count`, from free blocks only; how many tokens got room."""
+        room = (len(s.blocks) + self.pool.free_count) * self.block_size - (s.num_computed + count)
+        n = max(0, min(n, room))
+        need = self.blocks_needed(s, count + n)
+        if need > 0:
+            s.blocks.extend(self.pool.allocate(need) or [])
+        return n
+
     def allocate(self, n: int, protect: Collection[int]) -> list[int] | None:
         """n new blocks, taking idle sequences' KV if short (tails first, see `free_tail`); None if short even so."""
         if n <= 0:

@@ -15,11 +15,11 @@ from typing import Any
 import torch
 
 from ..errors import ModelLoadError
+from ..scheduler import ScheduledChunk, ScheduledStep
 from ..step_sampling import SampleRequest, sample_step
 from . import paged_attention
 from .kv_cache_manager import BlockCopy
 from .paged_attention import KVPool, PackedBatch, SeqSlice
-from .scheduler import ScheduledChunk, ScheduledStep
 
 
 @dataclass
