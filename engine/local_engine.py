@@ -19,7 +19,7 @@ from collections.abc import Sequence as Seq
 from typing import Any
 
 from .detokenizer import Detokenizer
-from .errors import CapacityError, EngineError, StepFailedError, UnsupportedFeatureError
+from .errors import CapacityError, EngineError, SequenceClosedError, StepFailedError, UnsupportedFeatureError
 from .generation import Generation, Waiter
 from .protocol import FinishReason, SamplingParams, Sequence, SequenceStats, TokenDelta
 from .response_cache import CachedResponse, ResponseCache
@@ -56,6 +56,54 @@ class LocalEngine(StepLoop):
 
     async def open(self, tokens: Seq[int], parent: Sequence | None = None, *,
                    cache_salt: str | None = None) -> Sequence:
+        """New sequence holding parent's tokens (shared, not copied or recomputed) followed by tokens.
+
+        A sequence without parent starts on the longest cached prefix opened with the same cache_salt; a fork
+        keeps its parent's salt.
+        """
+        table = self._table
+        table.check_alive()
+        new = table.check_tokens(tokens, allow_empty=parent is not None)
+        if parent is None:
+            s = self._new_sequence(new, cache_salt)
+        else:
+            p = table.get(parent)
+            table.check_salt(cache_salt, p.cache_salt)
+            table.check_idle(p, "fork")
+            table.check_length(len(p.tokens) + len(new))
+            s = await self._fork_sequence(p)
+            s.tokens.extend(new)
+            if new:
+                s.last_logits = None  # the parent's last logits are not those after the new tokens
+        handle = table.add(s)
+        if new:
+            try:
+                await self._compute(s, rollback_to=0 if parent is None else len(s.tokens) - len(new))
+            except BaseException:  # cancelled or failed: the caller never gets the handle, so nobody could close it
+                await self.close(handle)
+                raise
+        return handle
+
+    async def close(self, seq: Sequence) -> None:
+        """Forget the sequence and free its KV (kept as prefix cache until the space is wanted); idempotent."""
+        s = self._table.close(seq)
+        if s is None:
+            return
+        if s.generation is not None:
+            self._finish(s, s.generation, "abort")
+        self._fail_waiters(s, SequenceClosedError(f"sequence {s.id} was closed"))
+        await self._release(s)
+
+    def _new_sequence(self, tokens: list[int], cache_salt: str | None) -> Any:
+        """A sequence record for new tokens, not in the table yet, started on what the KV caches of them."""
+        raise NotImplementedError
+
+    async def _fork_sequence(self, parent: Any) -> Any:
+        """A sequence record holding the parent's tokens and sharing its computed KV, not in the table yet."""
+        raise NotImplementedError
+
+    async def _release(self, s: Any) -> None:
+        """Give a closed sequence's KV back, once no step in flight writes into it."""
         raise NotImplementedError
 
     def _before_generate(self, s: Any) -> None:

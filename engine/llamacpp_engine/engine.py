@@ -25,7 +25,6 @@ from ..errors import (
     EngineError,
     InvalidTokensError,
     ModelLoadError,
-    SequenceClosedError,
     UnsupportedFeatureError,
 )
 from ..local_engine import LocalEngine
@@ -148,50 +147,6 @@ class LlamaCppEngine(LocalEngine):
 
     # ---------------------------------------------------------------- public API
 
-    async def open(self, tokens: Seq[int], parent: Sequence | None = None, *,
-                   cache_salt: str | None = None) -> Sequence:
-        """New sequence holding parent's tokens (shared, not copied or recomputed) followed by tokens.
-
-        A sequence without parent starts on the longest cached prefix opened with the same cache_salt.
-        """
-        table = self._table
-        table.check_alive()
-        new = table.check_tokens(tokens, allow_empty=parent is not None)
-        if parent is None:
-            s = LlamaSeq(table.new_id(), new, cache_salt=cache_salt)
-            self._kv.touch(s)
-        else:
-            p = table.get(parent)
-            table.check_salt(cache_salt, p.cache_salt)
-            table.check_idle(p, "fork")
-            table.check_length(len(p.tokens) + len(new))
-            await self._out_of_decode()
-            s = LlamaSeq(table.new_id(), list(p.tokens))
-            self._kv.fork(p, s, protect=set())
-            s.sampled_pos, s.last_logits = p.sampled_pos, p.last_logits
-            s.tokens.extend(new)
-            if new:
-                s.last_logits = None
-        handle = table.add(s)
-        if new:
-            try:
-                await self._compute(s, rollback_to=0 if parent is None else len(s.tokens) - len(new))
-            except BaseException:  # cancelled or failed: the caller never gets the handle, so nobody could close it
-                await self.close(handle)
-                raise
-        return handle
-
-    async def close(self, seq: Sequence) -> None:
-        """Forget the sequence; its KV is freed (or kept as a prefix cache until the cells are wanted)."""
-        s = self._table.close(seq)
-        if s is None:
-            return
-        if s.generation is not None:
-            self._finish(s, s.generation, "abort")
-        self._fail_waiters(s, SequenceClosedError(f"sequence {s.id} was closed"))
-        await self._out_of_decode()
-        self._kv.close(s)
-
     @property
     def can_insert(self) -> bool:
         """Whether the model's cached positions can move (RoPE models: llama.cpp re-rotates the keys)."""
@@ -263,9 +218,7 @@ class LlamaCppEngine(LocalEngine):
         self._table.check_idle(s, "score")
         new = self._table.check_tokens(tokens, allow_empty=False)
         self._table.check_length(len(s.tokens) + len(new))
-        await self._out_of_decode()
-        t = LlamaSeq(self._table.new_id(), list(s.tokens))
-        self._kv.fork(s, t, protect=set())
+        t = await self._fork_sequence(s)
         first = s.last_logits
         if first is None and t.num_computed == len(t.tokens):
             self._kv.truncate(t, len(t.tokens) - 1)  # recompute the last token: its logits score tokens[0]
@@ -330,6 +283,22 @@ class LlamaCppEngine(LocalEngine):
         torch_threads.release()
 
     # ---------------------------------------------------------------- waiting for the loop
+
+    def _new_sequence(self, tokens: list[int], cache_salt: str | None) -> LlamaSeq:
+        s = LlamaSeq(self._table.new_id(), tokens, cache_salt=cache_salt)
+        self._kv.touch(s)  # its cached prefix is found when it first gets a slot
+        return s
+
+    async def _fork_sequence(self, p: LlamaSeq) -> LlamaSeq:
+        await self._out_of_decode()
+        s = LlamaSeq(self._table.new_id(), list(p.tokens))
+        self._kv.fork(p, s, protect=set())
+        s.sampled_pos, s.last_logits = p.sampled_pos, p.last_logits
+        return s
+
+    async def _release(self, s: LlamaSeq) -> None:
+        await self._out_of_decode()
+        self._kv.close(s)  # freed, or kept as a prefix cache until the cells are wanted
 
     async def _out_of_decode(self) -> None:
         """Return once no decode is in flight (llama.cpp memory may then be edited until the next await)."""

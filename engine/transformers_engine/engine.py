@@ -17,7 +17,7 @@ import torch
 
 from .. import models
 from ..block_pool import BlockPool
-from ..errors import CapacityError, EngineError, SequenceClosedError
+from ..errors import CapacityError, EngineError
 from ..local_engine import LocalEngine
 from ..prompt_lookup import PromptLookup
 from ..protocol import EngineStats, Sequence, Tokenizer
@@ -116,47 +116,6 @@ class TransformersEngine(LocalEngine):
 
     # ---------------------------------------------------------------- public API
 
-    async def open(self, tokens: Seq[int], parent: Sequence | None = None, *,
-                   cache_salt: str | None = None) -> Sequence:
-        """New sequence holding parent's tokens (shared, not copied or recomputed) followed by tokens.
-
-        Only sequences opened with the same cache_salt share prefix-cache blocks; a fork keeps its parent's.
-        """
-        table = self._table
-        table.check_alive()
-        new = table.check_tokens(tokens, allow_empty=parent is not None)
-        if parent is None:
-            s = SeqState(table.new_id(), new, cache_salt=cache_salt)
-            self._kv.match_prefix(s)
-        else:
-            p = table.get(parent)
-            table.check_salt(cache_salt, p.cache_salt)
-            table.check_idle(p, "fork")
-            await self._wait_out_of_step(p)
-            table.check_length(len(p.tokens) + len(new))
-            s = self._fork(p)
-            s.tokens.extend(new)
-        handle = table.add(s)
-        if new:
-            try:
-                await self._compute(s, rollback_to=0 if parent is None else len(s.tokens) - len(new))
-            except BaseException:  # cancelled or failed: the caller never gets the handle, so nobody could close it
-                await self.close(handle)
-                raise
-        return handle
-
-    async def close(self, seq: Sequence) -> None:
-        """Forget the sequence and release its KV blocks; idempotent."""
-        s = self._table.close(seq)
-        if s is None:
-            return
-        if s.generation is not None:
-            self._finish(s, s.generation, "abort")
-        self._fail_waiters(s, SequenceClosedError(f"sequence {s.id} was closed"))
-        # A step in flight may still write into its blocks: free them once that step is over.
-        await self._wait_out_of_step(s)
-        self._kv.free(s)
-
     async def score(self, seq: Sequence, tokens: Seq[int]) -> list[float]:
         """Log-probability of each of `tokens` following `seq`'s tokens; `seq` is left as it was.
 
@@ -217,7 +176,13 @@ class TransformersEngine(LocalEngine):
 
     # ---------------------------------------------------------------- waiting for the loop
 
-    def _fork(self, p: SeqState) -> SeqState:
+    def _new_sequence(self, tokens: list[int], cache_salt: str | None) -> SeqState:
+        s = SeqState(self._table.new_id(), tokens, cache_salt=cache_salt)
+        self._kv.match_prefix(s)
+        return s
+
+    async def _fork_sequence(self, p: SeqState) -> SeqState:
+        await self._wait_out_of_step(p)
         child = SeqState(self._table.new_id(), list(p.tokens))
         copy = self._kv.fork(p, child, protect={p.id} | self._in_step)
         if copy is not None:
@@ -225,6 +190,11 @@ class TransformersEngine(LocalEngine):
         child.sampled_pos = p.sampled_pos
         child.last_logits = p.last_logits
         return child
+
+    async def _release(self, s: SeqState) -> None:
+        # A step in flight may still write into its blocks: free them once that step is over.
+        await self._wait_out_of_step(s)
+        self._kv.free(s)
 
     def _before_generate(self, s: SeqState) -> None:
         if s.pending == 0 and s.last_logits is None and s.num_computed > 0:
