@@ -1,8 +1,9 @@
 """Tokens and KV only: the stateful engine contract and its backends.
 
-At the top: the contract (`protocol`), its errors, stop-string matching and model loading (`models`), plus what
-every engine shares (`sequence_table`, `block_pool`, `detokenizer`). The engines live in packages:
-`transformers_engine` (embedded) and `remote` (HTTP servers, vLLM); `benchmark` measures any of them.
+At the top: the contract (`protocol`), its errors, stop-string matching, structured outputs and the response
+cache; what both local engines share (`local_engine`, `scheduler`, `preemption`, `sequence_table`, `block_pool`,
+`detokenizer`). The engines live in packages: `transformers_engine` (embedded), `llamacpp_engine` and `remote`
+(HTTP servers, vLLM). Other layers import this package's names, or a module of `PUBLIC_MODULES` by its path.
 """
 
 from .errors import (
@@ -13,6 +14,7 @@ from .errors import (
     EngineStoppedError,
     InvalidSamplingError,
     InvalidTokensError,
+    MoAStreamError,
     ModelLoadError,
     ModelPartError,
     SequenceBusyError,
@@ -31,6 +33,7 @@ from .protocol import (
     TokenDelta,
     Tokenizer,
 )
+from .response_cache import ResponseCache
 from .stop_matcher import StopMatcher
 from .structured_output import Grammar, JsonObject, JsonSchema, StructuralTag, StructuredOutput
 
@@ -48,8 +51,10 @@ __all__ = [
     "InvalidTokensError",
     "JsonObject",
     "JsonSchema",
+    "MoAStreamError",
     "ModelLoadError",
     "ModelPartError",
+    "ResponseCache",
     "SamplingParams",
     "Sequence",
     "SequenceBusyError",
@@ -64,3 +69,8 @@ __all__ = [
     "UnknownSequenceError",
     "UnsupportedFeatureError",
 ]
+
+# Submodules other layers may import by their path (heavier to load, or a backend of its own); nothing outside
+# engine/ imports any other engine module (tests/test_import_fences.py checks it).
+PUBLIC_MODULES = ("llama_server", "llamacpp_engine", "model_registry", "models", "prompt_lookup", "remote",
+                  "structured_state", "transformers_engine")

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from .errors import BackendError
 
+__all__ = ["PeerServer", "free_port", "peer_rates", "start_server"]
+
 READY_TIMEOUT_S = 120.0
 # The server as `python -m llama_cpp.server`, with llama.cpp's CPU extra buffer types chosen as our engine chooses
 # them (engine/llamacpp_engine/context.py: off on an AMX build, where 0.3.36 segfaults in them), so the peer runs

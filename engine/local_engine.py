@@ -51,8 +51,17 @@ class LocalEngine(StepLoop):
 
     # Provided by the subclasses.
     tokenizer: Any
-    max_model_len: int
     model_name: str
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        """Token ids that end a generation unless SamplingParams.ignore_eos (the model's end-of-generation set)."""
+        return self._eos
+
+    @property
+    def max_model_len(self) -> int:
+        """Longest sequence: the model's context, capped by the KV budget where that is smaller."""
+        return self._table.max_model_len
 
     async def open(self, tokens: Seq[int], parent: Sequence | None = None, *,
                    cache_salt: str | None = None) -> Sequence:

@@ -19,6 +19,8 @@ import torch
 from .generation import Generation
 from .step_sampling import SampleRequest, sample_step
 
+__all__ = ["PromptLookup", "verify_draft"]
+
 
 @dataclass(frozen=True)
 class PromptLookup:

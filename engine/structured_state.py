@@ -21,6 +21,8 @@ import xgrammar as xgr
 from .errors import InvalidSamplingError
 from .structured_output import Grammar, JsonObject, JsonSchema, StructuralTag, StructuredOutput
 
+__all__ = ["StructuredState", "Structurer", "structurer_for"]
+
 GRAMMAR_CACHE_SIZE = 64  # compiled grammars kept per tokenizer; a tool-using agent reuses a handful
 
 

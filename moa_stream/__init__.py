@@ -1,6 +1,6 @@
 """Mixture-of-Agents with staircase streaming on a shared stateful engine."""
 
-from engine.errors import UnsupportedFeatureError
+from engine import UnsupportedFeatureError
 
 from . import events
 from .agent.agent import Agent

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 
-from engine import Engine
+from engine import Engine, ResponseCache
 from engine.prompt_lookup import PromptLookup
-from engine.response_cache import ResponseCache
 
 from .config import BackendConfig, ConfigError, HttpBackend, LlamaCppBackend, TransformersBackend, VllmBackend
 
@@ -23,8 +22,7 @@ def build_engine(cfg: BackendConfig, model_override: str | None = None) -> Engin
             response_cache=_response_cache(cfg.response_cache_entries),
             **cfg.engine_options("model", "kv_cache_gb", "prompt_lookup_tokens", "response_cache_entries"))
     if isinstance(cfg, LlamaCppBackend):
-        from engine.llamacpp_engine import LlamaCppEngine
-        from engine.llamacpp_engine.engine import accepts_model
+        from engine.llamacpp_engine import LlamaCppEngine, accepts_model
 
         if not accepts_model(model):  # a HF model given for the default backend (--model): transformers runs it
             return build_engine(TransformersBackend(model=model, prompt_lookup_tokens=cfg.prompt_lookup_tokens,

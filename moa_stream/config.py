@@ -173,7 +173,7 @@ def default_backend(model: str | None = None) -> TransformersBackend | LlamaCppB
     import importlib.util
 
     from engine import model_registry
-    from engine.llamacpp_engine.engine import accepts_model
+    from engine.llamacpp_engine import accepts_model
 
     if model is not None and (model.endswith(".gguf") or model_registry.gguf_only(model)):
         return LlamaCppBackend(model=model)

@@ -12,7 +12,7 @@ MoAStreamError
 
 from __future__ import annotations
 
-from engine.errors import EngineError, MoAStreamError
+from engine import EngineError, MoAStreamError
 
 __all__ = ["ConfigError", "EngineError", "MoAError", "MoAStreamError"]
 

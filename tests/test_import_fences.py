@@ -138,3 +138,53 @@ def test_the_checker_resolves_relative_imports() -> None:
     resolved = {i.module for i in imports(path)}
     assert "moa_stream.cli.options" in resolved
     assert module_name(ROOT / "moa_stream" / "bus" / "__init__.py") == "moa_stream.bus"
+
+
+def engine_exports() -> tuple[set[str], set[str]]:
+    """engine/__init__.py's `__all__` and its `PUBLIC_MODULES` (the submodules other layers may import by path)."""
+    tree = ast.parse((ROOT / "engine" / "__init__.py").read_text(encoding="utf-8"))
+    found = {t.id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+             for t in n.targets if isinstance(t, ast.Name) and t.id in ("__all__", "PUBLIC_MODULES")}
+    return set(found["__all__"]), set(found["PUBLIC_MODULES"])
+
+
+def module_all(module: str) -> set[str] | None:
+    """A module's literal `__all__`, read from its source (None if it has none)."""
+    base = ROOT.joinpath(*module.split("."))
+    path = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            return set(ast.literal_eval(node.value))
+    return None
+
+
+def outside_engine() -> list[Path]:
+    """The files of the layers above the engine: the product, the harness and the command."""
+    return [*python_files("moa_stream"), *python_files("eval"), ROOT / "cli.py"]
+
+
+def test_other_layers_import_only_what_the_engine_exports() -> None:
+    """Above engine/, an import names `engine` or one of its PUBLIC_MODULES, and only names they export."""
+    names, modules = engine_exports()
+    found = []
+    for p in outside_engine():
+        for i in imports(p):
+            if top(i.module) != "engine":
+                continue
+            sub = i.module.removeprefix("engine").removeprefix(".")
+            if sub == "":
+                found += [f"{i.where()}: imports engine.{n}, which engine/__init__.py does not export"
+                          for n in i.names if n not in names | modules]
+            elif sub not in modules:
+                found.append(f"{i.where()}: imports {i.module} (import from `engine` or one of its PUBLIC_MODULES)")
+            elif (public := module_all(i.module)) is not None:
+                found += [f"{i.where()}: imports {i.module}.{n}, which its __all__ does not export"
+                          for n in i.names if n not in public]
+    assert not found, "other layers may use only what the engine exports:" + offences(found)
+
+
+def test_the_product_never_imports_the_harness() -> None:
+    """moa_stream/ and engine/ never import eval/: the harness drives the product, not the other way round."""
+    found = [f"{i.where()}: imports {i.module}" for folder in ("moa_stream", "engine") for p in python_files(folder)
+             for i in imports(p) if top(i.module) == "eval"]
+    assert not found, "the product must not import eval/:" + offences(found)

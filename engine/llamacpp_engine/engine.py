@@ -126,16 +126,6 @@ class LlamaCppEngine(LocalEngine):
         return self._tokenizer
 
     @property
-    def eos_token_ids(self) -> frozenset[int]:
-        """Token ids that end a generation unless SamplingParams.ignore_eos (llama.cpp's end-of-generation set)."""
-        return self._eos
-
-    @property
-    def max_model_len(self) -> int:
-        """Longest sequence: the model's training context, capped by the KV budget."""
-        return self._table.max_model_len
-
-    @property
     def model_name(self) -> str:
         """The name the model was loaded by."""
         return self._name

@@ -91,16 +91,6 @@ class TransformersEngine(LocalEngine):
         return self._loaded.model
 
     @property
-    def eos_token_ids(self) -> frozenset[int]:
-        """Token ids that end a generation unless SamplingParams.ignore_eos."""
-        return self._eos
-
-    @property
-    def max_model_len(self) -> int:
-        """Longest sequence the model accepts."""
-        return self._table.max_model_len
-
-    @property
     def model_name(self) -> str:
         """The name the model was loaded by."""
         return self._loaded.name

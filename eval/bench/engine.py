@@ -210,7 +210,7 @@ def bench_engine(model: str | None = None, *, backend: Backend = "transformers",
     With `peer`, a GGUF model (the default one included) is also served by llama.cpp's own server and driven
     with 1 and 4 concurrent requests of the same length: the peer columns.
     """
-    from engine.llamacpp_engine.engine import accepts_model, model_path
+    from engine.llamacpp_engine import accepts_model, model_path
 
     async def main() -> EngineBenchResult:
         engine: Engine

@@ -159,8 +159,7 @@ def compare_peer(out: dict[str, Any], peer: PeerRun) -> dict[str, Any]:
 def peer_gguf(config: MoAConfig, model: str | None = None) -> tuple[Path, int]:
     """The GGUF and threads llama.cpp's server runs for the peer: the aggregator backend's (or `model`, the
     override our engines were built with), which must be one."""
-    from engine.llamacpp_engine.context import default_threads
-    from engine.llamacpp_engine.engine import accepts_model, model_path
+    from engine.llamacpp_engine import accepts_model, default_threads, model_path
 
     backend = config.backends[config.aggregator.backend]
     name = model or getattr(backend, "model", None)

@@ -80,8 +80,7 @@ class LlamaCppFactory:
 
     def __call__(self, kv_budget_tokens: int | None, prompt_lookup: PromptLookup | None = None) -> Engine:
         """A fresh LlamaCppEngine with `kv_budget_tokens` cells (its default when None)."""
-        from engine.llamacpp_engine import LlamaCppEngine
-        from engine.llamacpp_engine.engine import DEFAULT_KV_CELLS
+        from engine.llamacpp_engine import DEFAULT_KV_CELLS, LlamaCppEngine
 
         return LlamaCppEngine(self.model, kv_cells=kv_budget_tokens or DEFAULT_KV_CELLS, threads=self.threads,
                               prompt_lookup=prompt_lookup, **self.options)
@@ -92,6 +91,6 @@ class LlamaCppFactory:
 
     def peer_threads(self) -> int | None:
         """The CPU threads its engines decode with (the peer server gets as many, for a like-for-like figure)."""
-        from engine.llamacpp_engine.context import default_threads
+        from engine.llamacpp_engine import default_threads
 
         return self.threads or default_threads()

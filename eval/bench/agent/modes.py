@@ -8,8 +8,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from engine import Engine, SamplingParams, Sequence
-from engine.errors import CapacityError
+from engine import CapacityError, Engine, SamplingParams, Sequence
 
 from .workload import Segment, literal_grammar
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from engine.structured_output import Grammar
+from engine import Grammar
 
 if TYPE_CHECKING:
     pass

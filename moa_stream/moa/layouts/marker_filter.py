@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from engine.stop_matcher import StopMatcher
+from engine import StopMatcher
 
 
 class MarkerFilter:
