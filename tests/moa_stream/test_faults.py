@@ -12,44 +12,22 @@ import json
 import random
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
-import pytest
-from transformers import AutoTokenizer
 
-from engine import models
 from engine.transformers_engine import TransformersEngine
 from moa_stream import MoA, MoAConfig
 from moa_stream.backends import build_engines
 from moa_stream.server import ServerSettings, create_app
 from moa_stream.server.loopback import serving
 from tests.llama_server import free_port
-from tests.misbehaving_server import MisbehavingServer
-from tests.server.thread_server import tiny_config, tiny_moa_engine
+from tests.server.thread_server import tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 HI = [{"role": "user", "content": "Why is the sky blue?"}]
-
-
-@pytest.fixture(scope="module")
-async def tiny() -> AsyncIterator[TransformersEngine]:
-    """A tiny random model with the real vocabulary, shared by this module's pipelines."""
-    eng = tiny_moa_engine()
-    yield eng
-    await eng.shutdown()
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[MisbehavingServer]:
-    """The misbehaving OpenAI-style server on its own thread."""
-    server = MisbehavingServer(AutoTokenizer.from_pretrained(models.resolve(None)))
-    server.start()
-    yield server
-    server.stop()
 
 
 def open_sequences(moa: MoA) -> int:

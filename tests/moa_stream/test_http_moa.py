@@ -3,13 +3,8 @@ transformers engine; proposers on dead or misbehaving servers fail alone while t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-from transformers import AutoTokenizer
-
-from engine import models
 from engine.remote import HttpEngine
 from engine.transformers_engine import TransformersEngine
 from moa_stream import AgentError, AggregatorDelta, ChunkIngested, Done, FirstToken, MoA, ProposerDelta
@@ -18,15 +13,6 @@ from tests.misbehaving_server import MisbehavingServer
 
 QUESTION = "Why is the sky blue? Answer in one sentence."
 LLAMA_OPTIONS = {"extra_body": {"repeat_penalty": 1.0}}  # llama.cpp's default penalty would differ from ours
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[MisbehavingServer]:
-    """The misbehaving server (see tests/misbehaving_server.py)."""
-    server = MisbehavingServer(AutoTokenizer.from_pretrained(models.resolve(None)))
-    server.start()
-    yield server
-    server.stop()
 
 
 def proposer(name: str, backend: str, seed: int) -> dict[str, Any]:
