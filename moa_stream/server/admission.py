@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from moa_stream import MoA
+from moa_stream import Message, MoA
 
 from .errors import APIError
 
@@ -76,13 +76,13 @@ PROBE_CHARS_PER_TOKEN = 8  # about twice what a tokenizer packs into a token of 
 PROBE_MARGIN_TOKENS = 16  # a cut can split a word: the probe's count may exceed the prefix's share by a few
 
 
-def check_surely_too_long(moa: MoA, question: str, history: list[dict[str, str]]) -> None:
+def check_surely_too_long(moa: MoA, question: str, history: list[Message]) -> None:
     """Raise the 400 `context_length_exceeded` at once when a prefix of the messages' text is already too long.
 
     A 4 MB prompt took 87 s to tokenise for the four agents on a loaded 2-core machine, holding a slot all along;
     its first `limit x 8` characters tell in a fraction of a second. Shorter text goes to the exact count.
     """
-    text = "\n".join([*(m["content"] for m in history), question])
+    text = "\n".join([*(m.content for m in history), question])
     engines = {id(e): e for e in (moa.engines[a.backend] for a in moa.config.agents())}.values()
     for engine in engines:
         limit = engine.max_model_len
@@ -97,7 +97,7 @@ def check_surely_too_long(moa: MoA, question: str, history: list[dict[str, str]]
                 "messages.", param="messages", code="context_length_exceeded")
 
 
-def check_context_length(moa: MoA, question: str, history: list[dict[str, str]], answer_tokens: int) -> None:
+def check_context_length(moa: MoA, question: str, history: list[Message], answer_tokens: int) -> None:
     """Raise OpenAI's 400 `context_length_exceeded` when an agent's prompt (plus the answer) cannot fit its engine.
 
     Every agent must be able to read its prompt and write a token; the aggregator must also fit the whole

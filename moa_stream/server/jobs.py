@@ -16,7 +16,7 @@ from typing import Final
 from starlette.types import Receive
 
 from engine import StructuredOutput
-from moa_stream import Conversation, EngineError, Metrics, MoA, MoAError, Mode
+from moa_stream import Conversation, EngineError, Message, Metrics, MoA, MoAError, Mode
 
 from .errors import APIError, failure_of
 from .schema import ChatMessage
@@ -35,7 +35,7 @@ class Job:
     model: str
     mode: Mode
     question: str
-    history: list[dict[str, str]]
+    history: list[Message]
     max_tokens: int | None
     answer_limit: int
     cache_salt: str | None = None
@@ -45,10 +45,10 @@ class Job:
     session: tuple[str | None, str] | None = None  # its key: (tenant salt, session id)
     stops: tuple[str, ...] = ()  # the request's `stop` strings: the answer the client gets ends before the first
 
-    def delivered(self, content: str, calls: Sequence[MessageToolCall]) -> list[dict[str, str]]:
+    def delivered(self, content: str, calls: Sequence[MessageToolCall]) -> list[Message]:
         """The history the client holds once it has this answer: what it sent, then the answer as it got it."""
         answer = assistant_text(content, calls, self.tools.fmt, -1) if self.tools else content
-        return [*self.history, {"role": "user", "content": self.question}, {"role": "assistant", "content": answer}]
+        return [*self.history, Message("user", self.question), Message("assistant", answer)]
 
     def finish_reason(self, metrics: Metrics, called: bool = False, stopped: bool = False) -> str:
         """'tool_calls' when the answer calls tools, 'stop' at a stop string, else as the aggregator finished."""
@@ -84,13 +84,13 @@ def message_text(msg: ChatMessage, index: int) -> str:
     return "".join(texts)
 
 
-def split_messages(messages: list[ChatMessage], tools: ToolRequest | None = None) -> tuple[str, list[dict[str, str]]]:
+def split_messages(messages: list[ChatMessage], tools: ToolRequest | None = None) -> tuple[str, list[Message]]:
     """The question (last user message, or the results of the last calls) and the history before it.
 
     With tools, the system prompt carries them, assistant calls are written in the call format and each run of
     `tool` messages becomes the one turn of results the model reads after its calls.
     """
-    history: list[dict[str, str]] = []
+    history: list[Message] = []
     waiting: dict[str, str] = {}  # id -> function name of the calls not answered yet
     results: list[tuple[str, str, str]] = []
     for i, msg in enumerate(messages):
@@ -106,7 +106,7 @@ def split_messages(messages: list[ChatMessage], tools: ToolRequest | None = None
             results.append((msg.tool_call_id, waiting.pop(msg.tool_call_id), message_text(msg, i)))
             continue
         if results:
-            history.append({"role": "user", "content": tool_results_text(results, tools.fmt)})  # type: ignore[union-attr]
+            history.append(Message("user", tool_results_text(results, tools.fmt)))  # type: ignore[union-attr]
             results = []
         role = "system" if msg.role == "developer" else msg.role
         content = message_text(msg, i)
@@ -114,20 +114,20 @@ def split_messages(messages: list[ChatMessage], tools: ToolRequest | None = None
             assert tools is not None
             content = assistant_text(content, msg.tool_calls, tools.fmt, i)
             waiting.update({c.id: c.function.name for c in msg.tool_calls})
-        history.append({"role": role, "content": content})
+        history.append(Message(role, content))
     if results:
-        history.append({"role": "user", "content": tool_results_text(results, tools.fmt)})  # type: ignore[union-attr]
+        history.append(Message("user", tool_results_text(results, tools.fmt)))  # type: ignore[union-attr]
     if tools is not None:
-        if history and history[0]["role"] == "system":
-            history[0] = {"role": "system", "content": tools.system_prompt(history[0]["content"])}
+        if history and history[0].role == "system":
+            history[0] = Message("system", tools.system_prompt(history[0].content))
         else:
-            history.insert(0, {"role": "system", "content": tools.system_prompt(None)})
+            history.insert(0, Message("system", tools.system_prompt(None)))
     last = history.pop()
-    if last["role"] != "user":
+    if last.role != "user":
         raise APIError(400, "the last message must come from the user (role 'user')", param="messages")
-    if not last["content"].strip():
+    if not last.content.strip():
         raise APIError(400, "the last user message is empty; send some text", param="messages")
-    return last["content"], history
+    return last.content, history
 
 
 async def produce(job: Job, timeout_s: float, put: Callable[[object], Awaitable[None]]) -> None:

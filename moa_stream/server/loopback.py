@@ -27,7 +27,7 @@ class LoopbackServer:
     @property
     def in_flight(self) -> int:
         """Requests holding a concurrency slot now."""
-        return int(self.app.state.limiter.in_flight)
+        return int(self.app.state.server.limiter.in_flight)
 
 
 @asynccontextmanager

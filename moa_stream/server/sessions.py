@@ -8,15 +8,16 @@ client was sent (its earlier messages, then our answer as delivered); anything e
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from moa_stream import Conversation, MoA
-from moa_stream.moa.context import as_messages
+from moa_stream import Conversation, Message, MoA
 
 from .errors import APIError
+from .jobs import Job
 
 SESSION_HEADER = "x-session-id"
 
@@ -27,7 +28,7 @@ class Session:
 
     conv: Conversation
     moa: MoA
-    expected: list[dict[str, str]] = field(default_factory=list)
+    expected: list[Message] = field(default_factory=list)
     last_used: float = 0.0
     busy: bool = False
 
@@ -44,7 +45,7 @@ class Sessions:
     def __len__(self) -> int:
         return len(self._items)
 
-    async def take(self, key: tuple[str | None, str], moa: MoA, mode: str, history: list[dict[str, str]],
+    async def take(self, key: tuple[str | None, str], moa: MoA, mode: str, history: list[Message],
                    cache_salt: str | None) -> Conversation:
         """The session's conversation if `history` continues it, else a new one in its place; marks it busy."""
         await self._expire()
@@ -55,7 +56,7 @@ class Sessions:
         if session is None or session.moa is not moa or session.expected != history:
             if session is not None:
                 await session.conv.close()
-            session = Session(Conversation(moa, mode, history=as_messages(history), cache_salt=cache_salt), moa)
+            session = Session(Conversation(moa, mode, history=history, cache_salt=cache_salt), moa)
         self._items[key] = session
         self._items.move_to_end(key)
         session.busy, session.last_used = True, self._clock()
@@ -64,7 +65,7 @@ class Sessions:
             await oldest.conv.close()
         return session.conv
 
-    async def release(self, key: tuple[str | None, str], expected: list[dict[str, str]] | None) -> None:
+    async def release(self, key: tuple[str | None, str], expected: list[Message] | None) -> None:
         """The request is over: keep the sequences pinned for the next one (`expected` its history), or forget it."""
         session = self._items.get(key)
         if session is None:
@@ -74,6 +75,21 @@ class Sessions:
         if expected is None:  # the turn failed or was cut: its agents restart from the history next time
             return
         await session.conv.pin(self.ttl_s)
+
+    async def join(self, job: Job, session_id: str | None) -> Job:
+        """The job on its session's kept conversation, if the request names one (`X-Session-Id`)."""
+        if session_id is None:
+            return job
+        if not 0 < len(session_id) <= 256:
+            raise APIError(400, f"the {SESSION_HEADER} header must be 1 to 256 characters", param=SESSION_HEADER)
+        key = (job.cache_salt, session_id)  # a session id names a conversation within one tenant only
+        conv = await self.take(key, job.moa, job.mode, job.history, job.cache_salt)
+        return dataclasses.replace(job, conversation=conv, session=key)
+
+    async def leave(self, job: Job, delivered: list[Message] | None) -> None:
+        """The job is over: its session keeps what the client now holds (None: the turn did not complete)."""
+        if job.session is not None:
+            await self.release(job.session, delivered)
 
     async def close(self) -> None:
         """Close every session (server shutdown)."""

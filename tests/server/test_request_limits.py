@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-import moa_stream.server.app as app_module
+import moa_stream.server.routes.chat as chat_route
 
 from .live_server import serving, until
 
@@ -93,8 +93,8 @@ async def test_a_lone_surrogate_is_a_400_naming_the_field(live, engine, body, pa
 
 async def test_a_schema_repeating_past_the_cap_is_a_400_naming_the_field_and_nothing_is_compiled(live, monkeypatch):
     compiled: list[object] = []
-    real = app_module.check_compiles
-    monkeypatch.setattr(app_module, "check_compiles", lambda *a: compiled.append(a) or real(*a))
+    real = chat_route.check_compiles
+    monkeypatch.setattr(chat_route, "check_compiles", lambda *a: compiled.append(a) or real(*a))
     with pytest.raises(openai.BadRequestError) as info:
         await live.client().chat.completions.create(model="moa-stream:single", messages=HI, response_format=REPEATS)
     err = info.value.body
@@ -157,7 +157,7 @@ async def test_health_answers_while_an_admission_is_blocked_in_its_worker(moa, m
 
 async def test_a_compile_past_the_time_limit_is_a_400_and_its_thread_keeps_a_slot_until_it_ends(moa, monkeypatch):
     gate = Blocker()
-    monkeypatch.setattr(app_module, "check_compiles", lambda *a: gate.block())
+    monkeypatch.setattr(chat_route, "check_compiles", lambda *a: gate.block())
     async with serving(moa, compile_timeout_s=0.05) as srv, httpx.AsyncClient(base_url=srv.url) as http:
         body = {"model": "moa-stream:single", "messages": HI, "response_format": {"type": "json_object"}}
         r = await http.post("/v1/chat/completions", json=body)

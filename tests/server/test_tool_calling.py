@@ -82,7 +82,7 @@ async def test_a_session_keeps_its_sequences_between_requests_and_appends_only_t
                                                  extra_headers=headers)
     agg = third.model_extra["moa"]["agents"]["aggregator"]
     assert agg["prefill_computed"] + agg["prefill_reused"] >= agg["prompt_tokens"] - 1
-    sessions = live.app.state.sessions
+    sessions = live.app.state.server.sessions
     assert len(sessions) == 1
     await sessions.close()
     assert engine.stats().sequences_open == 0

@@ -15,7 +15,6 @@ from moa_stream import AgentError, ChunkIngested, Done, Event, FirstToken, MoA, 
 from moa_stream.backends import build_engines
 from tests.misbehaving_server import MisbehavingServer
 
-
 # Nothing in the answer may wait on the silent proposer: an EOS with nothing pending ends it (it does not wait for
 # the chunks still to come); a policy that waited for it would end in its timeout (30 s), failing the test.
 NO_WAIT = {"read_every_proposal": False, "agent_timeout_s": 30}
