@@ -9,6 +9,7 @@ and the aggregator's prefill computed: the worst over the prompts for the first,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -98,11 +99,13 @@ async def run_layout_bench(moa: MoA, prompts: Sequence[BenchPrompt], layouts: Se
     answers: list[dict[str, Any]] = []
     for i, p in enumerate(prompts):
         classic = await timed_run(moa, p.prompt, BASELINE)
-        row = {"prompt": p.prompt, "kind": p.kind, "answers": {BASELINE: classic.answer}}
+        row: dict[str, Any] = {"prompt": p.prompt, "kind": p.kind, "answers": {BASELINE: classic.answer},
+                               "figures": {}}
         for name in [BASELINE, *names]:
             run = classic if name == BASELINE else await timed_run(moa, p.prompt, name)
             figures[name].append(score_run(run, classic))
             row["answers"][name] = run.answer
+            row["figures"][name] = dataclasses.asdict(figures[name][-1]) | {"ttft_s": run.metrics.ttft_s}
             if progress:
                 f = figures[name][-1]
                 progress(f"prompt {i + 1}/{len(prompts)} {name}: {len(run.token_times)} tokens, worst 4-gram "
@@ -112,7 +115,7 @@ async def run_layout_bench(moa: MoA, prompts: Sequence[BenchPrompt], layouts: Se
     return {
         "default_layout": layout_for("staircase", moa.engines[cfg.aggregator.backend]).name,
         "layouts": {n: summarize(f) for n, f in figures.items()},
-        "per_prompt": answers,
+        "per_prompt": answers,  # each answer, and its figures (TTFT in seconds too)
         "setup": {"prompts": len(prompts), "proposers": [a.name for layer in cfg.layers for a in layer],
                   "proposer_tokens_max": [a.max_tokens for layer in cfg.layers for a in layer],
                   "answer_tokens_max": cfg.aggregator.max_tokens, "staircase": cfg.staircase.model_dump()},
