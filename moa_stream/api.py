@@ -148,7 +148,8 @@ class Conversation:
             raise ValueError("the question is empty: pass some text")
         turn_mode = _check_mode(mode or self.mode)
         inp = TurnInput(user_text, list(self.history), turn_mode, staircase or self.moa.config.staircase,
-                        max_tokens, reuse=self._live, cache_salt=self.cache_salt, structured=structured)
+                        max_tokens, reuse=self._live, cache_salt=self.cache_salt, structured=structured,
+                        layer_modes=self._layer_modes())
         async with self._lock:
             queue: asyncio.Queue[Any] = asyncio.Queue()
             turn = Turn(self._layers, self._agg, inp, queue.put_nowait)
@@ -170,6 +171,9 @@ class Conversation:
                 # Shielded: a second cancellation (servers send them) must not stop the agents' cleanup halfway.
                 await asyncio.shield(asyncio.ensure_future(self._end_turn(task, finished)))
 
+    def _layer_modes(self) -> tuple[str, ...]:
+        return tuple(_check_mode(m) for m in self.moa.config.layer_modes or ())
+
     async def _end_turn(self, task: asyncio.Task[None], finished: bool) -> None:
         if not task.done():
             task.cancel()
@@ -184,7 +188,7 @@ class Conversation:
         if not isinstance(user_text, str) or not user_text.strip():
             raise ValueError("the question is empty: pass some text")
         inp = TurnInput(user_text, list(self.history), self.mode, staircase or self.moa.config.staircase, None,
-                        cache_salt=self.cache_salt)
+                        cache_salt=self.cache_salt, layer_modes=self._layer_modes())
         async with self._lock:
             turn = Turn(self._layers, self._agg, inp, lambda _event: None)
             try:

@@ -317,6 +317,8 @@ class MoAConfig(_Strict):
     layers: list[list[AgentConfig]] = Field(min_length=1)
     aggregator: AgentConfig
     mode: Mode = "staircase"
+    layer_modes: list[str] | None = Field(None, description="how proposer layers 1.. read the layer before them, "
+                                          "one mode each (default: `mode`; classic waits for the whole layer)")
     staircase: StaircaseConfig = Field(default_factory=StaircaseConfig)
 
     @field_validator("layers")
@@ -341,6 +343,9 @@ class MoAConfig(_Strict):
         if self.aggregator.tools:
             raise ValueError("aggregator.tools: only proposers may have tools (their calls and results reach the "
                              "aggregator as chunks); move them to a proposer")
+        if self.layer_modes is not None and len(self.layer_modes) != len(self.layers) - 1:
+            raise ValueError(f"layer_modes has {len(self.layer_modes)} modes but layers 1..{len(self.layers) - 1} "
+                             f"need {len(self.layers) - 1} (one per proposer layer after the first)")
         q = self.staircase.quorum
         if self.staircase.start_policy == "quorum" and q is not None and q > len(self.layers[-1]):
             raise ValueError(f"staircase.quorum={q} but the last layer has {len(self.layers[-1])} proposers")

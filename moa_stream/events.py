@@ -81,7 +81,9 @@ class ProposerDelta:
 
 @dataclass(frozen=True)
 class ChunkIngested:
-    """The aggregator (or the next layer) took in a chunk of a proposal."""
+    """A reader (the aggregator, or a proposer of the next layer) took in a chunk of a proposal.
+
+    `agent` and `layer` name the proposal; `reader` names who read it (empty in events from older peers)."""
 
     agent: str
     layer: int
@@ -89,6 +91,7 @@ class ChunkIngested:
     tokens: int
     t: float
     final: bool = False
+    reader: str = ""
 
 
 @dataclass(frozen=True)

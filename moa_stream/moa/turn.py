@@ -1,30 +1,28 @@
-"""One MoA turn: proposers stream chunks, the aggregator's layout takes them in, the answer is sampled.
+"""One MoA turn: proposers stream chunks, readers take them in through their layouts, the answer is sampled.
 
-The driver is the same for every mode: it runs the proposer layers, waits for the start policy (or for every
-proposal, when the layout is not incremental), samples the answer in steps and hands chunks that arrived
-between steps to the layout. What the aggregator's context holds is the layout's business (moa_stream/moa/layouts/).
-Earlier proposer layers (L > 1) always run to completion first: layer l+1 reads layer l as in classic MoA.
+The driver is the same for every mode: it launches layer 0's proposers, then one reader per proposer of each later
+layer (moa_stream/moa/reader.py: it reads the layer before it as that layer streams, through its own layout) and
+the aggregator, a reader of the last layer whose text is the answer. What each reader's context holds is its
+layout's business (moa_stream/moa/layouts/): `mode` picks the aggregator's, `layer_modes` those of the later
+proposer layers (each defaults to `mode`; `classic` there waits for the whole layer before it, as MoA papers run it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from engine import StructuredOutput, TokenDelta
+from engine import StructuredOutput
 
-from ..agent.slot import AgentSlot, Chunk, Emit, Failure, ProposalResult
+from ..agent.slot import AgentSlot, Emit, ProposalResult
 from ..config import StaircaseConfig
-from ..errors import MoAError
-from ..events import AgentMetrics, AggregatorDelta, ChunkIngested, Done, FirstToken, Metrics
+from ..events import AgentMetrics, Done, Metrics
 from .context import Message
-from .layouts import AggregatorLayout, Answer, IncrementalLayout, layout_for
-from .layouts.references import aggregate_system
+from .layouts import AggregatorLayout, IncrementalLayout, layout_for
 from .pacing import Pacing
 from .proposer import run_proposer
+from .reader import AnswerSink, Fanout, Proposals, ProposalSink, Reader
 
 
 @dataclass
@@ -39,43 +37,7 @@ class TurnInput:
     reuse: bool = False  # a conversation: agents' live sequences may be extended instead of re-opened
     cache_salt: str | None = None  # only sequences of the same salt (tenant) share prefix-cache blocks
     structured: StructuredOutput | None = None  # the answer's constraint (a response format, tool calls)
-
-
-@dataclass
-class _Proposals:
-    """The proposers of the last layer as the aggregator sees them."""
-
-    n: int
-    queue: asyncio.Queue[Chunk | Failure] = field(default_factory=asyncio.Queue)
-    texts: list[str] = field(default_factory=list)  # ingested text per proposer
-    ready: set[int] = field(default_factory=set)  # has a first chunk (or finished)
-    done: set[int] = field(default_factory=set)  # finished or failed
-    failed: set[int] = field(default_factory=set)
-    last_failure: Failure | None = None
-
-    def __post_init__(self) -> None:
-        self.texts = [""] * self.n
-
-    @property
-    def all_done(self) -> bool:
-        return len(self.done) == self.n
-
-    def take(self, item: Chunk | Failure) -> Chunk | None:
-        if isinstance(item, Failure):
-            self.failed.add(item.proposer)
-            self.last_failure = item
-            self.done.add(item.proposer)
-            return None
-        self.ready.add(item.proposer)
-        if item.final:
-            self.done.add(item.proposer)
-        return item
-
-    def check_alive(self) -> None:
-        if len(self.failed) == self.n:
-            cause = self.last_failure.cause if self.last_failure else None
-            # Chained, so callers (the server) can tell a prompt that cannot fit from a broken backend.
-            raise MoAError(f"all {self.n} proposers failed; see the agent_error events for why") from cause
+    layer_modes: tuple[str, ...] = ()  # the layouts of proposer layers 1.. (missing ones: `mode`)
 
 
 class Turn:
@@ -89,34 +51,40 @@ class Turn:
         self.layout: AggregatorLayout = layout_for(inp.mode, aggregator.engine)(aggregator, inp)
         self._emit = emit
         self.t0 = time.perf_counter()
-        self.ttft: float | None = None
-        self.answer = Answer()
-        self.finish_reason: str | None = None
-        self.chunks_ingested = 0
         self.results: dict[str, ProposalResult] = {}
         self._tasks: list[asyncio.Task[None]] = []
         # The last layer's throttle while the answer is written (incremental layouts; see moa_stream/moa/pacing.py).
-        lead = inp.knobs.proposer_lead_chunks if isinstance(self.layout, IncrementalLayout) else None
+        # Only proposers run by run_proposer can be held; those of later layers write as they read.
+        paced = isinstance(self.layout, IncrementalLayout) and len(proposer_layers) == 1
+        lead = inp.knobs.proposer_lead_chunks if paced else None
         self.pacing = Pacing(len(proposer_layers[-1]), lead)
+        self.sink = AnswerSink(emit, self._now)
+        self.reader = Reader(self.layout, None, inp.knobs, inp.max_tokens or aggregator.cfg.max_tokens, self.sink,
+                             emit, self.t0, self.pacing, inp.structured)
 
     def _now(self) -> float:
         return time.perf_counter() - self.t0
+
+    @property
+    def ttft(self) -> float | None:
+        """Seconds to the answer's first token (None before it)."""
+        return self.sink.ttft
+
+    @property
+    def chunks_ingested(self) -> int:
+        """Chunks of the last layer the aggregator took in."""
+        return self.reader.chunks_ingested
 
     # ------------------------------------------------------------------ driver
 
     async def run(self) -> Done:
         """Run the turn to its Done event (also emitted)."""
         try:
-            props = await self._to_answer_start()
-            if props is not None and isinstance(self.layout, IncrementalLayout):
-                self.pacing.start_answer()
-                await self._answer_with_intakes(self.layout, props)
-            else:
-                await self._answer(self._budget())
+            await self._to_answer_start()
+            await self.reader.write()
         finally:
             await self._stop_tasks()
-        self._say(self.layout.filter.flush())
-        done = Done(self.answer.text, self._metrics())
+        done = Done(self.sink.text, self._metrics())
         self._emit(done)
         return done
 
@@ -132,184 +100,58 @@ class Turn:
         finally:
             await self._stop_tasks()
 
-    async def _to_answer_start(self) -> _Proposals | None:
-        """Proposers launched and read as the layout wants, the answer's prompt in place; their state if any."""
+    async def _to_answer_start(self) -> None:
+        """Proposers launched, every layer read as its layout wants, the answer's prompt in place."""
         for slot in [*(s for layer in self.layers for s in layer), self.agg]:
             slot.begin_turn()
             slot.cache_salt = self.inp.cache_salt
-        layout = self.layout
-        if not layout.reads_proposals:
-            await layout.start([])
-            return None
-        refs = await self._earlier_layers()
-        props = self._launch(self.layers[-1], refs, self.pacing)
-        prime = asyncio.create_task(layout.prime(), name="aggregator-prime")
-        self._tasks.append(prime)
-        if isinstance(layout, IncrementalLayout):
-            for chunk in await self._wait_start(props):
-                self._ingest(props, chunk)
-        else:
-            await self._wait_all(props)
-        await prime
-        await layout.start(props.texts)
-        return props
+        if self.layout.reads_proposals:
+            self.reader.props = self._launch_layers()
+        await self.reader.to_start()
 
     async def _stop_tasks(self) -> None:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _answer_with_intakes(self, layout: IncrementalLayout, props: _Proposals) -> None:
-        """Answer in steps; between steps, hand the chunks that arrived to the layout."""
-        slot = self.agg
-        budget = self._budget()
-        while budget > 0:
-            step = budget if props.all_done else min(budget, self.inp.knobs.aggregator_tokens_per_intake)
-            produced, reason = await self._answer(step)
-            budget -= produced
-            eos = reason == "stop" and slot.after_eos
-            asked = reason == "stop" and not slot.after_eos  # it wrote a block marker: it wants more to read
-            # An EOS that ends only a turn: the chunks still to come may continue the answer.
-            read_on = eos and layout.eos_ends_turn_only and self.inp.knobs.read_every_proposal
-            # Pacing: while proposals stream, write at most one step ahead of what has been read.
-            wait = asked or read_on or (self.inp.knobs.pace and reason == "length")
-            waited = await self._next_chunk(props) if wait and props.queue.empty() else []
-            pending = waited + self._drain(props)
-            if reason == "stop" and not pending:
-                break
-            if eos and not layout.eos_ends_turn_only:  # text after the EOS would sit outside the answer's turn
-                break
-            if pending:
-                await layout.intake(pending, props.texts, self.answer)
-
     # ------------------------------------------------------------------ proposers
 
-    def _launch(self, layer: list[AgentSlot], refs: list[str] | None, pacing: Pacing | None = None) -> _Proposals:
-        props = _Proposals(len(layer))
+    def _launch_layers(self) -> Proposals:
+        """Start every proposer layer; returns the aggregator's view of the last one."""
+        views = self._views(0)
+        self._launch(self.layers[0], Fanout(views), self.pacing)
+        for depth in range(1, len(self.layers)):
+            upstream, views = views, self._views(depth)
+            out = Fanout(views)
+            for i, slot in enumerate(self.layers[depth]):
+                self._launch_reader(slot, i, upstream[i], out, depth)
+        return views[0]
+
+    def _views(self, depth: int) -> list[Proposals]:
+        """One view of layer `depth` per reader: each proposer of the next layer, or else the aggregator."""
+        readers = len(self.layers[depth + 1]) if depth + 1 < len(self.layers) else 1
+        return [Proposals([s.cfg.name for s in self.layers[depth]], depth) for _ in range(readers)]
+
+    def _launch_reader(self, slot: AgentSlot, idx: int, upstream: Proposals, out: Fanout, depth: int) -> None:
+        """Start a later-layer proposer: a reader of `upstream` whose text goes out as chunks to its own readers."""
+        modes = self.inp.layer_modes
+        mode = modes[depth - 1] if depth - 1 < len(modes) else self.inp.mode
+        layout = layout_for(mode, slot.engine)(slot, self.inp)
+        result = self.results.setdefault(slot.cfg.name, ProposalResult())
+        sink = ProposalSink(slot, idx, out, self.inp.knobs, self._emit, self._now, result)
+        reader = Reader(layout, upstream, self.inp.knobs, slot.cfg.max_tokens, sink, self._emit, self.t0)
+        self._tasks.append(asyncio.create_task(_read_and_write(reader, sink),
+                                               name=f"proposer-{slot.cfg.name}"))
+
+    def _launch(self, layer: list[AgentSlot], out: Fanout, pacing: Pacing | None) -> None:
         for i, slot in enumerate(layer):
             system = slot.cfg.system_prompt
-            if refs is not None:  # a later layer reads the previous one, classic-MoA style
-                system = aggregate_system(refs, extra=system)
             msgs = [*([Message("system", system)] if system else []), *self.inp.history,
                     Message("user", self.inp.question)]
             result = self.results.setdefault(slot.cfg.name, ProposalResult())
             self._tasks.append(asyncio.create_task(run_proposer(
-                slot, i, msgs, self.inp.question, self.inp.reuse and refs is None, self.inp.knobs, props.queue,
-                self._emit, self.t0, result, pacing), name=f"proposer-{slot.cfg.name}"))
-        return props
-
-    async def _earlier_layers(self) -> list[str] | None:
-        refs: list[str] | None = None
-        for layer in self.layers[:-1]:
-            props = self._launch(layer, refs)
-            while not props.all_done:
-                props.take(await props.queue.get())
-            props.check_alive()
-            refs = [self.results[s.cfg.name].text for s in layer]
-        return refs
-
-    def _ingest(self, props: _Proposals, chunk: Chunk) -> None:
-        self.pacing.took(chunk.proposer)
-        props.texts[chunk.proposer] += chunk.text
-        if chunk.text or chunk.final:
-            self.chunks_ingested += 1 if chunk.text else 0
-            name = self.layers[-1][chunk.proposer].cfg.name
-            self._emit(ChunkIngested(name, len(self.layers) - 1, chunk.index, chunk.tokens, self._now(), chunk.final))
-
-    async def _wait_start(self, props: _Proposals) -> list[Chunk]:
-        """Collect chunks until the start policy holds; returns the chunks taken so far."""
-        knobs = self.inp.knobs
-        taken: list[Chunk] = []
-        while True:
-            live = props.n - len(props.failed)
-            ready = len(props.ready - props.failed)
-            if knobs.start_policy == "all":
-                need = live
-            elif knobs.start_policy == "quorum":
-                need = min(knobs.quorum or 1, live)
-            else:
-                need = min(1, live)
-            props.check_alive()
-            if ready >= need and (ready > 0 or props.all_done):
-                return taken
-            chunk = props.take(await props.queue.get())
-            if chunk is not None:
-                taken.append(chunk)
-
-    async def _wait_all(self, props: _Proposals) -> None:
-        """Ingest every chunk until every proposal is over."""
-        while not props.all_done:
-            chunk = props.take(await props.queue.get())
-            if chunk is not None:
-                self._ingest(props, chunk)
-        props.check_alive()
-
-    async def _next_chunk(self, props: _Proposals) -> list[Chunk]:
-        """Wait for the next chunk with text, ingested; [] once every proposal is over."""
-        while not props.all_done:
-            chunk = props.take(await props.queue.get())
-            if chunk is not None:
-                self._ingest(props, chunk)
-                if chunk.text:
-                    return [chunk]
-        props.check_alive()
-        return []
-
-    def _drain(self, props: _Proposals) -> list[Chunk]:
-        """Every chunk that has arrived, ingested (without waiting for more)."""
-        out = []
-        while not props.queue.empty():
-            chunk = props.take(props.queue.get_nowait())
-            if chunk is not None:
-                self._ingest(props, chunk)
-                if chunk.text:
-                    out.append(chunk)
-        props.check_alive()
-        return out
-
-    # ------------------------------------------------------------------ the answer
-
-    def _budget(self) -> int:
-        return self.inp.max_tokens or self.agg.cfg.max_tokens
-
-    async def _answer(self, max_tokens: int) -> tuple[int, str | None]:
-        """Generate up to max_tokens answer tokens, emitting deltas; returns (tokens, finish reason).
-
-        A marker written by the model ends the step with reason "stop" (in `blocks`: it wants more to read)."""
-        slot = self.agg
-        assert slot.seq is not None
-        produced, reason = 0, None
-        delta: TokenDelta
-        text_filter = self.layout.filter
-        sampling = slot.sampling(max_tokens)
-        if self.inp.structured is not None:
-            # An answer written over several generations (intakes between them) is one output to its grammar:
-            # each generation resumes it after the answer so far (an end-of-turn token only ended a turn).
-            eos = slot.engine.eos_token_ids
-            sampling = dataclasses.replace(sampling, structured=self.inp.structured,
-                                           structured_resume=tuple(t for t in self.answer.ids if t not in eos))
-        async with contextlib.aclosing(slot.engine.generate(slot.seq, sampling)) as stream:
-            async for delta in stream:
-                produced += len(delta.token_ids)
-                self.answer.ids.extend(delta.token_ids)
-                reason = delta.finish_reason
-                text, marker = text_filter.push(delta.text) if delta.text else ("", False)
-                self._say(text)
-                if marker:
-                    reason = "stop"
-                    break
-        slot.after_eos = bool(self.answer.ids) and self.answer.ids[-1] in slot.engine.eos_token_ids
-        self.finish_reason = reason
-        return produced, reason
-
-    def _say(self, text: str) -> None:
-        if not text:
-            return
-        if self.ttft is None:
-            self.ttft = self._now()
-            self._emit(FirstToken(self.ttft))
-        self.answer.text += text
-        self._emit(AggregatorDelta(text, self._now()))
+                slot, i, msgs, self.inp.question, self.inp.reuse, self.inp.knobs, out, self._emit, self.t0, result,
+                pacing), name=f"proposer-{slot.cfg.name}"))
 
     # ------------------------------------------------------------------ metrics
 
@@ -332,12 +174,22 @@ class Turn:
         st = self.agg.turn_stats()
         agents[self.agg.cfg.name] = AgentMetrics(
             role="aggregator", layer=len(self.layers), prompt_tokens=self.agg.prompt_tokens,
-            completion_tokens=len(self.answer.ids), finish_reason=self.finish_reason,
+            completion_tokens=len(self.reader.answer.ids), finish_reason=self.reader.finish_reason,
             prefill_computed=st.prefill_computed,
             prefill_reused=st.prefill_reused, decode_tokens=st.decode_tokens, context_tokens=self.agg.context_tokens())
         return Metrics(
-            mode=self.inp.mode, ttft_s=self.ttft, total_s=self._now(), answer_tokens=len(self.answer.ids),
+            mode=self.inp.mode, ttft_s=self.ttft, total_s=self._now(), answer_tokens=len(self.reader.answer.ids),
             chunks_ingested=self.chunks_ingested, aggregator_prefill_computed=st.prefill_computed,
             aggregator_prefill_reused=st.prefill_reused, prefill_computed=totals[0] + st.prefill_computed,
             prefill_reused=totals[1] + st.prefill_reused, decode_tokens=totals[2] + st.decode_tokens,
             agents=agents, proposer_holds=self.pacing.holds, proposer_max_lead_chunks=self.pacing.max_ahead)
+
+
+async def _read_and_write(reader: Reader, sink: ProposalSink) -> None:
+    """A later-layer proposer's whole run; never raises (a failure is an event and a Failure for its readers)."""
+    try:
+        await reader.to_start()
+        await reader.write()
+    except Exception as exc:
+        sink.failed(exc)
+        await reader.slot.reset()  # its context holds a broken turn; the next turn starts it afresh
