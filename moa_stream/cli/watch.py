@@ -13,7 +13,7 @@ from rich.text import Text
 
 from moa_stream import AgentError, AggregatorDelta, ChunkIngested, Done, Event, FirstToken, Mode, ProposerDelta
 
-from .turn_view import TurnView, status_text
+from .turn_view import PanelAgent, TurnView, status_text
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
@@ -94,7 +94,7 @@ class WatchPanels:
     def apply(self, ev: Event) -> None:
         """Take in one event."""
         if isinstance(ev, ProposerDelta | ChunkIngested | AgentError) and ev.agent not in self.view.proposals:
-            self.view.agents.append((ev.agent, ev.layer))  # the config lives on the publisher's host
+            self.view.agents.append(PanelAgent(ev.agent, ev.layer))  # the config lives on the publisher's host
         if isinstance(ev, Done):
             self.view.mode = ev.metrics.mode
         self.view.apply(ev)

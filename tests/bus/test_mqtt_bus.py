@@ -317,7 +317,7 @@ def test_watch_panels_add_remote_agents_as_they_appear():
     panels = WatchPanels(console)
     for ev in SAMPLE_EVENTS:
         panels.apply(ev)
-    assert panels.view.agents == [("analyst", 0), ("explainer", 1)]
+    assert [(a.name, a.layer) for a in panels.view.agents] == [("analyst", 0), ("explainer", 1)]
     console.print(panels.view)
     screen = console.file.getvalue()
     assert "L0 analyst" in screen and "L1 explainer" in screen and "timeout: stalled" in screen
