@@ -9,16 +9,12 @@ aggregator as soon as the call returns.
 from __future__ import annotations
 
 import asyncio
-import time
 
-from ..config import StaircaseConfig
-from ..events import AgentError, ProposerDelta
-from ..moa.context import Message
 from ..tools import ToolCall, ToolResult, toolset
 from ..tools.call_stream import CallStream, Piece, TextPiece
 from .agent import Agent
 from .events import AgentDelta, AgentDone
-from .slot import AgentSlot, Chunk, Emit, Failure, ProposalResult
+from .slot import AgentSlot, ChunkWriter, ProposerRun
 
 
 def _text(pieces: list[Piece]) -> str:
@@ -37,24 +33,14 @@ def tool_agent(slot: AgentSlot) -> Agent:
     return agent
 
 
-async def run_tool_proposer(slot: AgentSlot, idx: int, messages: list[Message], question: str, reuse: bool,
-                            knobs: StaircaseConfig, out: asyncio.Queue[Chunk | Failure], emit: Emit,
-                            t0: float, result: ProposalResult) -> None:
+async def run_tool_proposer(run: ProposerRun) -> None:
     """Run a tool-using proposer's turn, cutting its text and compact calls into chunks; never raises."""
-    name, layer = slot.cfg.name, slot.layer
-    index, buf, buf_tokens = 0, "", 0
+    slot, knobs, result = run.slot, run.knobs, run.result
+    writer = ChunkWriter(run)
 
     def say(text: str, tokens: int) -> None:
-        nonlocal index, buf, buf_tokens
-        if not text:
-            return
-        result.text += text
-        buf += text
-        buf_tokens += tokens
-        emit(ProposerDelta(name, layer, text, time.perf_counter() - t0))
-        if buf_tokens >= knobs.chunk_size(index):
-            out.put_nowait(Chunk(idx, index, buf, buf_tokens, final=False))
-            index, buf, buf_tokens = index + 1, "", 0
+        if text:  # tokens whose text the call stream holds back (call markup) fill no chunk
+            writer.said(text, tokens)
 
     try:
         agent = tool_agent(slot)
@@ -64,7 +50,7 @@ async def run_tool_proposer(slot: AgentSlot, idx: int, messages: list[Message], 
         step = 0
         async with asyncio.timeout(knobs.agent_timeout_s) as deadline:
             loop = asyncio.get_running_loop()
-            async for ev in agent.turn(messages, question, reuse):
+            async for ev in agent.turn(run.messages, run.question, run.reuse):
                 deadline.reschedule(loop.time() + knobs.agent_timeout_s)  # the timeout is on silence
                 if isinstance(ev, AgentDelta):
                     if ev.step != step:
@@ -83,11 +69,7 @@ async def run_tool_proposer(slot: AgentSlot, idx: int, messages: list[Message], 
                     say(_text(stream.finish()), 0)
                     result.tokens = ev.metrics.decode_tokens
                     result.finish_reason = "stop" if ev.metrics.finish == "answer" else ev.metrics.finish
-        out.put_nowait(Chunk(idx, index, buf, buf_tokens, final=True))
+        writer.ended()
     except Exception as exc:  # TimeoutError included: the agent is dropped, the others go on
-        timed_out = isinstance(exc, TimeoutError)
-        why = f"no output for {knobs.agent_timeout_s:g} s" if timed_out else f"{type(exc).__name__}: {exc}"
-        result.error = why
-        emit(AgentError(name, layer, why, "timeout" if timed_out else "exception"))
-        out.put_nowait(Failure(idx, why, exc))
+        writer.failed(exc)
         await slot.reset()

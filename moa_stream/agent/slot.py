@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from engine import Engine, SamplingParams, Sequence, SequenceStats
 
-from ..config import AgentConfig
-from ..events import Event
+from ..config import AgentConfig, StaircaseConfig
+from ..events import AgentError, Event, ProposerDelta
 from ..moa.context import ChatFormat, Message
 
 Emit = Callable[[Event], None]
@@ -139,3 +140,74 @@ class ProposalResult:
     tokens: int = 0
     finish_reason: str | None = None
     error: str | None = None
+
+
+class ChunkOut(Protocol):
+    """Where a proposer's chunks go: a queue, or a fan-out to every reader of its layer."""
+
+    def put_nowait(self, item: Chunk | Failure) -> None:
+        """Hand over one chunk or failure (never blocks)."""
+
+
+@dataclass
+class ProposerRun:
+    """One proposer's part in a turn: the agent, what it answers, and where its text goes."""
+
+    slot: AgentSlot
+    idx: int  # its position in its layer: what its readers call it
+    messages: list[Message]
+    question: str
+    reuse: bool  # a conversation: extend the agent's live sequence instead of opening one
+    knobs: StaircaseConfig
+    out: ChunkOut
+    emit: Emit
+    t0: float  # perf_counter() when the turn began
+    result: ProposalResult
+
+
+class ChunkWriter:
+    """A proposal cut into chunks as it is written: a ProposerDelta per piece of text, a chunk each time one fills.
+
+    Every kind of proposer writes through one: a plain one, one with tools, and a later-layer reader.
+    """
+
+    def __init__(self, run: ProposerRun) -> None:
+        self.run = run
+        self.index, self.text, self.tokens = 0, "", 0  # the chunk being filled
+
+    def said(self, text: str, tokens: int) -> Chunk | None:
+        """Book new text and the tokens it took; the chunk that went out if this filled one."""
+        self.add(text, tokens)
+        return self.cut()
+
+    def add(self, text: str, tokens: int) -> None:
+        """Book new text and the tokens it took into the chunk being filled (a delta event for the text)."""
+        run = self.run
+        self.tokens += tokens
+        if text:
+            self.text += text
+            run.result.text += text
+            run.emit(ProposerDelta(run.slot.cfg.name, run.slot.layer, text, time.perf_counter() - run.t0))
+
+    def cut(self) -> Chunk | None:
+        """Send the chunk being filled if it has reached its size; the chunk sent, if any."""
+        return self._send(final=False) if self.tokens >= self.run.knobs.chunk_size(self.index) else None
+
+    def ended(self) -> Chunk:
+        """Send what is left as the last chunk (maybe empty)."""
+        return self._send(final=True)
+
+    def failed(self, exc: Exception) -> None:
+        """The proposer stopped: an AgentError (a timeout names the silence), and a Failure for its readers."""
+        run = self.run
+        timed_out = isinstance(exc, TimeoutError)
+        why = f"no output for {run.knobs.agent_timeout_s:g} s" if timed_out else f"{type(exc).__name__}: {exc}"
+        run.result.error = why
+        run.emit(AgentError(run.slot.cfg.name, run.slot.layer, why, "timeout" if timed_out else "exception"))
+        run.out.put_nowait(Failure(run.idx, why, exc))
+
+    def _send(self, final: bool) -> Chunk:
+        chunk = Chunk(self.run.idx, self.index, self.text, self.tokens, final=final)
+        self.run.out.put_nowait(chunk)
+        self.index, self.text, self.tokens = self.index + 1, "", 0
+        return chunk

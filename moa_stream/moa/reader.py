@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 from engine import StructuredOutput, TokenDelta
 
-from ..agent.slot import AgentSlot, Chunk, Emit, Failure, ProposalResult
+from ..agent.slot import Chunk, ChunkWriter, Emit, Failure, ProposerRun
 from ..config import StaircaseConfig
 from ..errors import MoAError
-from ..events import AgentError, AggregatorDelta, ChunkIngested, FirstToken, ProposerDelta
+from ..events import AggregatorDelta, ChunkIngested, FirstToken
 from .layouts import AggregatorLayout, Answer, IncrementalLayout
 from .pacing import Pacing
 
@@ -119,35 +119,19 @@ class AnswerSink(Sink):
 class ProposalSink(Sink):
     """A later-layer proposer's text: ProposerDelta events, and chunks for the next layer's readers."""
 
-    def __init__(self, slot: AgentSlot, idx: int, out: Fanout, knobs: StaircaseConfig, emit: Emit,
-                 now: Callable[[], float], result: ProposalResult) -> None:
-        self.slot, self.idx, self.out, self.knobs = slot, idx, out, knobs
-        self._emit, self._now, self.result = emit, now, result
-        self._index, self._buf, self._buf_tokens = 0, "", 0
+    def __init__(self, run: ProposerRun) -> None:
+        self.run = run
+        self.writer = ChunkWriter(run)
 
     def said(self, text: str, tokens: int) -> None:
-        """Book the text; a chunk goes out each time the buffer reaches the next chunk's size."""
-        self.result.tokens += tokens
-        self._buf_tokens += tokens
-        if text:
-            self._buf += text
-            self.result.text += text
-            self._emit(ProposerDelta(self.slot.cfg.name, self.slot.layer, text, self._now()))
-        if self._buf_tokens >= self.knobs.chunk_size(self._index):
-            self.out.put_nowait(Chunk(self.idx, self._index, self._buf, self._buf_tokens, final=False))
-            self._index, self._buf, self._buf_tokens = self._index + 1, "", 0
+        """Book the text; a chunk goes out each time one fills."""
+        self.run.result.tokens += tokens
+        self.writer.said(text, tokens)
 
     def ended(self, reason: str | None) -> None:
         """The last chunk (maybe empty), marked final."""
-        self.result.finish_reason = reason
-        self.out.put_nowait(Chunk(self.idx, self._index, self._buf, self._buf_tokens, final=True))
-
-    def failed(self, exc: Exception) -> None:
-        """The proposer stopped: an AgentError, and a Failure for the next layer."""
-        why = f"{type(exc).__name__}: {exc}"
-        self.result.error = why
-        self._emit(AgentError(self.slot.cfg.name, self.slot.layer, why, "exception"))
-        self.out.put_nowait(Failure(self.idx, why, exc))
+        self.run.result.finish_reason = reason
+        self.writer.ended()
 
 
 class Reader:
@@ -213,6 +197,8 @@ class Reader:
             step = budget if props.all_done else min(budget, knobs.aggregator_tokens_per_intake)
             produced, reason = await self._generate(step)
             budget -= produced
+            if budget <= 0:
+                break  # nothing more will be written: what arrives now would be read for nothing
             eos = reason == "stop" and slot.after_eos
             asked = reason == "stop" and not slot.after_eos  # it wrote a block marker: it wants more to read
             # An EOS that ends only a turn: the chunks still to come may continue the text.

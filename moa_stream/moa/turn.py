@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from engine import StructuredOutput
 
-from ..agent.slot import AgentSlot, Emit, ProposalResult
+from ..agent.slot import AgentSlot, Emit, ProposalResult, ProposerRun
 from ..config import StaircaseConfig
 from ..events import AgentMetrics, Done, Metrics
 from .context import Message
@@ -137,21 +137,23 @@ class Turn:
         modes = self.inp.layer_modes
         mode = modes[depth - 1] if depth - 1 < len(modes) else self.inp.mode
         layout = layout_for(mode, slot.engine)(slot, self.inp)
-        result = self.results.setdefault(slot.cfg.name, ProposalResult())
-        sink = ProposalSink(slot, idx, out, self.inp.knobs, self._emit, self._now, result)
+        sink = ProposalSink(self._run(slot, idx, out))
         reader = Reader(layout, upstream, self.inp.knobs, slot.cfg.max_tokens, sink, self._emit, self.t0)
         self._tasks.append(asyncio.create_task(_read_and_write(reader, sink),
                                                name=f"proposer-{slot.cfg.name}"))
 
     def _launch(self, layer: list[AgentSlot], out: Fanout, pacing: Pacing | None) -> None:
         for i, slot in enumerate(layer):
-            system = slot.cfg.system_prompt
-            msgs = [*([Message("system", system)] if system else []), *self.inp.history,
-                    Message("user", self.inp.question)]
-            result = self.results.setdefault(slot.cfg.name, ProposalResult())
-            self._tasks.append(asyncio.create_task(run_proposer(
-                slot, i, msgs, self.inp.question, self.inp.reuse, self.inp.knobs, out, self._emit, self.t0, result,
-                pacing), name=f"proposer-{slot.cfg.name}"))
+            self._tasks.append(asyncio.create_task(run_proposer(self._run(slot, i, out), pacing),
+                                                   name=f"proposer-{slot.cfg.name}"))
+
+    def _run(self, slot: AgentSlot, idx: int, out: Fanout) -> ProposerRun:
+        """A proposer's part in this turn: the agent's own prompt on the question, its text going to `out`."""
+        system = slot.cfg.system_prompt
+        msgs = [*([Message("system", system)] if system else []), *self.inp.history, Message("user", self.inp.question)]
+        result = self.results.setdefault(slot.cfg.name, ProposalResult())
+        return ProposerRun(slot, idx, msgs, self.inp.question, self.inp.reuse, self.inp.knobs, out, self._emit,
+                           self.t0, result)
 
     # ------------------------------------------------------------------ metrics
 
@@ -191,5 +193,5 @@ async def _read_and_write(reader: Reader, sink: ProposalSink) -> None:
         await reader.to_start()
         await reader.write()
     except Exception as exc:
-        sink.failed(exc)
+        sink.writer.failed(exc)
         await reader.slot.reset()  # its context holds a broken turn; the next turn starts it afresh
