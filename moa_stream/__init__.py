@@ -12,6 +12,7 @@ from .api import AnswerStart, Conversation, MoA, collect
 from .config import (
     AgentConfig,
     BackendConfig,
+    DebateConfig,
     HttpBackend,
     LlamaCppBackend,
     MoAConfig,
@@ -23,6 +24,7 @@ from .config import (
 )
 from .errors import ConfigError, EngineError, MoAError, MoAStreamError
 from .events import (
+    DEBATE_MODES,
     MODES,
     AgentError,
     AgentMetrics,
@@ -37,6 +39,7 @@ from .events import (
     RunResult,
 )
 from .moa.context import ChatFormat, Message
+from .moa.debate import Pipeline, pipeline
 from .moa.layouts import LAYOUTS, AggregatorLayout, IncrementalLayout, layout_class, layout_for, register_layout
 from .moa.layouts.references import aggregate_system
 from .tools import (
@@ -56,6 +59,7 @@ from .tools import (
 
 __all__ = [
     "AGENT_FORMATS",
+    "DEBATE_MODES",
     "LAYOUTS",
     "MODES",
     "Agent",
@@ -76,6 +80,7 @@ __all__ = [
     "ChunkIngested",
     "ConfigError",
     "Conversation",
+    "DebateConfig",
     "Done",
     "DraftSpeculator",
     "DraftStats",
@@ -94,6 +99,7 @@ __all__ = [
     "MoAError",
     "MoAStreamError",
     "Mode",
+    "Pipeline",
     "PredictedCall",
     "ProposerDelta",
     "RunResult",
@@ -122,6 +128,7 @@ __all__ = [
     "events",
     "layout_class",
     "layout_for",
+    "pipeline",
     "register_agent_format",
     "register_call_format",
     "register_layout",

@@ -14,10 +14,11 @@ from engine import Sequence as EngineSequence
 
 from .agent.slot import AgentSlot
 from .backends import build_engines
-from .config import MoAConfig, StaircaseConfig
+from .config import AgentConfig, MoAConfig, StaircaseConfig
 from .errors import ConfigError
-from .events import AgentError, Done, Event, RunResult
+from .events import DEBATE_MODES, AgentError, Done, Event, RunResult
 from .moa.context import ChatFormat, Message, as_messages
+from .moa.debate import Pipeline, pipeline
 from .moa.layouts import layout_class
 from .moa.turn import Turn, TurnInput
 
@@ -50,15 +51,15 @@ class MoA:
             self._formats[key] = ChatFormat(engine.tokenizer)
         return self._formats[key]
 
-    def _slots(self) -> tuple[list[list[AgentSlot]], AgentSlot]:
-        def slot(cfg: Any, layer: int) -> AgentSlot:
+    def _slots(self, pipe: Pipeline) -> tuple[list[list[AgentSlot]], AgentSlot]:
+        def slot(cfg: AgentConfig, layer: int) -> AgentSlot:
             eng = self.engines[cfg.backend]
             draft = cfg.speculation.draft_backend
             return AgentSlot(cfg=cfg, engine=eng, fmt=self._fmt(eng), layer=layer,
                              draft_engine=self.engines[draft] if draft else None)
 
-        layers = [[slot(a, i) for a in layer] for i, layer in enumerate(self.config.layers)]
-        return layers, slot(self.config.aggregator, len(layers))
+        layers = [[slot(a, i) for a in layer] for i, layer in enumerate(pipe.layers)]
+        return layers, slot(pipe.aggregator, len(layers))
 
     def conversation(self, mode: str | None = None, cache_salt: str | None = None) -> Conversation:
         """A multi-turn chat whose agents keep their sequences alive between turns (salted per tenant)."""
@@ -92,12 +93,11 @@ class MoA:
                       history: Sequence[Message | dict[str, str]] | None = None) -> dict[str, int]:
         """Tokens each agent reads before any proposal (system prompt, history, question), by agent name."""
         msgs = as_messages(history)
-        layers, agg = self._slots()
         out: dict[str, int] = {}
-        for slot in [*(s for layer in layers for s in layer), agg]:
-            system = slot.cfg.system_prompt
-            chat = [*([Message("system", system)] if system else []), *msgs, Message("user", question)]
-            out[slot.cfg.name] = len(slot.fmt.prompt(chat))
+        for cfg in self.config.agents():
+            chat = [*([Message("system", cfg.system_prompt)] if cfg.system_prompt else []), *msgs,
+                    Message("user", question)]
+            out[cfg.name] = len(self._fmt(self.engines[cfg.backend]).prompt(chat))
         return out
 
     def engine_stats(self) -> dict[str, EngineStats]:
@@ -137,9 +137,28 @@ class Conversation:
         self.cache_salt = cache_salt
         self.mode: str = _check_mode(mode or moa.config.mode)
         self.history: list[Message] = list(history or [])
-        self._layers, self._agg = moa._slots()
+        self._shapes: dict[str, tuple[list[list[AgentSlot]], AgentSlot]] = {}  # the agents of each pipeline shape
+        self._shape: str | None = None  # the shape whose agents hold sequences for `history`
         self._lock = asyncio.Lock()
         self._live = False  # agents hold sequences for `history`
+
+    async def _agents(self, pipe: Pipeline) -> tuple[list[list[AgentSlot]], AgentSlot]:
+        """The slots of the pipeline's shape; switching shapes frees the other shape's sequences (they miss turns)."""
+        if pipe.shape not in self._shapes:
+            self._shapes[pipe.shape] = self.moa._slots(pipe)
+        if self._shape is not None and self._shape != pipe.shape:
+            await self._reset_agents()
+        self._shape = pipe.shape
+        return self._shapes[pipe.shape]
+
+    def _input(self, user_text: str, mode: str, pipe: Pipeline, staircase: StaircaseConfig | None,
+               max_tokens: int | None, reuse: bool, structured: StructuredOutput | None = None) -> TurnInput:
+        return TurnInput(user_text, list(self.history), pipe.mode, staircase or self.moa.config.staircase,
+                         max_tokens, reuse=reuse, cache_salt=self.cache_salt, structured=structured,
+                         layer_modes=tuple(_check_mode(m) for m in pipe.layer_modes), label=mode)
+
+    def _slots_in_use(self) -> list[AgentSlot]:
+        return [s for layers, agg in self._shapes.values() for s in [*(s for layer in layers for s in layer), agg]]
 
     async def stream(self, user_text: str, *, mode: str | None = None, staircase: StaircaseConfig | None = None,
                      max_tokens: int | None = None, structured: StructuredOutput | None = None) -> AsyncIterator[Event]:
@@ -147,12 +166,12 @@ class Conversation:
         if not isinstance(user_text, str) or not user_text.strip():
             raise ValueError("the question is empty: pass some text")
         turn_mode = _check_mode(mode or self.mode)
-        inp = TurnInput(user_text, list(self.history), turn_mode, staircase or self.moa.config.staircase,
-                        max_tokens, reuse=self._live, cache_salt=self.cache_salt, structured=structured,
-                        layer_modes=self._layer_modes())
+        pipe = pipeline(self.moa.config, turn_mode)
         async with self._lock:
+            layers, agg = await self._agents(pipe)
+            inp = self._input(user_text, turn_mode, pipe, staircase, max_tokens, self._live, structured)
             queue: asyncio.Queue[Any] = asyncio.Queue()
-            turn = Turn(self._layers, self._agg, inp, queue.put_nowait)
+            turn = Turn(layers, agg, inp, queue.put_nowait)
             task = asyncio.create_task(_drive(turn, queue), name="moa-turn")
             finished = False
             try:
@@ -171,9 +190,6 @@ class Conversation:
                 # Shielded: a second cancellation (servers send them) must not stop the agents' cleanup halfway.
                 await asyncio.shield(asyncio.ensure_future(self._end_turn(task, finished)))
 
-    def _layer_modes(self) -> tuple[str, ...]:
-        return tuple(_check_mode(m) for m in self.moa.config.layer_modes or ())
-
     async def _end_turn(self, task: asyncio.Task[None], finished: bool) -> None:
         if not task.done():
             task.cancel()
@@ -187,16 +203,16 @@ class Conversation:
         """Run a turn up to the aggregator's first answer token and lend its context; the agents are freed after."""
         if not isinstance(user_text, str) or not user_text.strip():
             raise ValueError("the question is empty: pass some text")
-        inp = TurnInput(user_text, list(self.history), self.mode, staircase or self.moa.config.staircase, None,
-                        cache_salt=self.cache_salt, layer_modes=self._layer_modes())
+        pipe = pipeline(self.moa.config, self.mode)
         async with self._lock:
-            turn = Turn(self._layers, self._agg, inp, lambda _event: None)
+            layers, agg = await self._agents(pipe)
+            inp = self._input(user_text, self.mode, pipe, staircase, None, reuse=False)
+            turn = Turn(layers, agg, inp, lambda _event: None)
             try:
                 start_s = await turn.run_to_answer_start()
-                assert self._agg.seq is not None
-                yield AnswerStart(self._agg.engine, self._agg.seq, self._agg.context_tokens(), start_s, turn.t0,
-                                  turn.chunks_ingested, tuple([*(s for layer in self._layers for s in layer),
-                                                               self._agg]))
+                assert agg.seq is not None
+                yield AnswerStart(agg.engine, agg.seq, agg.context_tokens(), start_s, turn.t0, turn.chunks_ingested,
+                                  tuple([*(s for layer in layers for s in layer), agg]))
             finally:
                 await self._reset_agents()
 
@@ -205,7 +221,7 @@ class Conversation:
         return await collect(self.stream(user_text, **kwargs))
 
     async def _reset_agents(self) -> None:
-        for slot in [*(s for layer in self._layers for s in layer), self._agg]:
+        for slot in self._slots_in_use():
             await slot.reset()
         self._live = False
 
@@ -217,7 +233,7 @@ class Conversation:
 
     async def pin(self, ttl: float | None) -> None:
         """Keep every agent's sequence resident for `ttl` seconds (None: until closed), as a server session does."""
-        for slot in [*(s for layer in self._layers for s in layer), self._agg]:
+        for slot in self._slots_in_use():
             if slot.seq is not None:
                 await slot.engine.pin(slot.seq, ttl)
 
@@ -250,5 +266,6 @@ async def collect(events: AsyncIterator[Event]) -> RunResult:
 
 
 def _check_mode(mode: str) -> str:
-    layout_class(mode)  # a ConfigError naming the registered modes unless `mode` is one
+    if mode not in DEBATE_MODES:
+        layout_class(mode)  # a ConfigError naming the registered modes unless `mode` is one
     return mode

@@ -302,6 +302,22 @@ class StaircaseConfig(_Strict):
         return min(self.max_chunk_tokens, round(self.chunk_tokens * self.chunk_growth ** (index - 1)))
 
 
+class DebateConfig(_Strict):
+    """Multi-agent debate (modes `debate` and `debate-sequential`): the agents answer, then revise over rounds."""
+
+    rounds: int = Field(2, ge=1, le=16, description="rounds of answers: the first answers, then rounds - 1 revisions")
+    agents: list[AgentConfig] | None = Field(None, description="the debaters (default: the first proposer layer)")
+    final: Literal["aggregator", "last-round"] = Field("aggregator", description="the answer: the aggregator over "
+                                                       "the last round, or one agent's last-round answer")
+    final_agent: str | None = Field(None, description="final=last-round: whose answer (default: the first agent)")
+
+    @model_validator(mode="after")
+    def _final(self) -> DebateConfig:
+        if self.final == "last-round" and self.rounds < 2:
+            raise ValueError("final 'last-round' needs rounds >= 2 (a round of answers, then one of revisions)")
+        return self
+
+
 _DEFAULT_PROPOSERS = [
     ("analyst", "You are a careful analyst. Answer accurately and concisely, giving the key facts.", 0.7, 1),
     ("explainer", "You are a patient teacher. Explain the answer step by step in plain words.", 0.8, 2),
@@ -320,6 +336,7 @@ class MoAConfig(_Strict):
     layer_modes: list[str] | None = Field(None, description="how proposer layers 1.. read the layer before them, "
                                           "one mode each (default: `mode`; classic waits for the whole layer)")
     staircase: StaircaseConfig = Field(default_factory=StaircaseConfig)
+    debate: DebateConfig = Field(default_factory=DebateConfig)
 
     @field_validator("layers")
     @classmethod
@@ -346,6 +363,15 @@ class MoAConfig(_Strict):
         if self.layer_modes is not None and len(self.layer_modes) != len(self.layers) - 1:
             raise ValueError(f"layer_modes has {len(self.layer_modes)} modes but layers 1..{len(self.layers) - 1} "
                              f"need {len(self.layers) - 1} (one per proposer layer after the first)")
+        debaters = [a.name for a in self.debaters()]
+        if len(set(debaters)) != len(debaters) or self.aggregator.name in debaters:
+            raise ValueError(f"debate agents need names unique among them and apart from the aggregator's: {debaters}")
+        if self.debate.final_agent is not None and self.debate.final_agent not in debaters:
+            raise ValueError(f"debate.final_agent {self.debate.final_agent!r} is not a debate agent: {debaters}")
+        for agent in self.debate.agents or ():
+            if agent.backend not in self.backends:
+                raise ValueError(f"debate agent {agent.name!r} uses backend {agent.backend!r}; defined: "
+                                 f"{sorted(self.backends)}")
         q = self.staircase.quorum
         if self.staircase.start_policy == "quorum" and q is not None and q > len(self.layers[-1]):
             raise ValueError(f"staircase.quorum={q} but the last layer has {len(self.layers[-1])} proposers")
@@ -405,8 +431,12 @@ class MoAConfig(_Strict):
             raise ConfigError(f"{origin} is invalid:\n  " + "\n  ".join(lines)) from None
 
     def agents(self) -> list[AgentConfig]:
-        """Every agent, proposers first."""
-        return [*(a for layer in self.layers for a in layer), self.aggregator]
+        """Every agent, proposers first (debate agents of their own among them)."""
+        return [*(a for layer in self.layers for a in layer), *(self.debate.agents or ()), self.aggregator]
+
+    def debaters(self) -> list[AgentConfig]:
+        """The agents of a debate: `debate.agents`, or the first proposer layer."""
+        return self.debate.agents or self.layers[0]
 
     def model_label(self, agent: AgentConfig) -> str:
         """The model `agent` runs on, as a panel shows it."""

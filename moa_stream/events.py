@@ -7,9 +7,13 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-# `staircase` is the default staircase mode: an alias of the best append-only layout (`blocks` or `interleaved`).
-Mode = Literal["single", "classic", "staircase-reprefill", "staircase", "blocks", "interleaved"]
-MODES: tuple[Mode, ...] = ("single", "classic", "staircase-reprefill", "staircase", "blocks", "interleaved")
+# `staircase` is the default staircase mode: an alias of the best append-only layout (see moa_stream/moa/layouts).
+# The debate modes are pipeline shapes, not layouts: agents answer, then revise over rounds (moa_stream/moa/debate.py).
+Mode = Literal["single", "classic", "staircase-reprefill", "staircase", "blocks", "interleaved", "debate",
+               "debate-sequential"]
+DEBATE_MODES: tuple[Mode, ...] = ("debate", "debate-sequential")
+MODES: tuple[Mode, ...] = ("single", "classic", "staircase-reprefill", "staircase", "blocks", "interleaved",
+                           *DEBATE_MODES)
 
 
 class AgentMetrics(BaseModel):
@@ -30,7 +34,7 @@ class AgentMetrics(BaseModel):
 class Metrics(BaseModel):
     """A turn's timings and token accounting (the JSON that benches, the server and the eval report)."""
 
-    mode: str  # the aggregator layout's name: one of MODES, or a layout registered in moa_stream.moa.layouts
+    mode: str  # one of MODES (a debate mode, or the aggregator layout's name), or a layout registered by a user
     ttft_s: float | None = None
     total_s: float = 0.0
     answer_tokens: int = 0
@@ -71,7 +75,9 @@ class Metrics(BaseModel):
 
 @dataclass(frozen=True)
 class ProposerDelta:
-    """New text from a proposer (layer, agent name), at t seconds since the turn began."""
+    """New text from a proposer (layer, agent name), at t seconds since the turn began.
+
+    In a debate the layer is the round (0: the first answers) and an agent's name in round k >= 2 is `name@k`."""
 
     agent: str
     layer: int

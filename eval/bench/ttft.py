@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from moa_stream import (
+    DEBATE_MODES,
     MODES,
     AggregatorDelta,
     ConfigError,
@@ -46,10 +47,11 @@ def bench_config(config: MoAConfig, proposer_tokens: int, answer_tokens: int, ig
 
 
 def bench_modes() -> list[str]:
-    """Every mode with a layout of its own (an alias such as `staircase` runs once, under the alias)."""
+    """Every mode with a layout of its own (an alias such as `staircase` runs once, under the alias); the debate
+    modes run other agents (`bench debate`)."""
     seen: set[type] = set()
     out = []
-    for mode in MODES:
+    for mode in (m for m in MODES if m not in DEBATE_MODES):
         cls = layout_class(mode)
         if cls not in seen:
             seen.add(cls)

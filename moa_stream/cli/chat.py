@@ -211,7 +211,7 @@ class ChatSession:
 
     async def turn(self, text: str) -> None:
         """One answer, streamed into the live view (or as plain text)."""
-        from moa_stream import EngineError, MoAError
+        from moa_stream import EngineError, MoAError, pipeline
 
         from .turn_view import PlainView, TurnView, panel_agents
 
@@ -231,8 +231,9 @@ class ChatSession:
         from rich.live import Live
 
         config = self.moa.config
-        view = TurnView(mode=st.mode, agents=panel_agents(config),
-                        aggregator_model=config.model_label(config.aggregator), show_proposers=st.show_proposers)
+        answerer = pipeline(config, st.mode).aggregator  # a debate's last-round agent may write the answer
+        view = TurnView(mode=st.mode, agents=panel_agents(config, st.mode),
+                        aggregator_model=config.model_label(answerer), show_proposers=st.show_proposers)
         with Live(view, console=self.console, refresh_per_second=12, transient=False):
             try:
                 async with contextlib.aclosing(events):

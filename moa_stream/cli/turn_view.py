@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from moa_stream import (
+    DEBATE_MODES,
     AgentError,
     AggregatorDelta,
     ChunkIngested,
@@ -23,6 +24,7 @@ from moa_stream import (
     MoAConfig,
     Mode,
     ProposerDelta,
+    pipeline,
 )
 
 
@@ -66,9 +68,10 @@ class PanelAgent:
     model: str | None = None
 
 
-def panel_agents(config: MoAConfig) -> list[PanelAgent]:
-    """The config's proposers in order, each with its layer and model label."""
-    return [PanelAgent(a.name, i, config.model_label(a)) for i, layer in enumerate(config.layers) for a in layer]
+def panel_agents(config: MoAConfig, mode: str | None = None) -> list[PanelAgent]:
+    """The proposers `mode` runs on the config, in order, each with its layer (a debate's round) and model label."""
+    pipe = pipeline(config, mode or config.mode)
+    return [PanelAgent(a.name, i, config.model_label(a)) for i, layer in enumerate(pipe.layers) for a in layer]
 
 
 @dataclass
@@ -135,7 +138,10 @@ class TurnView:
             border, note = "green", f"{p.chunks} chunks in, done"
         else:
             border, note = "yellow", f"{p.chunks} chunks in"
-        title = agent.name if len({a.layer for a in self.agents}) < 2 else f"L{agent.layer} {agent.name}"
+        if self.mode in DEBATE_MODES:
+            title = f"round {agent.layer + 1} · {agent.name.split('@')[0]}"
+        else:
+            title = agent.name if len({a.layer for a in self.agents}) < 2 else f"L{agent.layer} {agent.name}"
         if agent.model and self._mixed_models():
             title += f" · {agent.model}"
         return Panel(_Tail(p.text, self.proposal_lines, "dim" if p.done else ""), title=title, subtitle=note,
@@ -144,10 +150,14 @@ class TurnView:
     def __rich__(self) -> RenderableType:
         parts: list[RenderableType] = []
         if self.show_proposers and self.mode != "single" and self.agents:
+            rows: dict[int, list[PanelAgent]] = {}
+            for a in self.agents:  # a row of panels per layer (a debate's round)
+                rows.setdefault(a.layer, []).append(a)
             grid = Table.grid(expand=True, padding=(0, 1))
-            for _ in self.agents:
+            for _ in range(max(len(r) for r in rows.values())):
                 grid.add_column(ratio=1)
-            grid.add_row(*(self._proposal_panel(a) for a in self.agents))
+            for row in rows.values():
+                grid.add_row(*(self._proposal_panel(a) for a in row))
             parts.append(grid)
         answer_style = "bold" if self.metrics else ""
         title = f"answer · {self.aggregator_model}" if self.aggregator_model and self._mixed_models() else "answer"

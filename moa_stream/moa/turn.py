@@ -38,6 +38,7 @@ class TurnInput:
     cache_salt: str | None = None  # only sequences of the same salt (tenant) share prefix-cache blocks
     structured: StructuredOutput | None = None  # the answer's constraint (a response format, tool calls)
     layer_modes: tuple[str, ...] = ()  # the layouts of proposer layers 1.. (missing ones: `mode`)
+    label: str = ""  # the mode the user asked for, as Metrics names it (a debate mode; default: `mode`)
 
 
 class Turn:
@@ -180,7 +181,8 @@ class Turn:
             prefill_computed=st.prefill_computed,
             prefill_reused=st.prefill_reused, decode_tokens=st.decode_tokens, context_tokens=self.agg.context_tokens())
         return Metrics(
-            mode=self.inp.mode, ttft_s=self.ttft, total_s=self._now(), answer_tokens=len(self.reader.answer.ids),
+            mode=self.inp.label or self.inp.mode, ttft_s=self.ttft, total_s=self._now(),
+            answer_tokens=len(self.reader.answer.ids),
             chunks_ingested=self.chunks_ingested, aggregator_prefill_computed=st.prefill_computed,
             aggregator_prefill_reused=st.prefill_reused, prefill_computed=totals[0] + st.prefill_computed,
             prefill_reused=totals[1] + st.prefill_reused, decode_tokens=totals[2] + st.decode_tokens,

@@ -109,3 +109,24 @@ def test_shipped_heterogeneous_example_spreads_agents_over_three_models():
     labels = {a.name: cfg.model_label(a) for a in cfg.agents()}
     assert labels == {"analyst": "qwen2.5-coder-0.5b", "explainer": "qwen2.5-coder-1.5b",
                       "skeptic": "smollm2-135m", "aggregator": "qwen2.5-coder-1.5b"}
+
+
+async def test_debate_panels_show_each_round_in_a_row(engine):
+    """`chat --mode debate`'s view: a row of panels per round, each filled by that round's text."""
+    moa = MoA.from_config(tiny_config(), engines={"default": engine})
+    agents = panel_agents(moa.config, "debate")
+    assert [(a.name, a.layer) for a in agents] == [("analyst", 0), ("explainer", 0), ("analyst@2", 1),
+                                                   ("explainer@2", 1)]
+    view = TurnView(mode="debate", agents=agents)
+    async for ev in moa.stream("Why is the sky blue?", mode="debate"):
+        view.apply(ev)
+    assert view.metrics is not None and view.metrics.mode == "debate"
+    frame = Console(record=True, width=200, file=io.StringIO())
+    frame.print(view)
+    text = frame.export_text()
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines) if "round 1 · analyst" in line)
+    assert "round 1 · explainer" in lines[first]  # one row per round
+    assert any("round 2 · analyst" in line and "round 2 · explainer" in line for line in lines[first + 1:])
+    for a in agents:
+        assert view.proposals[a.name].text.split()[0] in text
