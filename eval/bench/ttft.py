@@ -46,6 +46,14 @@ def bench_config(config: MoAConfig, proposer_tokens: int, answer_tokens: int, ig
     return config.model_copy(update={"layers": layers, "aggregator": aggregator})
 
 
+def layered(config: MoAConfig, layers: int) -> MoAConfig:
+    """The config with its last proposer layer repeated `layers` times (names `name@L<k>` after the first), every
+    later layer reading the one before it the turn's way (layer_modes unset: classic waits, staircase streams)."""
+    base = config.layers[-1]
+    stack = [[a if k == 0 else a.model_copy(update={"name": f"{a.name}@L{k}"}) for a in base] for k in range(layers)]
+    return config.model_copy(update={"layers": stack, "layer_modes": None})
+
+
 def bench_modes() -> list[str]:
     """Every mode with a layout of its own (an alias such as `staircase` runs once, under the alias); the debate
     modes run other agents (`bench debate`)."""
@@ -189,18 +197,19 @@ async def run_peer(config: MoAConfig, question: str, tokenizer: Any, model: str 
 
 
 async def run_ttft_bench(moa: MoA, question: str = DEFAULT_QUESTION, repeats: int = 1,
-                         warmup: bool = True, peer: bool = False, model: str | None = None) -> dict[str, Any]:
+                         warmup: bool = True, peer: bool = False, model: str | None = None,
+                         modes: list[str] | None = None) -> dict[str, Any]:
     """TTFT, total time and answer completeness per mode (median run by TTFT), with ratios to classic.
 
     With `peer`, also classic MoA against llama.cpp's server on the same GGUF (`peer_classic` and the ratios to it);
-    `model` is the model override the engines were built with, if any.
+    `model` is the model override the engines were built with, if any; `modes`: those to run (default: every one).
     """
     if peer:
         peer_gguf(moa.config, model)  # a config the peer cannot run fails before any mode runs
     if warmup:  # the first forward passes pay one-off costs that would land on whichever mode runs first
         await moa.run("Hi.", mode="single", max_tokens=4)
     runs: dict[str, TimedRun] = {}
-    for mode in bench_modes():
+    for mode in modes or bench_modes():
         timed = [await timed_run(moa, question, mode) for _ in range(repeats)]
         timed.sort(key=lambda r: r.metrics.ttft_s if r.metrics.ttft_s is not None else float("inf"))
         runs[mode] = timed[len(timed) // 2]
@@ -211,6 +220,7 @@ async def run_ttft_bench(moa: MoA, question: str = DEFAULT_QUESTION, repeats: in
         compare_peer(out, await run_peer(cfg, question, tok, model))
     out["setup"] = {
         "question": question,
+        "layers": len(cfg.layers),
         "proposers": [a.name for layer in cfg.layers for a in layer],
         "proposer_tokens": [a.max_tokens for layer in cfg.layers for a in layer],
         "answer_tokens_max": cfg.aggregator.max_tokens,
