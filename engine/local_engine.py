@@ -10,6 +10,7 @@ computed (`_forward`); the loop (engine/step_loop.py) is shared and survives its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
@@ -253,6 +254,19 @@ class LocalEngine(StepLoop):
         if self._structurer is None:
             self._structurer = structurer_for(self.tokenizer, self.vocab_size, self._eos)
         return self._structurer.start(params.structured, params.structured_resume)
+
+    async def _stop(self) -> bool:
+        """Close every sequence and stop the engine loop; False if the engine was already stopped."""
+        if self._table.stopped:
+            return False
+        for handle in self._table.stop():
+            await self.close(handle)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        return True
 
     def _kick(self) -> None:
         self._table.check_alive()

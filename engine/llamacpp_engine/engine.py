@@ -256,17 +256,8 @@ class LlamaCppEngine(LocalEngine):
 
     async def shutdown(self) -> None:
         """Stop the engine loop and free the model; pending operations fail with EngineStoppedError."""
-        if self._table.stopped:
+        if not await self._stop():
             return
-        for handle in self._table.stop():
-            await self.close(handle)
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
         await self._out_of_decode()
         self._worker.shutdown(wait=True)
         self._ctx.close()

@@ -153,15 +153,7 @@ class TransformersEngine(LocalEngine):
 
     async def shutdown(self) -> None:
         """Stop the engine loop; pending operations fail with EngineStoppedError."""
-        for handle in self._table.stop():
-            await self.close(handle)
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await self._stop()
         self._runner.shutdown()
 
     # ---------------------------------------------------------------- waiting for the loop

@@ -62,10 +62,12 @@ def test_run_json_prints_answer_and_metrics(tmp_path):
 
 
 def test_run_chunk_sets_the_staircase_chunk_size(tmp_path):
+    """Chunks of 2 tokens reach the aggregator in more pieces than chunks of 16 (whole 16-token proposals); the
+    answer is long enough for intakes between its steps (none are made once the answer's budget is spent)."""
     cfg = small_config(tmp_path)
     runs = {}
     for chunk in ("2", "16"):
-        proc = moa_stream("run", "--config", str(cfg), "--json", "--chunk", chunk, "--max-tokens", "4",
+        proc = moa_stream("run", "--config", str(cfg), "--json", "--chunk", chunk, "--max-tokens", "12",
                           "Why is the sea salty?")
         assert proc.returncode == 0, proc.stderr
         runs[chunk] = json.loads(proc.stdout)["metrics"]["chunks_ingested"]

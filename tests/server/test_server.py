@@ -21,7 +21,8 @@ from .live_server import server_config, serving, until
 async def test_models_lists_the_pipeline_and_one_id_per_mode(live):
     ids = [m.id async for m in live.client().models.list()]
     assert ids[0] == "moa-stream"
-    assert {"moa-stream:classic", "moa-stream:staircase", "moa-stream:staircase-reprefill"} <= set(ids)
+    assert {"moa-stream:classic", "moa-stream:staircase", "moa-stream:staircase-reprefill",
+            "moa-stream:debate", "moa-stream:debate-sequential"} <= set(ids)
     assert (await live.client().models.retrieve("moa-stream:classic")).id == "moa-stream:classic"
 
 
@@ -40,6 +41,19 @@ async def test_completion_carries_usage_and_moa_metrics(live, engine):
     assert resp.usage.completion_tokens == moa["answer_tokens"] <= 6
     assert moa["agents"]["aggregator"]["completion_tokens"] <= 6
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+    assert engine.stats().sequences_open == 0
+
+
+async def test_debate_is_served_as_a_model(live, engine):
+    """`moa-stream:debate`: the agents answer, read each other's answers as they stream, revise; one answer back."""
+    resp = await live.client().chat.completions.create(
+        model="moa-stream:debate", messages=[{"role": "user", "content": "Why is the sky blue?"}], max_tokens=6)
+    assert resp.choices[0].message.content
+    moa = resp.model_extra["moa"]
+    assert moa["mode"] == "debate"
+    assert set(moa["agents"]) == {"analyst", "explainer", "analyst@2", "explainer@2", "aggregator"}
+    assert {moa["agents"][n]["layer"] for n in ("analyst@2", "explainer@2")} == {1}  # the second round
+    assert resp.usage.completion_tokens == moa["answer_tokens"] <= 6
     assert engine.stats().sequences_open == 0
 
 
