@@ -25,6 +25,7 @@ from .config import (
 from .errors import ConfigError, EngineError, MoAError, MoAStreamError
 from .events import (
     DEBATE_MODES,
+    LAYOUT_MODES,
     MODES,
     AgentError,
     AgentMetrics,
@@ -61,6 +62,7 @@ __all__ = [
     "AGENT_FORMATS",
     "DEBATE_MODES",
     "LAYOUTS",
+    "LAYOUT_MODES",
     "MODES",
     "Agent",
     "AgentConfig",

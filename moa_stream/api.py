@@ -51,7 +51,9 @@ class MoA:
             self._formats[key] = ChatFormat(engine.tokenizer)
         return self._formats[key]
 
-    def _slots(self, pipe: Pipeline) -> tuple[list[list[AgentSlot]], AgentSlot]:
+    def _slots(self, pipe: Pipeline | None = None) -> tuple[list[list[AgentSlot]], AgentSlot]:
+        pipe = pipe or pipeline(self.config, self.config.mode)
+
         def slot(cfg: AgentConfig, layer: int) -> AgentSlot:
             eng = self.engines[cfg.backend]
             draft = cfg.speculation.draft_backend
@@ -155,7 +157,7 @@ class Conversation:
                max_tokens: int | None, reuse: bool, structured: StructuredOutput | None = None) -> TurnInput:
         return TurnInput(user_text, list(self.history), pipe.mode, staircase or self.moa.config.staircase,
                          max_tokens, reuse=reuse, cache_salt=self.cache_salt, structured=structured,
-                         layer_modes=tuple(_check_mode(m) for m in pipe.layer_modes), label=mode)
+                         layer_modes=tuple(_check_layout(m) for m in pipe.layer_modes), label=mode)
 
     def _slots_in_use(self) -> list[AgentSlot]:
         return [s for layers, agg in self._shapes.values() for s in [*(s for layer in layers for s in layer), agg]]
@@ -265,7 +267,18 @@ async def collect(events: AsyncIterator[Event]) -> RunResult:
     return RunResult(done.answer, done.metrics, tuple(errors))
 
 
+def _check_layout(mode: str) -> str:
+    """`mode` if it names a registered layout (how a later layer reads); else a ConfigError naming them."""
+    layout_class(mode)
+    return mode
+
+
 def _check_mode(mode: str) -> str:
-    if mode not in DEBATE_MODES:
-        layout_class(mode)  # a ConfigError naming the registered modes unless `mode` is one
+    """`mode` if it is a debate mode or a registered layout; else a ConfigError naming them all."""
+    if mode in DEBATE_MODES:
+        return mode
+    try:
+        layout_class(mode)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (or a debate mode: {', '.join(DEBATE_MODES)})") from None
     return mode

@@ -11,9 +11,9 @@ from pydantic import BaseModel, Field
 # The debate modes are pipeline shapes, not layouts: agents answer, then revise over rounds (moa_stream/moa/debate.py).
 Mode = Literal["single", "classic", "staircase-reprefill", "staircase", "blocks", "interleaved", "debate",
                "debate-sequential"]
+LAYOUT_MODES: tuple[Mode, ...] = ("single", "classic", "staircase-reprefill", "staircase", "blocks", "interleaved")
 DEBATE_MODES: tuple[Mode, ...] = ("debate", "debate-sequential")
-MODES: tuple[Mode, ...] = ("single", "classic", "staircase-reprefill", "staircase", "blocks", "interleaved",
-                           *DEBATE_MODES)
+MODES: tuple[Mode, ...] = (*LAYOUT_MODES, *DEBATE_MODES)
 
 
 class AgentMetrics(BaseModel):

@@ -1,9 +1,11 @@
 """The debate bench: streaming debate against sequential debate on the same agents, seeds and token budgets.
 
-Every debater writes exactly `turn_tokens` a round (past any end of text), so both systems do the same work; the
-answer is capped at `answer_tokens`. Per system: TTFT, total time, answer tokens, prefill computed, and per round
-what its agents computed and whether any of them read a token twice (`reread_tokens`: context tokens computed or
-reused more than once; 0 means every round's appends were its Δ).
+Every debater writes up to `turn_tokens` a round (past any end of text), the answer at most `answer_tokens`, on the
+same seeds; each system on a cold prefix cache. A streaming debate's agents still writing when the answer is over are
+stopped (their text would be read by nobody), so it writes fewer tokens than the sequential one. Per system: TTFT,
+total time, answer tokens, prefill computed, and per round what its agents wrote and computed and whether any of
+them read a token twice (`reread_tokens`: context tokens computed or reused more than once; 0 means every round's
+appends were its Δ).
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ async def run_debate_bench(moa: MoA, question: str = DEFAULT_QUESTION, warmup: b
     """Streaming and sequential debate on one question; `debate_ttft_ratio` is streaming TTFT / sequential."""
     if warmup:  # the first forward passes pay one-off costs that would land on whichever system runs first
         await moa.run("Hi.", mode="single", max_tokens=4)
-    runs = {mode: await timed_run(moa, question, mode) for mode in DEBATE_MODES}
+    # Each system on a cold prefix cache (a salt of its own): what one system computed never serves the other.
+    runs = {mode: await timed_run(moa, question, mode, cache_salt=f"bench-{mode}") for mode in DEBATE_MODES}
     out: dict[str, Any] = {mode: _row(run) for mode, run in runs.items()}
     stream, seq = out["debate"]["ttft_s"], out["debate-sequential"]["ttft_s"]
     out["debate_ttft_ratio"] = stream / seq if stream and seq else None

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from moa_stream import (
-    DEBATE_MODES,
-    MODES,
+    LAYOUT_MODES,
     AggregatorDelta,
     ConfigError,
     Done,
@@ -59,7 +58,7 @@ def bench_modes() -> list[str]:
     modes run other agents (`bench debate`)."""
     seen: set[type] = set()
     out = []
-    for mode in (m for m in MODES if m not in DEBATE_MODES):
+    for mode in LAYOUT_MODES:
         cls = layout_class(mode)
         if cls not in seen:
             seen.add(cls)
@@ -81,14 +80,16 @@ class TimedRun:
         return self.token_times[n - 1] if n > 0 else self.metrics.total_s
 
 
-async def timed_run(moa: MoA, question: str, mode: str) -> TimedRun:
-    """Run one turn, timing every shown answer token (text re-tokenized as it grows: ids as the user sees them)."""
+async def timed_run(moa: MoA, question: str, mode: str, cache_salt: str | None = None) -> TimedRun:
+    """Run one turn, timing every shown answer token (text re-tokenized as it grows: ids as the user sees them).
+
+    A cache_salt of its own keeps the run from the prefix-cache blocks of runs before it (a cold cache)."""
     tok = next(iter(moa.engines.values())).tokenizer
     text = ""
     times: list[float] = []
     span: list[float] = []
     # aclosing: the stream's agents are freed here, not by a finalizer that may run after the engine is shut.
-    async with contextlib.aclosing(moa.stream(question, mode=mode)) as events:
+    async with contextlib.aclosing(moa.stream(question, mode=mode, cache_salt=cache_salt)) as events:
         async for ev in events:
             if isinstance(ev, AggregatorDelta):
                 text += ev.text

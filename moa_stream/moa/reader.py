@@ -139,7 +139,7 @@ class Reader:
 
     def __init__(self, layout: AggregatorLayout, props: Proposals | None, knobs: StaircaseConfig, budget: int,
                  sink: Sink, emit: Emit, t0: float, pacing: Pacing | None = None,
-                 structured: StructuredOutput | None = None) -> None:
+                 structured: StructuredOutput | None = None, prime_gate: asyncio.Lock | None = None) -> None:
         self.layout = layout
         self.slot = layout.agg
         self.props = props
@@ -150,6 +150,9 @@ class Reader:
         self.t0 = t0
         self.pacing = pacing
         self.structured = structured
+        # The readers of one turn prime one at a time: those whose prompts open alike (a layer's readers and the
+        # aggregator on the shifted layout) then find the head the first one computed in the prefix cache.
+        self.prime_gate = prime_gate or asyncio.Lock()
         self.answer = Answer()
         self.finish_reason: str | None = None
         self.chunks_ingested = 0
@@ -163,7 +166,7 @@ class Reader:
         if props is None or not layout.reads_proposals:
             await layout.start([])
             return
-        prime = asyncio.create_task(layout.prime(), name=f"{self.slot.cfg.name}-prime")
+        prime = asyncio.create_task(self._prime(), name=f"{self.slot.cfg.name}-prime")
         try:
             if isinstance(layout, IncrementalLayout):
                 for chunk in await self._wait_start(props):
@@ -176,6 +179,10 @@ class Reader:
                 prime.cancel()
                 await asyncio.gather(prime, return_exceptions=True)
         await layout.start(props.texts)
+
+    async def _prime(self) -> None:
+        async with self.prime_gate:
+            await self.layout.prime()
 
     async def write(self) -> None:
         """Write the text: in steps with intakes between them (incremental layouts), else in one go."""

@@ -60,8 +60,9 @@ class Turn:
         lead = inp.knobs.proposer_lead_chunks if paced else None
         self.pacing = Pacing(len(proposer_layers[-1]), lead)
         self.sink = AnswerSink(emit, self._now)
+        self.prime_gate = asyncio.Lock()  # the turn's readers prime one at a time (see Reader)
         self.reader = Reader(self.layout, None, inp.knobs, inp.max_tokens or aggregator.cfg.max_tokens, self.sink,
-                             emit, self.t0, self.pacing, inp.structured)
+                             emit, self.t0, self.pacing, inp.structured, self.prime_gate)
 
     def _now(self) -> float:
         return time.perf_counter() - self.t0
@@ -139,7 +140,8 @@ class Turn:
         mode = modes[depth - 1] if depth - 1 < len(modes) else self.inp.mode
         layout = layout_for(mode, slot.engine)(slot, self.inp)
         sink = ProposalSink(self._run(slot, idx, out))
-        reader = Reader(layout, upstream, self.inp.knobs, slot.cfg.max_tokens, sink, self._emit, self.t0)
+        reader = Reader(layout, upstream, self.inp.knobs, slot.cfg.max_tokens, sink, self._emit, self.t0,
+                        prime_gate=self.prime_gate)
         self._tasks.append(asyncio.create_task(_read_and_write(reader, sink),
                                                name=f"proposer-{slot.cfg.name}"))
 

@@ -24,7 +24,7 @@ from engine import Engine
 
 from ...agent.slot import AgentSlot, Chunk
 from ...errors import ConfigError
-from ...events import MODES
+from ...events import LAYOUT_MODES
 from ...registry import Registry
 from .marker_filter import MarkerFilter
 
@@ -114,5 +114,5 @@ def layout_class(name: str) -> type[AggregatorLayout]:
     try:
         return LAYOUTS[name]
     except KeyError:
-        known = [*(m for m in MODES if m in LAYOUTS), *(n for n in LAYOUTS if n not in MODES)]
+        known = [*(m for m in LAYOUT_MODES if m in LAYOUTS), *(n for n in LAYOUTS if n not in LAYOUT_MODES)]
         raise ConfigError(f"mode must be one of {', '.join(known)}; got {name!r}") from None

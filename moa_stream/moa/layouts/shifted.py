@@ -57,7 +57,10 @@ class ShiftedLayout(IncrementalLayout):
     async def prime(self) -> None:
         """Prefill the system prompt up to the references (they are written now)."""
         slot = self.agg
-        system = aggregate_system([], extra=slot.cfg.system_prompt) + _ITEMS
+        # The agent's own system prompt (a persona, a debate round's instruction) follows the references, so that
+        # every reader of a layer opens on the same head and the prefix cache computes it once.
+        own = slot.cfg.system_prompt
+        system = aggregate_system([]) + _ITEMS + (f"\n\n{own}" if own else "")
         head, self._tail = slot.fmt.prompt_split(
             [Message("system", system), *self.inp.history, Message("user", self.inp.question)], _ITEMS)
         if not self.runs_on(slot.engine):

@@ -9,7 +9,7 @@ import pytest
 
 from eval.bench.peer_moa import PeerRun, classic_over_http
 from eval.bench.ttft import TimedRun, bench_config, bench_modes, compare, compare_peer, run_ttft_bench
-from moa_stream import MODES, Metrics, MoAConfig, layout_class
+from moa_stream import LAYOUT_MODES, Metrics, MoAConfig, layout_class
 from moa_stream.events import AgentMetrics
 
 
@@ -39,7 +39,7 @@ def test_an_alias_runs_once_under_its_own_name() -> None:
     assert modes[:4] == ["single", "classic", "staircase-reprefill", "staircase"]
     classes = [layout_class(m) for m in modes]
     assert len(set(classes)) == len(classes), "two modes ran the same layout"
-    assert set(classes) == {layout_class(m) for m in MODES}, "a layout no mode runs under"
+    assert set(classes) == {layout_class(m) for m in LAYOUT_MODES}, "a layout no mode runs under"
 
 
 def test_answer_rate_staircase_vs_single_and_the_peer_ratios() -> None:

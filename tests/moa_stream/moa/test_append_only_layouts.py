@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import pytest
 
-from moa_stream import MODES, MoA
+from moa_stream import LAYOUT_MODES, MoA
 from moa_stream.agent.slot import Chunk
 from moa_stream.moa.layouts import (
     LAYOUTS,
@@ -77,10 +77,10 @@ def probes() -> Iterator[dict[str, type[IncrementalLayout]]]:
 
 def test_every_layout_is_selectable_by_name_and_none_bans_a_token(engine) -> None:
     """`staircase` selects the measured default; no layout has a way to ban tokens from the aggregator."""
-    assert {"blocks", "interleaved", "staircase"} <= set(MODES)
+    assert {"blocks", "interleaved", "staircase"} <= set(LAYOUT_MODES)
     assert layout_class("blocks") is BlocksLayout and layout_class("interleaved") is InterleavedLayout
     assert layout_for("staircase", engine) in (BlocksLayout, InterleavedLayout)  # the transformers engine's
-    assert all(not hasattr(layout_class(m), "banned") for m in MODES)
+    assert all(not hasattr(layout_class(m), "banned") for m in LAYOUT_MODES)
 
 
 # interleaved-cued ends its answer at an EOS, and the 135M model writes one after a couple of intakes.
@@ -112,7 +112,7 @@ def test_a_staircase_answer_can_hold_a_bracket(engine) -> None:
     _, agg = moa._slots()
     params = agg.sampling(16)
     assert params.banned_token_ids == ()
-    for mode in MODES:
+    for mode in LAYOUT_MODES:
         layout = layout_class(mode)(agg, None)  # type: ignore[arg-type]
         text = "fruits = [\"apple\", \"pear\"]  # see [1]"
         shown, hit = layout.filter.push(text)

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import pytest
 
-from moa_stream import MODES, ConfigError, MoA
+from moa_stream import LAYOUT_MODES, ConfigError, MoA
 from moa_stream.moa.layouts import (
     LAYOUTS,
     AggregatorLayout,
@@ -28,7 +28,7 @@ from tests.moa_stream.test_moa import LONG_QUESTION, small_config
 def test_each_mode_selects_its_layout_class_by_name() -> None:
     expected = {"single": SingleLayout, "classic": ClassicLayout, "staircase-reprefill": ReprefillLayout,
                 "blocks": BlocksLayout, "interleaved": InterleavedLayout}
-    assert set(expected) | {"staircase"} == set(MODES)
+    assert set(expected) | {"staircase"} == set(LAYOUT_MODES)
     for mode, cls in expected.items():
         assert layout_class(mode) is cls and cls.name == mode
     # `staircase` names the default append-only layout (issue 10): an alias, not a layout of its own.
