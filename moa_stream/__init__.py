@@ -4,6 +4,7 @@ from engine import UnsupportedFeatureError
 
 from . import events
 from .agent.agent import Agent
+from .agent.context import ChatFormat, Message
 from .agent.draft_speculator import DraftSpeculator, DraftStats
 from .agent.events import AgentDelta, AgentDone, AgentEvent, AgentRunMetrics, StepDone, StepMetrics
 from .agent.formats import AGENT_FORMATS, AgentFormat, agent_format, register_agent_format
@@ -39,7 +40,6 @@ from .events import (
     ProposerDelta,
     RunResult,
 )
-from .moa.context import ChatFormat, Message
 from .moa.debate import Pipeline, pipeline
 from .moa.layouts import LAYOUTS, AggregatorLayout, IncrementalLayout, layout_class, layout_for, register_layout
 from .moa.layouts.references import aggregate_system

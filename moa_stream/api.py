@@ -12,15 +12,16 @@ from typing import Any
 from engine import Engine, EngineStats, StructuredOutput
 from engine import Sequence as EngineSequence
 
+from .agent.context import ChatFormat, Message, as_messages
 from .agent.slot import AgentSlot
 from .backends import build_engines
 from .config import AgentConfig, MoAConfig, StaircaseConfig
 from .errors import ConfigError
 from .events import DEBATE_MODES, AgentError, Done, Event, RunResult
-from .moa.context import ChatFormat, Message, as_messages
 from .moa.debate import Pipeline, pipeline
 from .moa.layouts import layout_class
-from .moa.turn import Turn, TurnInput
+from .moa.turn import Turn
+from .moa.turn_input import TurnInput
 
 _END = object()
 

@@ -26,9 +26,9 @@ from engine import Engine, SamplingParams, SequenceStats
 
 from ..config import AgentConfig, SpeculationConfig
 from ..errors import ConfigError
-from ..moa.context import ChatFormat, Message
 from ..tools import CallFormat, Tool, ToolCall, ToolChoice, ToolResult, ToolSet, call_format, toolset
 from ..tools.call_stream import CallPiece, CallStream
+from .context import ChatFormat, Message
 from .draft_speculator import DraftSpeculator
 from .events import AgentDelta, AgentDone, AgentEvent, AgentFinish, AgentRunMetrics, StepDone, StepMetrics
 from .executor import ToolExecutor

@@ -11,7 +11,7 @@ from engine import Engine, SamplingParams, Sequence, SequenceStats
 
 from ..config import AgentConfig, StaircaseConfig
 from ..events import AgentError, Event, ProposerDelta
-from ..moa.context import ChatFormat, Message
+from .context import ChatFormat, Message
 
 Emit = Callable[[Event], None]
 

@@ -1,4 +1,4 @@
-"""The MoA turn: the staircase driver, the aggregator layouts, the context format, pacing and the proposer runner.
+"""The MoA turn: the staircase driver, its readers, the aggregator layouts, debate, pacing and the proposer runner.
 
-Kept import-free so that `moa_stream.moa.context` can be read without pulling in the turn driver.
+Kept import-free so that one module of it can be read without pulling in the turn driver.
 """

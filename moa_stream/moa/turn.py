@@ -11,34 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 
-from engine import StructuredOutput
-
+from ..agent.context import Message
 from ..agent.slot import AgentSlot, Emit, ProposalResult, ProposerRun
-from ..config import StaircaseConfig
 from ..events import AgentMetrics, Done, Metrics
-from .context import Message
 from .layouts import AggregatorLayout, IncrementalLayout, layout_for
 from .pacing import Pacing
 from .proposer import run_proposer
 from .reader import AnswerSink, Fanout, Proposals, ProposalSink, Reader
-
-
-@dataclass
-class TurnInput:
-    """What a turn answers and how."""
-
-    question: str
-    history: list[Message]
-    mode: str  # a registered layout name (one of MODES for the built-in ones)
-    knobs: StaircaseConfig
-    max_tokens: int | None = None
-    reuse: bool = False  # a conversation: agents' live sequences may be extended instead of re-opened
-    cache_salt: str | None = None  # only sequences of the same salt (tenant) share prefix-cache blocks
-    structured: StructuredOutput | None = None  # the answer's constraint (a response format, tool calls)
-    layer_modes: tuple[str, ...] = ()  # the layouts of proposer layers 1.. (missing ones: `mode`)
-    label: str = ""  # the mode the user asked for, as Metrics names it (a debate mode; default: `mode`)
+from .turn_input import TurnInput
 
 
 class Turn:

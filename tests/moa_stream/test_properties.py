@@ -15,8 +15,8 @@ from transformers import AutoTokenizer
 
 from engine import models
 from moa_stream import ConfigError, MoAConfig
+from moa_stream.agent.context import ChatFormat, Message
 from moa_stream.config import MIN_TEMPERATURE
-from moa_stream.moa.context import ChatFormat, Message
 from moa_stream.moa.layouts.references import _DELIMITERS, escape_delimiters
 
 EXAMPLES = 200

@@ -12,9 +12,9 @@ import pytest
 import xgrammar
 from xgrammar.testing import _is_grammar_accept_string as grammar_accepts
 
+from moa_stream.agent.context import ChatFormat
 from moa_stream.agent.executor import ToolExecutor
 from moa_stream.agent.tool_cache import ToolCache
-from moa_stream.moa.context import ChatFormat
 from moa_stream.tools import (
     BFCL_CLASSES,
     ForceTool,

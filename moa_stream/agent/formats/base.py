@@ -26,10 +26,10 @@ from typing import Any, ClassVar
 from engine import StructuralTag
 
 from ...errors import ConfigError
-from ...moa.context import ChatFormat
 from ...prompts import render
 from ...registry import Registry
 from ...tools import HermesFormat, ToolCall, ToolSet
+from ..context import ChatFormat
 from .events import HistoryEvent
 from .template_glue import TemplateGlue
 

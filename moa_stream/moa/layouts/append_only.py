@@ -11,13 +11,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from ... import prompts
+from ...agent.context import Message
 from ...agent.slot import AgentSlot
-from ..context import Message
 from .base import IncrementalLayout
 from .references import escape_delimiters, references_block
 
 if TYPE_CHECKING:
-    from ..turn import TurnInput
+    from ..turn_input import TurnInput
 
 _REFS = "\u2063REFS\u2063"  # where the prompt is cut: the first chunks go there
 

@@ -29,7 +29,7 @@ from ...registry import Registry
 from .marker_filter import MarkerFilter
 
 if TYPE_CHECKING:
-    from ..turn import TurnInput
+    from ..turn_input import TurnInput
 
 
 @dataclass

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ... import prompts
+from ...agent.context import Message
 from ...agent.slot import AgentSlot
-from ..context import Message
 
 _DELIMITERS = ("[more from", "[end of more]", "[model ")
 

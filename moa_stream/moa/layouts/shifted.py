@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING
 from engine import Engine
 
 from ... import prompts
+from ...agent.context import Message
 from ...agent.slot import AgentSlot, Chunk
 from ...errors import ConfigError
-from ..context import Message
 from .base import Answer, IncrementalLayout, register_layout
 from .references import aggregate_system, escape_delimiters
 
 if TYPE_CHECKING:
-    from ..turn import TurnInput
+    from ..turn_input import TurnInput
 
 _ITEMS = "\u2063ITEMS\u2063"  # where the prompt is cut: the references go there
 

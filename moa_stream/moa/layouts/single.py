@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..context import Message
+from ...agent.context import Message
 from .base import AggregatorLayout, register_layout
 
 

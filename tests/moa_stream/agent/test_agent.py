@@ -320,11 +320,11 @@ async def test_a_wrong_draft_is_cancelled_and_its_result_never_appended(tiny_cha
 async def test_speculation_is_turned_on_in_a_proposers_config(tiny_chat_engine):
     """`speculation:` in an agent's config builds its speculator (a draft on its own backend, or history) and the
     streaming start; a draft backend that is not defined is an error naming it."""
+    from moa_stream.agent.context import ChatFormat
     from moa_stream.agent.draft_speculator import DraftSpeculator
     from moa_stream.agent.proposer import tool_agent
     from moa_stream.agent.slot import AgentSlot
     from moa_stream.agent.tool_speculation import HistoryPredictor
-    from moa_stream.moa.context import ChatFormat
 
     def proposer(speculation: dict) -> dict:
         return {"name": "calc", "temperature": 0.0, "max_tokens": 64, "tool_choice": "required",

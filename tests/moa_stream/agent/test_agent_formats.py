@@ -12,9 +12,9 @@ from engine.transformers_engine import TransformersEngine
 from eval.bfcl.next_step import predict_next_steps
 from eval.bfcl.traces import load_cases, opening_events, replay, step_events
 from moa_stream import AGENT_FORMATS, agent_format
+from moa_stream.agent.context import ChatFormat
 from moa_stream.agent.formats import CallEvent, ErrorEvent, ResultEvent, UserTurn, result_event
 from moa_stream.errors import ConfigError
-from moa_stream.moa.context import ChatFormat
 from moa_stream.tools import ToolCall, ToolResult, bfcl_tools
 from tests.conftest import tiny_llama
 

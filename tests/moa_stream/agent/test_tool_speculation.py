@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from engine.transformers_engine import TransformersEngine
+from moa_stream.agent.context import ChatFormat
 from moa_stream.agent.draft_speculator import DraftSpeculator, DraftStats
 from moa_stream.agent.tool_speculation import (
     HistoryPredictor,
@@ -22,7 +23,6 @@ from moa_stream.agent.tool_speculation import (
     Speculator,
     StepContext,
 )
-from moa_stream.moa.context import ChatFormat
 from moa_stream.tools import ForceTool, Tool, ToolSet
 from tests.conftest import tiny_llama
 
