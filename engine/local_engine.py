@@ -17,12 +17,13 @@ import math
 import time
 from collections.abc import AsyncIterator
 from collections.abc import Sequence as Seq
+from dataclasses import replace
 from typing import Any
 
 from .detokenizer import Detokenizer
 from .errors import CapacityError, EngineError, SequenceClosedError, StepFailedError, UnsupportedFeatureError
 from .generation import Generation, Waiter
-from .protocol import FinishReason, SamplingParams, Sequence, SequenceStats, TokenDelta
+from .protocol import EngineStats, FinishReason, SamplingParams, Sequence, SequenceStats, TokenDelta
 from .response_cache import CachedResponse, ResponseCache
 from .sampler import make_generator
 from .sequence_table import SequenceTable
@@ -254,6 +255,15 @@ class LocalEngine(StepLoop):
         if self._structurer is None:
             self._structurer = structurer_for(self.tokenizer, self.vocab_size, self._eos)
         return self._structurer.start(params.structured, params.structured_resume)
+
+    def _stats(self, resident: int, kv_bytes_resident: int, kv_bytes_budget: int) -> EngineStats:
+        """The engine-wide counters both local engines keep, with their KV's residency figures."""
+        return replace(
+            self._table.stats(), sequences_resident=resident, kv_bytes_resident=kv_bytes_resident,
+            kv_bytes_budget=kv_bytes_budget, evictions=self._kv.evictions, forward_steps=self._forward_steps,
+            draft_tokens=self._drafted, draft_accepted=self._draft_accepted,
+            response_cache_hits=self._responses.stats.hits if self._responses else 0,
+            preemptions=self._scheduler.preemption.count)
 
     async def _stop(self) -> bool:
         """Close every sequence and stop the engine loop; False if the engine was already stopped."""

@@ -13,7 +13,6 @@ import concurrent.futures
 import logging
 import math
 from collections.abc import Sequence as Seq
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -235,18 +234,8 @@ class LlamaCppEngine(LocalEngine):
     def stats(self) -> EngineStats:
         """Engine-wide counters and gauges (a snapshot)."""
         per_cell = self._ctx.bytes_per_cell
-        return replace(
-            self._table.stats(),
-            sequences_resident=sum(1 for s in self._table if s.slot is not None),
-            kv_bytes_resident=self._kv.live_cells() * per_cell,
-            kv_bytes_budget=self._kv.ledger.n_cells * per_cell,
-            evictions=self._kv.evictions,
-            forward_steps=self._forward_steps,
-            draft_tokens=self._drafted,
-            draft_accepted=self._draft_accepted,
-            response_cache_hits=self._responses.stats.hits if self._responses else 0,
-            preemptions=self._scheduler.preemption.count,
-        )
+        return self._stats(sum(1 for s in self._table if s.slot is not None), self._kv.live_cells() * per_cell,
+                           self._kv.ledger.n_cells * per_cell)
 
     def drop_prefix_cache(self) -> None:
         """Free the KV that closed sequences keep as a prefix cache (only while no step runs)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence as Seq
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -138,18 +137,8 @@ class TransformersEngine(LocalEngine):
 
     def stats(self) -> EngineStats:
         """Engine-wide counters and gauges (a snapshot)."""
-        return replace(
-            self._table.stats(),
-            sequences_resident=sum(1 for s in self._table if s.blocks),
-            kv_bytes_resident=self._kv.pool.used_count * self._runner.kv.bytes_per_block,
-            kv_bytes_budget=self._runner.kv_bytes_budget,
-            evictions=self._kv.evictions,
-            forward_steps=self._forward_steps,
-            draft_tokens=self._drafted,
-            draft_accepted=self._draft_accepted,
-            response_cache_hits=self._responses.stats.hits if self._responses else 0,
-            preemptions=self._scheduler.preemption.count,
-        )
+        return self._stats(sum(1 for s in self._table if s.blocks),
+                           self._kv.pool.used_count * self._runner.kv.bytes_per_block, self._runner.kv_bytes_budget)
 
     async def shutdown(self) -> None:
         """Stop the engine loop; pending operations fail with EngineStoppedError."""

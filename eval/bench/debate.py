@@ -21,10 +21,12 @@ def debate_bench_config(config: MoAConfig, agents: int, rounds: int, turn_tokens
                         answer_tokens: int) -> MoAConfig:
     """`agents` debaters from the config's first layer (cycled), `rounds` rounds of exactly `turn_tokens` each."""
     base = config.layers[0]
-    debaters = [base[i % len(base)].model_copy(update={
-        "name": base[i % len(base)].name if i < len(base) else f"{base[i % len(base)].name}{i}",
-        "max_tokens": turn_tokens, "ignore_eos": True, "seed": (base[i % len(base)].seed or 0) + i})
-        for i in range(agents)]
+    debaters = []
+    for i in range(agents):
+        a = base[i % len(base)]
+        again = i >= len(base)  # a cycled agent gets a name and a seed of its own
+        debaters.append(a.model_copy(update={"name": f"{a.name}{i}" if again else a.name, "max_tokens": turn_tokens,
+                                             "ignore_eos": True, "seed": (a.seed or 0) + i if again else a.seed}))
     debate = config.debate.model_copy(update={"agents": debaters, "rounds": rounds, "final": "aggregator"})
     aggregator = config.aggregator.model_copy(update={"max_tokens": answer_tokens})
     return config.model_copy(update={"debate": debate, "aggregator": aggregator})
