@@ -207,6 +207,13 @@ class SpeculationConfig(_Strict):
     draft_max_tokens: int = Field(48, ge=1, le=1024, description="predict=draft: the draft's token budget")
 
 
+class ToolCacheConfig(_Strict):
+    """Results of pure tools kept by (tool, canonical arguments), so that a repeated call is answered at once."""
+
+    entries: int = Field(1024, ge=1, description="most results kept (least recently used dropped first)")
+    ttl_s: float | None = Field(600.0, gt=0, description="seconds a result stays valid (null: until dropped)")
+
+
 class AgentConfig(_Strict):
     """One proposer or the aggregator."""
 
@@ -233,6 +240,8 @@ class AgentConfig(_Strict):
     tool_timeout_s: float = Field(30.0, gt=0, description="proposers with tools: a call running longer fails")
     speculation: SpeculationConfig = Field(default_factory=SpeculationConfig,
                                            description="proposers with tools: speculative tool calls")
+    tool_cache: ToolCacheConfig | None = Field(None, description="proposers with tools: answer repeated pure "
+                                               "calls from a cache kept across turns (null: off)")
 
     @field_validator("tools")
     @classmethod

@@ -87,6 +87,20 @@ class Agent:
         self._live = False  # the slot's sequence holds `history`
         self._turns = 0
 
+    @classmethod
+    def from_config(cls, cfg: AgentConfig, engine: Engine, *, slot: AgentSlot | None = None,
+                    draft_engine: Engine | None = None, parallel_calls: bool = True,
+                    later_tool_choice: ToolChoice | None = "auto") -> Agent:
+        """The agent an AgentConfig describes: its tools, tool choice, steps, timeout, cache and speculation."""
+        from ..tools import toolset
+
+        tools = toolset(",".join(cfg.tools), timeout=cfg.tool_timeout_s) if cfg.tools else None
+        cache = ToolCache(cfg.tool_cache.entries, cfg.tool_cache.ttl_s) if cfg.tool_cache else None
+        slot = slot or AgentSlot(cfg=cfg, engine=engine, fmt=ChatFormat(engine.tokenizer))
+        return cls(engine, tools, slot=slot, max_steps=cfg.max_tool_steps, tool_choice=cfg.tool_choice,
+                   later_tool_choice=later_tool_choice, parallel_calls=parallel_calls,
+                   tool_timeout=cfg.tool_timeout_s, name=cfg.name, draft_engine=draft_engine, cache=cache)
+
     def _configured_speculator(self, spec: SpeculationConfig, draft_engine: Engine | None) -> Speculator | None:
         """The speculator `spec.predict` names; a draft on another backend needs that backend's engine."""
         if spec.predict == "history":
@@ -319,6 +333,7 @@ class Agent:
         run.decode_tokens += step.decode_tokens
         run.tool_calls += step.calls
         run.tool_errors += step.tool_errors
+        run.tool_cache_hits += step.cached
 
     async def reset(self) -> None:
         """Forget the conversation and free its sequence."""

@@ -45,6 +45,7 @@ class AgentRunMetrics(BaseModel):
     tool_calls: int = 0
     tool_errors: int = 0
     finish: AgentFinish = "answer"
+    tool_cache_hits: int = 0  # calls answered from the tool cache without running
     speculations_started: int = 0
     speculations_taken: int = 0  # alpha = taken / started
     steps: list[StepMetrics] = Field(default_factory=list)

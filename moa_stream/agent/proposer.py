@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ..tools import ToolCall, ToolResult, toolset
+from ..tools import ToolCall, ToolResult
 from ..tools.call_stream import CallStream, Piece, TextPiece
 from .agent import Agent
 from .events import AgentDelta, AgentDone
@@ -22,13 +22,11 @@ def _text(pieces: list[Piece]) -> str:
 
 
 def tool_agent(slot: AgentSlot) -> Agent:
-    """The slot's tool agent, made on first use from its config (tools, tool_choice, max_tool_steps, timeout)."""
+    """The slot's tool agent, made on first use from its config; a step ends at its first call, so that each
+    result reaches the readers as soon as the call returns."""
     if slot.tool_agent is None:
-        cfg = slot.cfg
-        tools = toolset(",".join(cfg.tools), timeout=cfg.tool_timeout_s)
-        slot.tool_agent = Agent(slot.engine, tools, slot=slot, max_steps=cfg.max_tool_steps,
-                                tool_choice=cfg.tool_choice, later_tool_choice="auto", parallel_calls=False,
-                                tool_timeout=cfg.tool_timeout_s, name=cfg.name, draft_engine=slot.draft_engine)
+        slot.tool_agent = Agent.from_config(slot.cfg, slot.engine, slot=slot, draft_engine=slot.draft_engine,
+                                            parallel_calls=False)
     agent: Agent = slot.tool_agent
     return agent
 

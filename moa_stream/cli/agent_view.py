@@ -27,7 +27,8 @@ def run_line(m: AgentRunMetrics) -> str:
     ttft = f"{m.ttft_s:.2f} s" if m.ttft_s is not None else "-"
     return (f"{m.finish} | {len(m.steps)} steps | TTFT {ttft} | total {m.total_s:.2f} s | "
             f"computed {m.prefill_computed} tok | decoded {m.decode_tokens} tok | {m.tool_calls} calls, "
-            f"{m.tool_errors} errors | tools {m.tools_s:.2f} s")
+            f"{m.tool_errors} errors, {m.tool_cache_hits} from the cache | speculated {m.speculations_taken} taken "
+            f"of {m.speculations_started} | tools {m.tools_s:.2f} s")
 
 
 def _short(value: Any, limit: int = 160) -> str:

@@ -11,6 +11,7 @@ from tests.cli.test_cli_run import moa_stream
 from tests.conftest import tiny_llama
 
 LUCKY = "tests.moa_stream.agent.test_agent:lucky_number"
+PURE_LUCKY = "tests.cli.agent_tools:pure_lucky"
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +59,40 @@ def test_agent_bad_tool_specs_and_empty_tasks_are_usage_errors():
     assert proc.returncode == 2 and "cannot import" in proc.stderr
     proc = moa_stream("agent", "--tools", "bfcl:MathAPI", "", stdin="")
     assert proc.returncode == 2 and "task is empty" in proc.stderr
+
+
+def test_agent_takes_further_turns_from_stdin_each_computing_its_delta_and_caches_pure_calls(tiny_model_dir):
+    """Two turns on one live sequence: `--json` prints one object a turn; the second turn appends only its own
+    tokens; with `--tool-cache`, its repeat of the first turn's pure call is answered from the cache."""
+    proc = moa_stream("agent", "--model", str(tiny_model_dir), "--tools", PURE_LUCKY, "--tool-choice", "required",
+                      "--max-steps", "1", "--max-tokens", "40", "--json", "--tool-cache", "8",
+                      "What is the lucky number?", stdin="And once more?\n")
+    assert proc.returncode == 0, proc.stderr
+    first, second = (json.loads(line) for line in proc.stdout.splitlines())
+    assert (first["turn"], second["turn"]) == (0, 1)
+    calls = [out["steps"][0]["calls"][0] for out in (first, second)]
+    assert [c["name"] for c in calls] == ["pure_lucky", "pure_lucky"]  # required + the grammar: a call each turn
+    assert first["steps"][0]["results"][0]["cached"] is False
+    assert second["steps"][0]["results"][0]["cached"] is (calls[0]["arguments"] == calls[1]["arguments"])
+    assert second["metrics"]["tool_cache_hits"] == int(calls[0]["arguments"] == calls[1]["arguments"])
+    # The second turn's prompt is the new user turn only, not the first turn's context read again.
+    assert second["metrics"]["prefill_computed"] < first["metrics"]["prefill_computed"] / 2
+
+
+def test_agent_runs_a_configs_agent_with_its_tools(tiny_model_dir, tmp_path):
+    """`--config`: the config's first proposer with tools runs on its backend, with its tool settings."""
+    import yaml
+
+    cfg = {"backends": {"default": {"kind": "transformers", "model": str(tiny_model_dir)}},
+           "layers": [[{"name": "plain", "max_tokens": 8},
+                       {"name": "caller", "tools": [PURE_LUCKY], "tool_choice": "required", "max_tool_steps": 1,
+                        "max_tokens": 40, "temperature": 0.0, "tool_cache": {"entries": 4}}]],
+           "aggregator": {"name": "aggregator"}}
+    path = tmp_path / "moa.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = moa_stream("agent", "--config", str(path), "--json", "Lucky number?")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["tools"] == ["pure_lucky"] and out["steps"][0]["calls"][0]["name"] == "pure_lucky"
+    proc = moa_stream("agent", "--config", str(path), "--agent", "nobody", "task")
+    assert proc.returncode == 2 and "no agent named 'nobody'" in proc.stderr
