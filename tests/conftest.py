@@ -13,6 +13,7 @@ import pytest
 from engine import SamplingParams, Sequence, models
 from engine.transformers_engine import TransformersEngine
 from tests.llama_server import llama_server  # noqa: F401  (session fixture: llama.cpp server on loopback)
+from tests.misbehaving_server import MisbehavingServer
 
 GUARD_S = 120  # a hang fails the test instead of blocking the suite; never reached when the engine works
 
@@ -101,3 +102,14 @@ async def tiny_engine() -> TransformersEngine:
     eng = TransformersEngine(tiny_llama(), block_size=4, kv_cache_bytes=4 << 20)
     yield eng
     await eng.shutdown()
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[MisbehavingServer]:
+    """The misbehaving OpenAI-style server on its own thread, one per module (see tests/misbehaving_server.py)."""
+    from transformers import AutoTokenizer
+
+    server = MisbehavingServer(AutoTokenizer.from_pretrained(models.resolve(None)))
+    server.start()
+    yield server
+    server.stop()

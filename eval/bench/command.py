@@ -10,6 +10,7 @@ from typing import Any
 from moa_stream.cli import positive_int
 
 from . import layouts_command as bench_layouts
+from .options import add_moa_arguments
 
 # ---------------------------------------------------------------------------------------------- bench engine
 
@@ -108,9 +109,7 @@ def _main_engine(args: argparse.Namespace) -> int:
 
 
 def _add_ttft_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--config", default=None, help="MoA config file (YAML/TOML); default: 3 proposers, one model")
-    p.add_argument("--model", default=None, help="model of the default backend (default: the offline SmolLM2)")
+    add_moa_arguments(p)
     p.add_argument("--proposer-tokens", type=positive_int, default=256, metavar="N",
                    help="tokens every proposer writes (256)")
     p.add_argument("--answer-tokens", type=positive_int, default=64, metavar="N", help="answer tokens at most (64)")
@@ -199,9 +198,7 @@ def _main_ttft(args: argparse.Namespace) -> int:
 
 
 def _add_load_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--config", default=None, help="MoA config file (YAML/TOML); default: 3 proposers, one model")
-    p.add_argument("--model", default=None, help="model of the default backend (default: the offline SmolLM2)")
+    add_moa_arguments(p)
     p.add_argument("--mode", default=None, help="MoA mode the clients ask for (default: the config's)")
     p.add_argument("--clients", type=positive_int, default=64, metavar="N", help="concurrent streaming clients (64)")
     p.add_argument("--requests", type=positive_int, default=128, metavar="N", help="requests in all (128)")
@@ -397,9 +394,7 @@ def _main_agent(args: argparse.Namespace) -> int:
 
 
 def _add_debate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--config", default=None, help="MoA config file (YAML/TOML); debaters from its first layer")
-    p.add_argument("--model", default=None, help="model of the default backend (default: the offline SmolLM2)")
+    add_moa_arguments(p, "MoA config file (YAML/TOML); debaters from its first layer")
     p.add_argument("--agents", type=positive_int, default=3, metavar="N", help="debaters (3)")
     p.add_argument("--rounds", type=positive_int, default=2, metavar="R", help="rounds (2)")
     p.add_argument("--turn-tokens", type=positive_int, default=128, metavar="N",

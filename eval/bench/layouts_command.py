@@ -9,12 +9,12 @@ from typing import Any
 
 from moa_stream.cli import positive_int
 
+from .options import add_moa_arguments
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `bench layouts`."""
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--config", default=None, help="MoA config file (YAML/TOML); default: 3 proposers, one model")
-    p.add_argument("--model", default=None, help="model of the default backend (default: the offline SmolLM2)")
+    add_moa_arguments(p)
     p.add_argument("--prompts", type=positive_int, default=None, metavar="N",
                    help="run the first N prompts of eval/bench/layout_prompts.jsonl (default: all 12)")
     p.add_argument("--layouts", default=None, metavar="LIST",

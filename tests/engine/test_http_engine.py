@@ -4,7 +4,7 @@ purpose (refusals, 500s, cut streams, stalls); plus MoA runs whose proposers liv
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -30,15 +30,6 @@ QUESTION = "What is the capital of France?"
 def tokenizer() -> Any:
     """The SmolLM2 tokenizer (the model both servers stand for)."""
     return AutoTokenizer.from_pretrained(models.resolve(None))
-
-
-@pytest.fixture(scope="module")
-def fake(tokenizer: Any) -> Iterator[MisbehavingServer]:
-    """The misbehaving server, one per module (behaviour picked by URL path)."""
-    server = MisbehavingServer(tokenizer)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -4,14 +4,12 @@ with a repetition penalty, validation naming the field, and the penalties' pass-
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
-from transformers import AutoTokenizer
 
-from engine import InvalidSamplingError, SamplingParams, models
+from engine import InvalidSamplingError, SamplingParams
 from engine.remote.http_engine import HttpEngine
 from engine.sampler import apply_penalties, sample
 from engine.transformers_engine import TransformersEngine
@@ -88,15 +86,6 @@ async def test_engine_greedy_with_repetition_penalty_matches_transformers() -> N
         assert got != unpenalized  # the penalty did something on this prompt
     finally:
         await eng.shutdown()
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[MisbehavingServer]:
-    """The misbehaving server (its `ok` behaviour records each request body)."""
-    server = MisbehavingServer(AutoTokenizer.from_pretrained(models.resolve(None)))
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_penalties_and_min_p_pass_through_http(fake: MisbehavingServer) -> None:

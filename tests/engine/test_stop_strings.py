@@ -6,7 +6,6 @@ detokenizer and end to end on both the embedded engine and the HTTP engine.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -97,15 +96,6 @@ async def test_embedded_engine_cuts_at_the_earliest_stop(tokenizer: Any) -> None
         assert (text, reason) == ("x", "stop")
     finally:
         await eng.shutdown()
-
-
-@pytest.fixture(scope="module")
-def fake(tokenizer: Any) -> Iterator[MisbehavingServer]:
-    """The misbehaving server; its `pieces` behaviour streams the text chunks a request asks for."""
-    server = MisbehavingServer(tokenizer)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.mark.parametrize("pieces", [["xA", "yB"], ["xAyB"]])

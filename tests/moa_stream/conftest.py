@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
-from transformers import AutoTokenizer
 
-from engine import models
 from engine.transformers_engine import TransformersEngine
-from tests.misbehaving_server import MisbehavingServer
 from tests.server.thread_server import tiny_moa_engine
 
 
@@ -21,10 +18,3 @@ async def tiny() -> AsyncIterator[TransformersEngine]:
     await eng.shutdown()
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[MisbehavingServer]:
-    """The misbehaving OpenAI-style server on its own thread (see tests/misbehaving_server.py)."""
-    server = MisbehavingServer(AutoTokenizer.from_pretrained(models.resolve(None)))
-    server.start()
-    yield server
-    server.stop()
