@@ -43,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "between systems are narrower when their answers agree")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the deterministic subset and of each sample's random system order (0)")
-    p.add_argument("--systems", default=DEFAULT_SYSTEMS, help=f"comma-separated systems ({DEFAULT_SYSTEMS})")
+    p.add_argument("--systems", default=None, help=f"comma-separated systems (default: {DEFAULT_SYSTEMS}; for "
+                   "bfcl-multi-turn: single)")
     p.add_argument("--out", default="eval/results/latest", help="results folder; an existing rows.jsonl is resumed")
     p.add_argument("--config", default=None, help="MoA config file (YAML/TOML)")
     p.add_argument("--model", default=None, help="model of the default backend")
@@ -95,7 +96,7 @@ def main(args: argparse.Namespace) -> int:
     rows_path = out / "rows.jsonl"
     if not args.report_only:
         try:
-            systems = runner.parse_systems(args.systems)
+            systems = runner.parse_systems(args.systems or DEFAULT_SYSTEMS)
             per_dataset = [datasets.load(name, n, args.seed) for name, n in _datasets(args)]
             # Round robin over the datasets, so a run stopped early (and resumed later) covers each of them.
             samples = [s for group in itertools.zip_longest(*per_dataset) for s in group if s is not None]

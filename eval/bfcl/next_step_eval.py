@@ -274,15 +274,13 @@ def main(args: argparse.Namespace, datasets: Sequence[tuple[str, int | None]]) -
     """Run (or resume) the next-step eval, then write summary.md, summary.json and plot.png beside rows.jsonl."""
     from rich.console import Console
 
-    from ..command import DEFAULT_SYSTEMS
-
     console = Console(stderr=True)
     out = Path(args.out)
     rows_path = out / "rows.jsonl"
     if not args.report_only:
         try:
             formats = parse_list(args.formats, list(AGENT_FORMATS), "--formats")
-            systems = parse_list("single" if args.systems == DEFAULT_SYSTEMS else args.systems, SYSTEMS,
+            systems = parse_list(args.systems or "single", SYSTEMS,
                                  "--systems for bfcl-multi-turn")
             cases = [(name, c) for name, n in datasets for c in pick_cases(name, n, args.seed)]
             cfg = MoAConfig.load(args.config)

@@ -17,12 +17,12 @@ decoding off and on over the forced calls (`prompt_lookup_bench`). Engines come 
 """
 
 from .engines import EngineFactory, LlamaCppFactory, TransformersFactory
+from .mode_run import ModeRun
 from .modes import LOCAL_MODES, AgentMode, LlamaServerAgent, ReopeningAgent, StatefulAgent, StepRecord, make_mode
 from .prompt_lookup_bench import PromptLookupBenchConfig
 from .runner import (
     TARGETS,
     AgentBenchConfig,
-    ModeRun,
     conversations,
     kv_bytes_per_token,
     kv_footprint_tokens,

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from engine import Engine
 from engine.prompt_lookup import PromptLookup
 
 from .engines import EngineFactory
+from .mode_run import ModeRun
 from .workload import ChatRendering, Workflow
-
-if TYPE_CHECKING:
-    from .runner import ModeRun
 
 
 @dataclass(frozen=True)
@@ -30,7 +28,7 @@ class PromptLookupBenchConfig:
     steps: int = 6
 
 
-RunStateful = Callable[[Engine, Sequence[Workflow], ChatRendering], Awaitable["ModeRun"]]
+RunStateful = Callable[[Engine, Sequence[Workflow], ChatRendering], Awaitable[ModeRun]]
 
 
 async def run_prompt_lookup_bench(factory: EngineFactory, flows: Sequence[Workflow], rendering: ChatRendering,
