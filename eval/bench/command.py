@@ -9,7 +9,9 @@ from typing import Any
 
 from moa_stream.cli import positive_int
 
+from . import debate_command as bench_debate
 from . import layouts_command as bench_layouts
+from . import ttft_command as bench_ttft
 from .options import add_moa_arguments
 
 # ---------------------------------------------------------------------------------------------- bench engine
@@ -104,95 +106,6 @@ def _main_engine(args: argparse.Namespace) -> int:
         Console().print(_engine_table(result))
     return 0
 
-
-# ---------------------------------------------------------------------------------------------- bench ttft
-
-
-def _add_ttft_arguments(p: argparse.ArgumentParser) -> None:
-    add_moa_arguments(p)
-    p.add_argument("--proposer-tokens", type=positive_int, default=256, metavar="N",
-                   help="tokens every proposer writes (256)")
-    p.add_argument("--answer-tokens", type=positive_int, default=64, metavar="N", help="answer tokens at most (64)")
-    p.add_argument("--first-chunk", type=positive_int, default=None, metavar="N", help="first chunk size in tokens")
-    p.add_argument("--chunk", type=positive_int, default=None, metavar="N",
-                   help="chunk size in tokens (the first one too, unless --first-chunk)")
-    p.add_argument("--repeats", type=positive_int, default=1, metavar="N", help="runs per mode; the median counts")
-    p.add_argument("--question", default=None, help="the question to answer")
-    p.add_argument("--peer", action="store_true",
-                   help="also run classic MoA as a client of llama.cpp's server on the same GGUF (peer_classic)")
-    p.add_argument("--layers", type=positive_int, default=1, metavar="L",
-                   help="proposer layers (the config's last one repeated); above 1, only classic and staircase run")
-
-
-def _ttft_table(result: dict[str, Any]) -> Any:
-    from rich.table import Table
-
-    table = Table(title="TTFT per mode (seconds)")
-    cols = ("mode", "ttft_s", "total_s", "answer tokens", "finish", "x classic @ equal length", "aggregator prefill "
-            "computed", "chunks")
-    for col in cols:
-        table.add_column(col, justify="left" if col in ("mode", "finish") else "right")
-    for mode, row in result.items():
-        if not isinstance(row, dict) or mode in ("setup", "peer_classic"):
-            continue
-        ratio = row.get("total_ratio_vs_classic")
-        short = " [red](short)[/red]" if row.get("short_answer") else ""
-        table.add_row(mode, f"{row['ttft_s']:.2f}" if row["ttft_s"] is not None else "-", f"{row['total_s']:.2f}",
-                      f"{row['answer_tokens']}{short}", str(row["finish_reason"]),
-                      f"{ratio:.2f} ({row['equal_length_tokens']} tok)" if ratio is not None else "-",
-                      str(row["aggregator_prefill_computed"]), str(row["chunks_ingested"]))
-    return table
-
-
-def _main_ttft(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from eval.bench.ttft import DEFAULT_QUESTION, bench_config, layered, run_ttft_bench
-    from moa_stream import MoA, MoAConfig
-
-    cfg = MoAConfig.load(args.config)
-    cfg = bench_config(layered(cfg, args.layers) if args.layers > 1 else cfg, args.proposer_tokens, args.answer_tokens)
-    cfg = cfg.model_copy(update={"staircase": cfg.staircase.with_chunk(args.chunk, first=args.first_chunk)})
-
-    async def go() -> dict[str, Any]:
-        moa = MoA.from_config(cfg, model=args.model)
-        try:
-            return await run_ttft_bench(moa, args.question or DEFAULT_QUESTION, repeats=args.repeats,
-                                        peer=args.peer, model=args.model,
-                                        modes=["classic", "staircase"] if args.layers > 1 else None)
-        finally:
-            await moa.aclose()
-
-    result = asyncio.run(go())
-    if args.json:
-        print(json.dumps(result))
-    else:
-        from rich.console import Console
-
-        console = Console()
-        console.print(_ttft_table(result))
-        stair = result["staircase"]
-        if args.layers > 1 and "ttft_ratio_vs_classic" in stair:
-            console.print(f"{args.layers} proposer layers: staircase TTFT = {stair['ttft_ratio_vs_classic']:.3f} x "
-                          "classic (target <= 0.1)")
-        if "ttft_ratio_vs_classic" in stair and "ttft_ratio_vs_single" in stair:
-            console.print(f"staircase ({stair['layout']}) TTFT = {stair['ttft_ratio_vs_classic']:.3f} x classic "
-                          f"(target <= 0.07), {stair['ttft_ratio_vs_single']:.2f} x single (target <= 3); total "
-                          f"at equal length {stair['total_ratio_vs_classic']:.2f} x classic (target <= 1)")
-        if result.get("staircase_total_vs_single") is not None:
-            console.print(f"staircase total at equal length = {result['staircase_total_vs_single']:.2f} x single "
-                          "(target <= 2.5)")
-        peer = result.get("peer_classic")
-        if peer is not None:
-            console.print(f"peer (classic MoA on llama.cpp's server): TTFT {peer['ttft_s']:.2f} s, total "
-                          f"{peer['total_s']:.2f} s; classic TTFT = {result['classic_vs_peer_ttft']:.2f} x peer "
-                          f"(target <= 0.7), staircase = {result['staircase_vs_peer_ttft']:.3f} x peer "
-                          "(target <= 0.05)")
-        for mode, row in result.items():
-            if isinstance(row, dict) and mode != "setup" and row.get("short_answer"):
-                console.print(f"[red]{mode}: answer is {row['answer_fraction_of_classic']:.0%} of classic's "
-                              f"length (< {result['setup']['short_answer_fraction']:.0%}): not a complete answer[/red]")
-    return 0
 
 # ---------------------------------------------------------------------------------------------- bench load
 
@@ -390,68 +303,14 @@ def _main_agent(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------------- bench debate
-
-
-def _add_debate_arguments(p: argparse.ArgumentParser) -> None:
-    add_moa_arguments(p, "MoA config file (YAML/TOML); debaters from its first layer")
-    p.add_argument("--agents", type=positive_int, default=3, metavar="N", help="debaters (3)")
-    p.add_argument("--rounds", type=positive_int, default=2, metavar="R", help="rounds (2)")
-    p.add_argument("--turn-tokens", type=positive_int, default=128, metavar="N",
-                   help="tokens every debater writes a round, exactly (128)")
-    p.add_argument("--answer-tokens", type=positive_int, default=64, metavar="N", help="answer tokens at most (64)")
-    p.add_argument("--chunk", type=positive_int, default=None, metavar="N", help="chunk size in tokens")
-    p.add_argument("--question", default=None, help="the question to answer")
-
-
-def _main_debate(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from eval.bench.debate import debate_bench_config, run_debate_bench
-    from eval.bench.ttft import DEFAULT_QUESTION
-    from moa_stream import MoA, MoAConfig
-
-    cfg = debate_bench_config(MoAConfig.load(args.config), args.agents, args.rounds, args.turn_tokens,
-                              args.answer_tokens)
-    cfg = cfg.model_copy(update={"staircase": cfg.staircase.with_chunk(args.chunk)})
-
-    async def go() -> dict[str, Any]:
-        moa = MoA.from_config(cfg, model=args.model)
-        try:
-            return await run_debate_bench(moa, args.question or DEFAULT_QUESTION)
-        finally:
-            await moa.aclose()
-
-    result = asyncio.run(go())
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"debate: {len(result['setup']['agents'])} agents x {result['setup']['rounds']} rounds")
-    for col in ("system", "ttft_s", "total_s", "answer tokens", "prefill computed", "re-read tokens"):
-        table.add_column(col, justify="left" if col == "system" else "right")
-    for mode in ("debate", "debate-sequential"):
-        row = result[mode]
-        reread = sum(r["reread_tokens"] for r in row["rounds"].values())
-        table.add_row(mode, f"{row['ttft_s']:.2f}", f"{row['total_s']:.2f}", str(row["answer_tokens"]),
-                      str(row["prefill_computed"]), str(reread))
-    console = Console()
-    console.print(table)
-    if result["debate_ttft_ratio"] is not None:
-        console.print(f"streaming debate TTFT = {result['debate_ttft_ratio']:.3f} x sequential (target <= 0.2)")
-    return 0
-
-
 # ---------------------------------------------------------------------------------------------- wiring
 
 # name -> (add_arguments, main, one-line help)
 SUBCOMMANDS: dict[str, tuple[Any, Any, str]] = {
     "engine": (_add_engine_arguments, _main_engine,
                "append vs re-prefill of a long sequence, and decode tokens/s at 1/4/8 streams"),
-    "ttft": (_add_ttft_arguments, _main_ttft, "time to first token and total time of every MoA mode"),
-    "debate": (_add_debate_arguments, _main_debate,
+    "ttft": (bench_ttft.add_arguments, bench_ttft.main, "time to first token and total time of every MoA mode"),
+    "debate": (bench_debate.add_arguments, bench_debate.main,
                "streaming debate vs sequential debate: TTFT, total time, what each round computed"),
     "layouts": (bench_layouts.add_arguments, bench_layouts.main,
                 "answer quality of each aggregator layout vs classic on a fixed prompt set (loops, length, ROUGE-L)"),
