@@ -7,7 +7,8 @@ import os
 from engine import Engine, ResponseCache
 from engine.prompt_lookup import PromptLookup
 
-from .config import BackendConfig, ConfigError, HttpBackend, LlamaCppBackend, TransformersBackend, VllmBackend
+from .config import BackendConfig, HttpBackend, LlamaCppBackend, TransformersBackend, VllmBackend
+from .errors import ConfigError
 
 
 def build_engine(cfg: BackendConfig, model_override: str | None = None) -> Engine:

@@ -1,0 +1,22 @@
+"""MoA configuration (pydantic, from YAML/TOML/dict): backends, agents, the pipeline and its knobs."""
+
+from .agents import MIN_TEMPERATURE, AgentConfig, SpeculationConfig, ToolCacheConfig, check_temperature
+from .backends import BackendConfig, HttpBackend, LlamaCppBackend, TransformersBackend, VllmBackend, default_backend
+from .pipeline import DebateConfig, MoAConfig, StaircaseConfig
+
+__all__ = [
+    "MIN_TEMPERATURE",
+    "AgentConfig",
+    "BackendConfig",
+    "DebateConfig",
+    "HttpBackend",
+    "LlamaCppBackend",
+    "MoAConfig",
+    "SpeculationConfig",
+    "StaircaseConfig",
+    "ToolCacheConfig",
+    "TransformersBackend",
+    "VllmBackend",
+    "check_temperature",
+    "default_backend",
+]
