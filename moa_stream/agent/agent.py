@@ -88,13 +88,13 @@ class Agent:
         self._turns = 0
 
     @classmethod
-    def from_config(cls, cfg: AgentConfig, engine: Engine, *, slot: AgentSlot | None = None,
-                    draft_engine: Engine | None = None, parallel_calls: bool = True,
+    def from_config(cls, cfg: AgentConfig, engine: Engine, *, tools: ToolSet | None = None,
+                    slot: AgentSlot | None = None, draft_engine: Engine | None = None, parallel_calls: bool = True,
                     later_tool_choice: ToolChoice | None = "auto") -> Agent:
-        """The agent an AgentConfig describes: its tools, tool choice, steps, timeout, cache and speculation."""
-        from ..tools import toolset
-
-        tools = toolset(",".join(cfg.tools), timeout=cfg.tool_timeout_s) if cfg.tools else None
+        """The agent an AgentConfig describes: its tools (unless given, already built), tool choice, steps,
+        timeout, cache and speculation."""
+        if tools is None and cfg.tools:
+            tools = toolset(",".join(cfg.tools), timeout=cfg.tool_timeout_s)
         cache = ToolCache(cfg.tool_cache.entries, cfg.tool_cache.ttl_s) if cfg.tool_cache else None
         slot = slot or AgentSlot(cfg=cfg, engine=engine, fmt=ChatFormat(engine.tokenizer))
         return cls(engine, tools, slot=slot, max_steps=cfg.max_tool_steps, tool_choice=cfg.tool_choice,

@@ -71,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-constrain", action="store_true",
                    help="let the model write calls freely (default: a grammar keeps every call valid)")
     p.add_argument("--json", action="store_true",
-                   help="print one JSON object: answer, steps (text, calls, results, metrics), run metrics")
+                   help="print one JSON object a turn: answer, steps (text, calls, results, metrics), run metrics")
     p.add_argument("-q", "--quiet", action="store_true", help="without a terminal: no calls or figures on stderr")
 
 
@@ -87,7 +87,7 @@ def _agent_config(args: argparse.Namespace) -> tuple[AgentConfig, BackendConfig]
     from pydantic import ValidationError
 
     from moa_stream import ConfigError, LlamaCppBackend, MoAConfig, TransformersBackend, default_backend
-    from moa_stream.config import AgentConfig, SpeculationConfig, ToolCacheConfig, check_temperature
+    from moa_stream.config import AgentConfig, ToolCacheConfig, check_temperature
 
     if args.config:
         moa = MoAConfig.load(args.config)
@@ -118,9 +118,8 @@ def _agent_config(args: argparse.Namespace) -> tuple[AgentConfig, BackendConfig]
         update["tool_cache"] = ToolCacheConfig(entries=args.tool_cache, ttl_s=args.tool_cache_ttl)
     if args.speculate or args.speculator is not None:
         spec = cfg.speculation
-        update["speculation"] = SpeculationConfig(stream_start=args.speculate or spec.stream_start,
-                                                  predict=args.speculator or spec.predict,
-                                                  draft_max_tokens=spec.draft_max_tokens)
+        update["speculation"] = spec.model_copy(update={"stream_start": args.speculate or spec.stream_start,
+                                                        "predict": args.speculator or spec.predict})
     return cfg.model_copy(update=update), backend
 
 
@@ -131,10 +130,11 @@ def build_agent(args: argparse.Namespace) -> Agent:
     from moa_stream.tools import toolset
 
     cfg, backend = _agent_config(args)
-    if cfg.tools:
-        toolset(",".join(cfg.tools), timeout=cfg.tool_timeout_s)  # a bad spec is a usage error before any load
+    # The tools before the engine: a bad spec is a usage error before any model loads.
+    tools = toolset(",".join(cfg.tools), timeout=cfg.tool_timeout_s) if cfg.tools else None
     engine = build_engine(backend, model_override=args.model if args.config else None)
-    agent = Agent.from_config(cfg, engine, later_tool_choice=None if cfg.tool_choice == "auto" else "auto")
+    agent = Agent.from_config(cfg, engine, tools=tools,
+                              later_tool_choice=None if cfg.tool_choice == "auto" else "auto")
     if args.tool_choice == "none" and not args.config:
         agent.tool_choice = agent.later_tool_choice = "none"
     agent.constrained = not args.no_constrain
