@@ -12,7 +12,7 @@ from moa_stream.cli import positive_int
 from . import debate_command as bench_debate
 from . import layouts_command as bench_layouts
 from . import ttft_command as bench_ttft
-from .options import add_moa_arguments
+from .options import add_moa_arguments, run_on_moa
 
 # ---------------------------------------------------------------------------------------------- bench engine
 
@@ -136,7 +136,6 @@ def _load_table(result: dict[str, Any]) -> Any:
 
 
 def _main_load(args: argparse.Namespace) -> int:
-    import asyncio
 
     from eval.bench.load import run_load
     from moa_stream import MoA, MoAConfig
@@ -144,16 +143,12 @@ def _main_load(args: argparse.Namespace) -> int:
     cfg = MoAConfig.load(args.config) if args.config else MoAConfig.default(max_tokens=args.max_tokens)
     model = f"moa-stream:{args.mode}" if args.mode else "moa-stream"
 
-    async def go() -> dict[str, Any]:
-        moa = MoA.from_config(cfg, model=args.model)
-        try:
-            report = await run_load(moa, clients=args.clients, requests=args.requests, max_tokens=args.max_tokens,
-                                    max_concurrency=args.max_concurrency, duration_s=args.duration, model=model)
-            return report.to_dict()
-        finally:
-            await moa.aclose()
+    async def load(moa: MoA) -> dict[str, Any]:
+        report = await run_load(moa, clients=args.clients, requests=args.requests, max_tokens=args.max_tokens,
+                                max_concurrency=args.max_concurrency, duration_s=args.duration, model=model)
+        return report.to_dict()
 
-    result = asyncio.run(go())
+    result = run_on_moa(cfg, args.model, load)
     if args.json:
         print(json.dumps(result))
     else:

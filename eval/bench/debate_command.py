@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 from moa_stream.cli import positive_int
 
-from .options import add_moa_arguments
+from .options import add_moa_arguments, run_on_moa
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,24 +24,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run `bench debate` and print its JSON or table."""
-    import asyncio
 
     from eval.bench.debate import debate_bench_config, run_debate_bench
     from eval.bench.ttft import DEFAULT_QUESTION
-    from moa_stream import MoA, MoAConfig
+    from moa_stream import MoAConfig
 
     cfg = debate_bench_config(MoAConfig.load(args.config), args.agents, args.rounds, args.turn_tokens,
                               args.answer_tokens)
     cfg = cfg.model_copy(update={"staircase": cfg.staircase.with_chunk(args.chunk)})
 
-    async def go() -> dict[str, Any]:
-        moa = MoA.from_config(cfg, model=args.model)
-        try:
-            return await run_debate_bench(moa, args.question or DEFAULT_QUESTION)
-        finally:
-            await moa.aclose()
-
-    result = asyncio.run(go())
+    result = run_on_moa(cfg, args.model, lambda moa: run_debate_bench(moa, args.question or DEFAULT_QUESTION))
     if args.json:
         print(json.dumps(result))
         return 0

@@ -9,7 +9,7 @@ from typing import Any
 
 from moa_stream.cli import positive_int
 
-from .options import add_moa_arguments
+from .options import add_moa_arguments, run_on_moa
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,25 +43,17 @@ def _table(result: dict[str, Any]) -> Any:
 
 def main(args: argparse.Namespace) -> int:
     """Run the bench and print its JSON or a table."""
-    import asyncio
 
     from eval.bench.layouts import load_prompts, run_layout_bench
     from eval.bench.ttft import bench_config
-    from moa_stream import MoA, MoAConfig
+    from moa_stream import MoAConfig
 
     cfg = bench_config(MoAConfig.load(args.config), args.proposer_tokens, args.answer_tokens, ignore_eos=False)
     cfg = cfg.model_copy(update={"staircase": cfg.staircase.with_chunk(args.chunk)})
     layouts = [n.strip() for n in args.layouts.split(",") if n.strip()] if args.layouts else None
 
-    async def go() -> dict[str, Any]:
-        moa = MoA.from_config(cfg, model=args.model)
-        try:
-            return await run_layout_bench(moa, load_prompts(args.prompts), layouts,
-                                          progress=lambda line: print(line, file=sys.stderr, flush=True))
-        finally:
-            await moa.aclose()
-
-    result = asyncio.run(go())
+    result = run_on_moa(cfg, args.model, lambda moa: run_layout_bench(
+        moa, load_prompts(args.prompts), layouts, progress=lambda line: print(line, file=sys.stderr, flush=True)))
     result["setup"]["model"] = args.model or "default"
     if args.json:
         print(json.dumps(result))

@@ -9,7 +9,7 @@ from typing import Any
 
 from moa_stream.cli import positive_int
 
-from .options import add_moa_arguments
+from .options import add_moa_arguments, run_on_moa
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,25 +51,17 @@ def _ttft_table(result: dict[str, Any]) -> Any:
 
 def main(args: argparse.Namespace) -> int:
     """Run `bench ttft` and print its JSON or table."""
-    import asyncio
 
     from eval.bench.ttft import DEFAULT_QUESTION, bench_config, layered, run_ttft_bench
-    from moa_stream import MoA, MoAConfig
+    from moa_stream import MoAConfig
 
     cfg = MoAConfig.load(args.config)
     cfg = bench_config(layered(cfg, args.layers) if args.layers > 1 else cfg, args.proposer_tokens, args.answer_tokens)
     cfg = cfg.model_copy(update={"staircase": cfg.staircase.with_chunk(args.chunk, first=args.first_chunk)})
 
-    async def go() -> dict[str, Any]:
-        moa = MoA.from_config(cfg, model=args.model)
-        try:
-            return await run_ttft_bench(moa, args.question or DEFAULT_QUESTION, repeats=args.repeats,
-                                        peer=args.peer, model=args.model,
-                                        modes=["classic", "staircase"] if args.layers > 1 else None)
-        finally:
-            await moa.aclose()
-
-    result = asyncio.run(go())
+    result = run_on_moa(cfg, args.model, lambda moa: run_ttft_bench(
+        moa, args.question or DEFAULT_QUESTION, repeats=args.repeats, peer=args.peer, model=args.model,
+        modes=["classic", "staircase"] if args.layers > 1 else None))
     if args.json:
         print(json.dumps(result))
     else:
