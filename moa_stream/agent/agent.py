@@ -23,15 +23,19 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from engine import Engine, SamplingParams, SequenceStats
+from engine import Sequence as EngineSequence
 
 from ..config import AgentConfig, SpeculationConfig
 from ..errors import ConfigError
-from ..tools import CallFormat, Tool, ToolCall, ToolChoice, ToolResult, ToolSet, call_format, toolset
+from ..tools import CALL_FORMATS, CallFormat, Tool, ToolCall, ToolChoice, ToolResult, ToolSet, toolset
+from ..tools import call_format as make_call_format
 from ..tools.call_stream import CallPiece, CallStream
+from .agent_context import AgentContext, EventLogContext, MessageContext
 from .context import ChatFormat, Message
 from .draft_speculator import DraftSpeculator
 from .events import AgentDelta, AgentDone, AgentEvent, AgentFinish, AgentRunMetrics, StepDone, StepMetrics
 from .executor import ToolExecutor
+from .formats import AGENT_FORMATS, agent_format
 from .slot import AgentSlot
 from .tool_cache import ToolCache
 from .tool_speculation import HistoryPredictor, PredictedCall, PredictedStart, SpeculativeCalls, Speculator, StepContext
@@ -53,7 +57,8 @@ def as_toolset(tools: ToolsArg, timeout: float | None = None) -> ToolSet:
 class Agent:
     """A tool-using agent whose conversation lives in one engine sequence (see the module docstring)."""
 
-    def __init__(self, engine: Engine, tools: ToolsArg = None, *, format: str | CallFormat = "hermes",
+    def __init__(self, engine: Engine, tools: ToolsArg = None, *, format: str | None = None,
+                 call_format: str | CallFormat = "hermes",
                  system_prompt: str | None = None, sampling: SamplingParams | None = None,
                  tool_choice: ToolChoice = "auto", later_tool_choice: ToolChoice | None = None,
                  parallel_calls: bool = True, constrained: bool = True, max_steps: int = 10,
@@ -64,13 +69,21 @@ class Agent:
         if max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {max_steps}")
         self.tools = as_toolset(tools, tool_timeout)
-        self.format = call_format(format)
+        if not isinstance(format, str | None) or format in CALL_FORMATS:
+            raise ConfigError(f"format selects the context format ({', '.join(AGENT_FORMATS)}), got {format!r}; "
+                              "a call syntax goes in call_format")
+        self.format = make_call_format(call_format)
         self.executor = ToolExecutor(self.tools, timeout=tool_timeout, cache=cache)
         self.slot = slot or AgentSlot(cfg=AgentConfig(name=name, system_prompt=system_prompt, temperature=0.0),
                                       engine=engine, fmt=ChatFormat(engine.tokenizer))
         self.slot.cache_salt = cache_salt or self.slot.cache_salt
         self.sampling = sampling or (self.slot.sampling() if slot is not None else SamplingParams(max_tokens=256))
         self.system_prompt = system_prompt if system_prompt is not None else self.slot.cfg.system_prompt
+        self.context_format = format or self.slot.cfg.format
+        self.context: AgentContext = (
+            EventLogContext(self.slot, agent_format(self.context_format, self.slot.fmt, self.tools,
+                                                    self.system_prompt, answers=True))
+            if self.context_format else MessageContext(self.slot, self.format))
         self.tool_choice = tool_choice
         self.later_tool_choice = tool_choice if later_tool_choice is None else later_tool_choice
         self.parallel_calls = parallel_calls  # False: a step ends at its first call (its result comes sooner)
@@ -86,6 +99,7 @@ class Agent:
         self.history: list[Message] = []  # user turns and final replies (tool traffic lives in the sequence only)
         self._live = False  # the slot's sequence holds `history`
         self._turns = 0
+        self._waiting: list[ToolCall] = []  # calls of a run that ended for the caller to run (submit's results)
 
     @classmethod
     def from_config(cls, cfg: AgentConfig, engine: Engine, *, tools: ToolSet | None = None,
@@ -167,7 +181,7 @@ class Agent:
         base = self.engine.seq_stats(self.slot.seq) if reuse and self.slot.seq is not None else SequenceStats()
         if not reuse:
             self.history = [m for m in messages if m.role != "system"][:-1]
-        await self.slot.start(self.with_tools(messages), text, reuse=reuse)
+        await self.context.begin(self.with_tools(messages), text, reuse=reuse)
         self.history.append(Message("user", text))
         async for ev in self._steps(t0, base):
             yield ev
@@ -178,15 +192,9 @@ class Agent:
             raise ValueError("no conversation is waiting for tool results; start one with run()")
         t0 = time.perf_counter()
         base = self.engine.seq_stats(self.slot.seq)
-        await self._append_results(results)
+        await self.context.add_step(self._waiting, results)
         async for ev in self._steps(t0, base):
             yield ev
-
-    async def _append_results(self, results: Sequence[ToolResult]) -> None:
-        assert self.slot.seq is not None
-        tokens = self.slot.fmt.next_turn(self.format.render_results(results), self.slot.after_eos)
-        await self.engine.append(self.slot.seq, tokens)
-        self.slot.after_eos = False
 
     async def _steps(self, t0: float, base: SequenceStats) -> AsyncIterator[AgentEvent]:
         """Steps until a reply without calls, the step limit, or calls only the caller can run.
@@ -200,8 +208,9 @@ class Agent:
         run = AgentRunMetrics(agent=self.name)
         calls_all: list[ToolCall] = []
         results_all: list[ToolResult] = []
-        text = ""
+        text = answer = ""
         finish: AgentFinish = "answer"
+        calls: list[ToolCall] = []
         results: list[ToolResult] = []
         try:
             for step in range(self.max_steps):
@@ -209,13 +218,14 @@ class Agent:
                 metrics = StepMetrics(step=step)
                 if step > 0:
                     base = self.engine.seq_stats(slot.seq)
-                    await self._append_results(results)
+                    await self.context.add_step(calls, results)
                 text, reason = "", None
-                sampling = self.step_sampling(step)
-                early, predicted = await self._start_speculation(calls_all, step, sampling)
+                sampling = self.context.sampling(self.step_sampling(step))
+                seq = await self.context.open_step()
+                early, predicted = await self._start_speculation(calls_all, step, sampling, seq)
                 splitter = CallStream(self.format) if early is not None and self.speculate else None
                 try:
-                    async with contextlib.aclosing(self.engine.generate(slot.seq, sampling)) as stream:
+                    async with contextlib.aclosing(self.engine.generate(seq, sampling)) as stream:
                         async for delta in stream:
                             if delta.text:
                                 if metrics.ttft_s is None:
@@ -232,15 +242,19 @@ class Agent:
                 finally:
                     if predicted is not None:  # the calls are written: a guess still being made is cancelled
                         await predicted.stop()
+                    step_stats = await self.context.close_step(seq)
                 metrics.generate_s = time.perf_counter() - step_t0
                 metrics.finish_reason = reason
-                now = self.engine.seq_stats(slot.seq)
-                metrics.prefill_computed = now.prefill_computed - base.prefill_computed
-                metrics.prefill_reused = now.prefill_reused - base.prefill_reused
-                metrics.decode_tokens = now.decode_tokens - base.decode_tokens
                 parsed = self.format.parse(text) if self.choice(step) != "none" and len(self.tools) else []
                 calls = [ToolCall(f"call_{self._turns}_{step}_{i}", p.name or "?", p.arguments)
                          for i, p in enumerate(parsed)]
+                if not calls:  # a reply in words ends the turn; it joins the context now, counted in this step
+                    answer = self.context.reply(text)
+                    await self.context.end_turn(answer)
+                now = self.engine.seq_stats(slot.seq)
+                metrics.prefill_computed = now.prefill_computed - base.prefill_computed + step_stats.prefill_computed
+                metrics.prefill_reused = now.prefill_reused - base.prefill_reused + step_stats.prefill_reused
+                metrics.decode_tokens = now.decode_tokens - base.decode_tokens + step_stats.decode_tokens
                 for c in calls:
                     yield c
                 results = []
@@ -261,16 +275,18 @@ class Agent:
                 self._add(run, metrics)
                 yield StepDone(metrics, self.name)
                 if finish == "tool_calls":
+                    self._waiting = calls
                     break
                 if not calls:
                     finish = "length" if reason == "length" else "answer"
                     break
             else:
                 finish = "max_steps"
-                await self._append_results(results)  # the context stays whole for the next turn
+                await self.context.add_step(calls, results)  # the context stays whole for the next turn
             if self.speculator is not None:  # it may learn the workflow, to predict the next run's calls
                 self.speculator.observe([PredictedCall(c.name, c.arguments) for c in calls_all])
-            answer = self.format.strip_calls(text)
+            if finish not in ("answer", "length"):
+                answer = self.format.strip_calls(text)
             run.finish = finish
             run.total_s = time.perf_counter() - t0
             run.ttft_s = run.steps[0].ttft_s if run.steps else None
@@ -282,17 +298,16 @@ class Agent:
             if not finished:  # cancelled or failed halfway: the sequence holds a broken turn, start afresh
                 await self.reset()
 
-    async def _start_speculation(self, calls_so_far: Sequence[ToolCall], step: int, sampling: SamplingParams
-                                 ) -> tuple[SpeculativeCalls | None, PredictedStart | None]:
+    async def _start_speculation(self, calls_so_far: Sequence[ToolCall], step: int, sampling: SamplingParams,
+                                 seq: EngineSequence) -> tuple[SpeculativeCalls | None, PredictedStart | None]:
         """The step's speculation (None when off) and its speculator's guessing, begun (the sequence released)."""
         if not (self.speculate or self.speculator) or not len(self.tools) or self.choice(step) == "none":
             return None, None  # a step that may not call has nothing to guess
         early = self.executor.speculate()
         if self.speculator is None:
             return early, None
-        assert self.slot.seq is not None
         context = StepContext(tuple(PredictedCall(c.name, c.arguments) for c in calls_so_far), self.engine,
-                              self.slot.seq, tuple(self.engine.tokens(self.slot.seq)), self.format,
+                              seq, tuple(self.engine.tokens(seq)), self.format,
                               sampling.structured, self.slot.cache_salt)
         predicted = PredictedStart(self.speculator, context, early)
         await predicted.begin()

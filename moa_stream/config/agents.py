@@ -68,6 +68,8 @@ class AgentConfig(Strict):
                                            description="proposers with tools: speculative tool calls")
     tool_cache: ToolCacheConfig | None = Field(None, description="proposers with tools: answer repeated pure "
                                                "calls from a cache kept across turns (null: off)")
+    format: str | None = Field(None, description="agents with tools: the context format (chat, thread, compact: "
+                               "an event log, each step on a fork); null: the conversation's chat messages")
 
     @field_validator("tools")
     @classmethod
@@ -76,6 +78,15 @@ class AgentConfig(Strict):
             if not isinstance(spec, str) or not (spec.startswith("bfcl:") or ":" in spec or spec.isidentifier()):
                 raise ValueError(f"tool spec {spec!r}: write bfcl:<Class> or <module>:<function>")
         return specs
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, name: str | None) -> str | None:
+        from ..agent.formats import AGENT_FORMATS  # the registry lives with the formats, above the config
+
+        if name is not None and name not in AGENT_FORMATS:
+            raise ValueError(f"format must be one of {', '.join(AGENT_FORMATS)}; got {name!r}")
+        return name
 
     @field_validator("temperature")
     @classmethod

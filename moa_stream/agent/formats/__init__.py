@@ -6,10 +6,12 @@ Importing this package registers the built-in formats (chat, thread, compact); s
 from . import chat, compact, thread  # noqa: F401  (registers the built-in formats)
 from .base import AGENT_FORMATS, AgentFormat, agent_format, json_line, register_agent_format
 from .events import (
+    AnswerEvent,
     CallEvent,
     ErrorEvent,
     HistoryEvent,
     ResultEvent,
+    ToolsEvent,
     UserTurn,
     result_event,
 )
@@ -17,10 +19,12 @@ from .events import (
 __all__ = [
     "AGENT_FORMATS",
     "AgentFormat",
+    "AnswerEvent",
     "CallEvent",
     "ErrorEvent",
     "HistoryEvent",
     "ResultEvent",
+    "ToolsEvent",
     "UserTurn",
     "agent_format",
     "json_line",

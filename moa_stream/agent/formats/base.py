@@ -39,12 +39,14 @@ class AgentFormat(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, chat: ChatFormat, tools: ToolSet, instructions: str | None = None) -> None:
+    def __init__(self, chat: ChatFormat, tools: ToolSet, instructions: str | None = None,
+                 answers: bool = False) -> None:
         self.chat = chat
         self.tools = tools
         self.calls = HermesFormat()
         self.glue = TemplateGlue(chat.tok)
         self.instructions = instructions
+        self.answers = answers  # a live agent may end its turn with words (next-step evals only ever call)
 
     @abstractmethod
     def prefix(self) -> list[int]:
@@ -65,8 +67,23 @@ class AgentFormat(ABC):
     def system_prompt(self) -> str:
         """The system message: the format's own instructions, the tools and the call syntax."""
         own = render(f"agent_{self.name}_system")
+        if self.answers:
+            own += "\n" + render(f"agent_{self.name}_answer")
         text = f"{self.instructions}\n\n{own}" if self.instructions else own
         return self.calls.system_prompt(self.tools, text)
+
+    def answer_stops(self) -> tuple[str, ...]:
+        """Stop strings that end a reply in words (a format whose log the model could go on writing)."""
+        return ()
+
+    def read_answer(self, text: str) -> str:
+        """The reply in words as the user should see it."""
+        return text.strip()
+
+    @staticmethod
+    def tool_lines(schemas: Sequence[dict[str, Any]]) -> str:
+        """Tools as the system prompt lists them: one JSON line each."""
+        return "\n".join(json_line({k: s.get(k) for k in ("name", "description", "parameters")}) for s in schemas)
 
     def structured(self) -> StructuralTag | None:
         """The constraint that makes the model write at least one call valid under a tool's schema."""
@@ -115,10 +132,12 @@ AGENT_FORMATS = Registry("agent format")
 register_agent_format = AGENT_FORMATS.register  # class decorator: the format becomes selectable by its `name`
 
 
-def agent_format(name: str, chat: ChatFormat, tools: ToolSet, instructions: str | None = None) -> AgentFormat:
-    """A new instance of the agent format registered under `name`, for one history."""
+def agent_format(name: str, chat: ChatFormat, tools: ToolSet, instructions: str | None = None,
+                 answers: bool = False) -> AgentFormat:
+    """A new instance of the agent format registered under `name`, for one history (`answers`: a live agent's,
+    which may reply in words)."""
     try:
         cls = AGENT_FORMATS[name]
     except KeyError:
         raise ConfigError(f"agent format must be one of {', '.join(AGENT_FORMATS)}; got {name!r}") from None
-    return cls(chat, tools, instructions)
+    return cls(chat, tools, instructions, answers)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from ...prompts import render
 from ...tools import ToolResult
 from .base import CALL_TAGS, AgentFormat, escape_tags, register_agent_format
-from .events import CallEvent, ErrorEvent, HistoryEvent, ResultEvent, UserTurn
+from .events import AnswerEvent, CallEvent, ErrorEvent, HistoryEvent, ResultEvent, ToolsEvent, UserTurn
 
 
 @register_agent_format
@@ -44,6 +44,10 @@ class ChatAgentFormat(AgentFormat):
                 return self._message("tool", self.calls.render_results([ToolResult("", name, result)]))
             case ErrorEvent(name=name, error=error):
                 return self._message("tool", self.calls.render_results([ToolResult("", name, error=error)]))
+            case AnswerEvent(text=text):
+                return self._message("assistant", escape_tags(text, CALL_TAGS, "&lt;"))
+            case ToolsEvent(schemas=schemas):
+                return self._message("user", render("agent_tools_added", tools=self.tool_lines(schemas)))
         raise TypeError(f"not a history event: {event!r}")
 
     def cue(self) -> list[int]:

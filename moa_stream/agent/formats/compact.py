@@ -9,12 +9,13 @@ appended afterwards is the very text the model would have written.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 from ...prompts import render
 from .base import CALL_TAGS, AgentFormat, escape_tags, json_line, register_agent_format
-from .events import CallEvent, ErrorEvent, HistoryEvent, ResultEvent, UserTurn, payload
+from .events import AnswerEvent, CallEvent, ErrorEvent, HistoryEvent, ResultEvent, ToolsEvent, UserTurn, payload
 
 _ESCAPED_LT = "\\u003c"  # `<` inside a JSON string, as JSON writes it
 
@@ -46,7 +47,25 @@ class CompactFormat(AgentFormat):
                 return self.content(self.line("result", payload(result)))
             case ErrorEvent(error=error):
                 return self.content(self.line("error", error))
+            case AnswerEvent(text=text):
+                return self.content(self.line("answer", text))
+            case ToolsEvent(schemas=schemas):
+                return self.content(self.line("tools_added", [s.get("name") for s in schemas])
+                                    + self.tool_lines(schemas) + "\n")
         raise TypeError(f"not a history event: {event!r}")
+
+    def answer_stops(self) -> tuple[str, ...]:
+        """A reply ends where the model would start the log's next line itself."""
+        return tuple(f"\n{kind}:" for kind in ("user", "result", "error", "answer"))
+
+    def read_answer(self, text: str) -> str:
+        """The `answer:` line's text (its JSON string decoded), or the model's words as written."""
+        body = text.strip().removeprefix("answer:").strip()
+        try:
+            value = json.loads(body)
+        except ValueError:
+            return body
+        return value if isinstance(value, str) else body
 
     def cue(self) -> list[int]:
         """Nothing: the model continues the log."""

@@ -39,7 +39,21 @@ class ErrorEvent:
     error: str
 
 
-HistoryEvent = UserTurn | CallEvent | ResultEvent | ErrorEvent
+@dataclass(frozen=True)
+class AnswerEvent:
+    """A reply in words that ended the agent's turn (the request is done, or it asks the user something)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolsEvent:
+    """Tools offered from this point on (BFCL's `miss_func` turns reveal a function mid-episode)."""
+
+    schemas: tuple[dict[str, Any], ...]
+
+
+HistoryEvent = UserTurn | CallEvent | ResultEvent | ErrorEvent | AnswerEvent | ToolsEvent
 
 
 def result_event(name: str, result: str) -> ResultEvent | ErrorEvent:

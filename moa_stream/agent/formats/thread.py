@@ -14,9 +14,10 @@ import yaml
 
 from ...prompts import render
 from .base import AgentFormat, escape_tags, register_agent_format
-from .events import CallEvent, ErrorEvent, HistoryEvent, ResultEvent, UserTurn, payload
+from .events import AnswerEvent, CallEvent, ErrorEvent, HistoryEvent, ResultEvent, ToolsEvent, UserTurn, payload
 
-TAGS = ("user_message", "call", "result", "error", "proposals", "tool_call", "tool_response")
+TAGS = ("user_message", "call", "result", "error", "answer", "tools_added", "proposals", "tool_call",
+        "tool_response")
 
 
 @register_agent_format
@@ -46,6 +47,11 @@ class ThreadFormat(AgentFormat):
                 return self.content(self.block("result", {"name": name, "content": payload(result)}))
             case ErrorEvent(name=name, error=error):
                 return self.content(self.block("error", {"name": name, "error": error}))
+            case AnswerEvent(text=text):
+                return self.content(self.block("answer", {"text": text}))
+            case ToolsEvent(schemas=schemas):
+                return self.content(self.block("tools_added", {"tools": [s.get("name") for s in schemas]})
+                                    + self.tool_lines(schemas) + "\n")
         raise TypeError(f"not a history event: {event!r}")
 
     def cue(self) -> list[int]:

@@ -105,7 +105,7 @@ class StaleFormat(HermesFormat):
 
 
 async def test_an_unknown_tool_gives_an_error_result_and_the_agent_goes_on(tiny_chat_engine):
-    agent = Agent(tiny_chat_engine, ToolSet([Tool.from_function(echo)]), format=StaleFormat(), max_steps=2,
+    agent = Agent(tiny_chat_engine, ToolSet([Tool.from_function(echo)]), call_format=StaleFormat(), max_steps=2,
                   sampling=SamplingParams(max_tokens=48))
     events = await events_of(agent.run("Launch the rocket."))
     results = [e for e in events if isinstance(e, ToolResult)]
