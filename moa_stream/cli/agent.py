@@ -12,7 +12,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from .options import positive_int
+from .options import add_tool_agent_arguments, positive_int, seconds, tool_cache
 
 if TYPE_CHECKING:
     from moa_stream.agent.agent import Agent
@@ -21,16 +21,6 @@ if TYPE_CHECKING:
     from .agent_view import AgentRecord
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"wants a positive number of seconds, got {text!r}")
-    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,10 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agent", default=None, metavar="NAME", help="with --config: which agent to run")
     p.add_argument("--backend", choices=("llamacpp", "transformers"), default=None,
                    help="the engine (default: llama.cpp for a GGUF on a machine without CUDA, else transformers)")
-    p.add_argument("--tool-cache", type=positive_int, default=None, metavar="N",
-                   help="answer repeated pure calls from a cache of N results (default: off)")
-    p.add_argument("--tool-cache-ttl", type=_seconds, default=600.0, metavar="S",
-                   help="seconds a cached result stays valid (default: 600)")
+    add_tool_agent_arguments(p, "the agent")
     p.add_argument("--speculate", action="store_true",
                    help="start a pure call the moment the streamed text parses as one")
     p.add_argument("--speculator", choices=("off", "history", "draft"), default=None,
@@ -66,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default: 0, greedy)")
     p.add_argument("--tool-choice", choices=("auto", "required", "none"), default="auto",
                    help="auto: the model decides; required: the first step must call a tool; none: no calls")
-    p.add_argument("--tool-timeout", type=_seconds, default=30.0, metavar="S",
+    p.add_argument("--tool-timeout", type=seconds, default=30.0, metavar="S",
                    help="a call running longer becomes an error result (default: 30)")
     p.add_argument("--no-constrain", action="store_true",
                    help="let the model write calls freely (default: a grammar keeps every call valid)")
@@ -87,7 +74,7 @@ def _agent_config(args: argparse.Namespace) -> tuple[AgentConfig, BackendConfig]
     from pydantic import ValidationError
 
     from moa_stream import ConfigError, LlamaCppBackend, MoAConfig, TransformersBackend, default_backend
-    from moa_stream.config import AgentConfig, ToolCacheConfig, check_temperature
+    from moa_stream.config import AgentConfig, check_temperature
 
     if args.config:
         moa = MoAConfig.load(args.config)
@@ -114,8 +101,10 @@ def _agent_config(args: argparse.Namespace) -> tuple[AgentConfig, BackendConfig]
         model = args.model or getattr(backend, "model", None)
         backend = LlamaCppBackend(model=model) if args.backend == "llamacpp" else TransformersBackend(model=model)
     update: dict[str, object] = {}
-    if args.tool_cache is not None:
-        update["tool_cache"] = ToolCacheConfig(entries=args.tool_cache, ttl_s=args.tool_cache_ttl)
+    if (cache := tool_cache(args)) is not None:
+        update["tool_cache"] = cache
+    if args.agent_format is not None:
+        update["format"] = args.agent_format
     if args.speculate or args.speculator is not None:
         spec = cfg.speculation
         update["speculation"] = spec.model_copy(update={"stream_start": args.speculate or spec.stream_start,
@@ -187,5 +176,5 @@ def main(args: argparse.Namespace) -> int:
     if args.json:  # one object per turn
         for turn, view in enumerate(views):
             print(json.dumps({**view.as_json(), "turn": turn, "model": agent.engine.model_name,
-                              "tools": agent.tools.names}))
+                              "tools": agent.tools.names, "format": agent.context_format or "messages"}))
     return EXIT_OK

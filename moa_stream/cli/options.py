@@ -1,4 +1,5 @@
-"""Options shared by `run`, `chat` and `serve`: which config, mode, chunk size and model build the pipeline."""
+"""Options shared by `run`, `chat`, `serve` and `agent`: which config, mode, chunk size and model build the pipeline,
+and the tool agents' context format and tool cache."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import TYPE_CHECKING
 from moa_stream import MODES
 
 if TYPE_CHECKING:
-    from moa_stream import MoA, MoAConfig
+    from moa_stream import MoA, MoAConfig, ToolCacheConfig
 
 
 def positive_int(text: str) -> int:
@@ -20,6 +21,38 @@ def positive_int(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"wants a positive integer, got {text!r}")
     return n
+
+
+def seconds(text: str) -> float:
+    """argparse type: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"wants a positive number of seconds, got {text!r}")
+    return value
+
+
+def add_tool_agent_arguments(p: argparse.ArgumentParser, whose: str) -> None:
+    """--format, --tool-cache and --tool-cache-ttl for `whose` tool-using agents."""
+    from moa_stream import AGENT_FORMATS
+
+    p.add_argument("--format", dest="agent_format", choices=list(AGENT_FORMATS), default=None,
+                   help=f"context format of {whose}: an event log, each step on a fork (default: the config's, "
+                        "else the chat messages)")
+    p.add_argument("--tool-cache", type=positive_int, default=None, metavar="N",
+                   help=f"a cache of N results answers the repeated pure calls of {whose} (default: the "
+                        "config's, else off)")
+    p.add_argument("--tool-cache-ttl", type=seconds, default=600.0, metavar="S",
+                   help="seconds a cached result stays valid (default: 600)")
+
+
+def tool_cache(args: argparse.Namespace) -> ToolCacheConfig | None:
+    """The --tool-cache options as a ToolCacheConfig (None: not given)."""
+    from moa_stream import ToolCacheConfig
+
+    return None if args.tool_cache is None else ToolCacheConfig(entries=args.tool_cache, ttl_s=args.tool_cache_ttl)
 
 
 def add_moa_arguments(p: argparse.ArgumentParser) -> None:

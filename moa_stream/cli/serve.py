@@ -10,7 +10,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
-from .options import add_moa_arguments, build_moa, positive_int
+from .options import add_moa_arguments, add_tool_agent_arguments, build_moa, positive_int, tool_cache
 
 if TYPE_CHECKING:
     from moa_stream import MoA
@@ -22,6 +22,7 @@ API_KEY_ENV = "MOA_STREAM_API_KEY"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Register `serve`'s options."""
     add_moa_arguments(p)
+    add_tool_agent_arguments(p, "the config's tool-using agents that set none")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--api-key", default=None,
@@ -57,6 +58,7 @@ def main(args: argparse.Namespace) -> int:
         settings = ServerSettings(host=args.host, port=args.port, api_key=args.api_key or os.environ.get(API_KEY_ENV),
                                   request_timeout_s=args.timeout, max_concurrency=args.max_concurrency,
                                   model_id=args.model_id, max_tokens=args.max_tokens,
+                                  agent_format=args.agent_format, tool_cache=tool_cache(args),
                                   **{k: v for k, v in optional.items() if v is not None})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

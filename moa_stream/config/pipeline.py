@@ -16,7 +16,7 @@ from pydantic import (
 
 from ..errors import ConfigError
 from ..events import Mode
-from .agents import AgentConfig
+from .agents import AgentConfig, ToolCacheConfig
 from .backends import BackendConfig, default_backend
 from .base import Strict
 
@@ -142,6 +142,23 @@ class MoAConfig(Strict):
         if self.staircase.start_policy == "quorum" and q is not None and q > len(self.layers[-1]):
             raise ValueError(f"staircase.quorum={q} but the last layer has {len(self.layers[-1])} proposers")
         return self
+
+    def with_tool_agents(self, *, format: str | None = None, tool_cache: ToolCacheConfig | None = None,
+                         override: bool = False) -> MoAConfig:
+        """This config with its tool-using proposers' context format and tool cache set: where they set none, or
+        everywhere with `override` (a server's defaults, a request's choice)."""
+        def updated(agent: AgentConfig) -> AgentConfig:
+            if not agent.tools:
+                return agent
+            changes: dict[str, object] = {}
+            if format is not None and (override or agent.format is None):
+                changes["format"] = format
+            if tool_cache is not None and (override or agent.tool_cache is None):
+                changes["tool_cache"] = tool_cache
+            return agent.model_copy(update=changes) if changes else agent
+
+        layers = [[updated(a) for a in layer] for layer in self.layers]
+        return self if layers == self.layers else self.model_copy(update={"layers": layers})
 
     @classmethod
     def default(cls, model: str | None = None, proposers: int = 3, max_tokens: int = 256) -> MoAConfig:

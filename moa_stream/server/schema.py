@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from moa_stream import AgentError, AgentMetrics, Metrics, Mode
+from moa_stream import AGENT_FORMATS, AgentError, AgentMetrics, Metrics, Mode
 from moa_stream.config import check_temperature
 
 from .response_format import ResponseFormat
@@ -74,6 +74,8 @@ class ChatCompletionRequest(BaseModel):
     top_logprobs: int | None = None
     n: int | None = None
     stream_options: StreamOptions | None = None
+    agent_format: str | None = Field(None, description="moa-stream: the context format of the pipeline's tool-using "
+                                     "agents for this request (chat, thread, compact)")
     cache_salt: str | None = Field(None, min_length=1, max_length=256,
                                    description="prefix-cache salt: only requests with the same salt share cached KV")
     response_format: ResponseFormat | None = Field(None, description="text, json_object or json_schema (the answer)")
@@ -109,6 +111,13 @@ class ChatCompletionRequest(BaseModel):
     @classmethod
     def _temperature_not_tiny(cls, value: float | None) -> float | None:
         return None if value is None else check_temperature(value)
+
+    @field_validator("agent_format")
+    @classmethod
+    def _known_agent_format(cls, name: str | None) -> str | None:
+        if name is not None and name not in AGENT_FORMATS:
+            raise ValueError(f"must be one of {', '.join(AGENT_FORMATS)}")
+        return name
 
 
 # ---------------------------------------------------------------------------------------------- responses

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from moa_stream import AGENT_FORMATS, ToolCacheConfig
 
 DEFAULT_MAX_BODY_BYTES = 4 << 20  # 4 MiB: a whole 128k-token context is ~0.5 MB of text
 
@@ -19,6 +21,10 @@ class ServerSettings(BaseModel):
     max_concurrency: int = Field(8, ge=1, description="requests in flight at once; more get HTTP 429")
     model_id: str = Field("moa-stream", min_length=1, description="model id; '<id>:<mode>' picks a mode")
     call_format: str = Field("hermes", description="how tools are shown and calls written (a registered call format)")
+    agent_format: str | None = Field(None, description="context format of the config's tool-using agents that set "
+                                     "none (chat, thread, compact); a request's `agent_format` overrides it")
+    tool_cache: ToolCacheConfig | None = Field(None, description="tool cache of the config's tool-using agents that "
+                                               "set none (null: theirs, or off)")
     max_sessions: int = Field(64, ge=1, description="conversations kept for X-Session-Id; the least recent goes first")
     session_ttl_s: float = Field(600.0, gt=0, description="a session idle this long is closed (its pin ends too)")
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024, description="a larger request body gets HTTP 413, "
@@ -30,3 +36,10 @@ class ServerSettings(BaseModel):
     max_schema_bytes: int = Field(65_536, ge=1, description="largest response_format / tool schema compiled")
     max_schema_repeat: int = Field(4_096, ge=1, description="most atoms a schema's regex pattern may expand to "
                                    "(its {m,n} repeats written out)")
+
+    @field_validator("agent_format")
+    @classmethod
+    def _known_format(cls, name: str | None) -> str | None:
+        if name is not None and name not in AGENT_FORMATS:
+            raise ValueError(f"agent_format must be one of {', '.join(AGENT_FORMATS)}; got {name!r}")
+        return name

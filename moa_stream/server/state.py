@@ -41,6 +41,9 @@ class AppState:
 
     def __post_init__(self) -> None:
         s = self.settings
+        config = self.moa.config.with_tool_agents(format=s.agent_format, tool_cache=s.tool_cache)
+        if config is not self.moa.config:
+            self.moa = MoA(config, self.moa.engines)
         self.limiter = Limiter(s.max_concurrency)
         self.worker = AdmissionWorker(self.limiter)
         self.tenancy = Tenancy(secrets.token_bytes(32))  # drawn per server: a keyless tenant's salt cannot be guessed
@@ -58,16 +61,20 @@ class AppState:
         """OpenAI's model object for one of the served ids."""
         return {"id": model_id, "object": "model", "created": self.created, "owned_by": "moa-stream"}
 
-    def moa_for(self, overrides: dict[str, object]) -> MoA:
-        """The pipeline with the aggregator's sampling changed as a request asks (same engines), kept for reuse."""
+    def moa_for(self, overrides: dict[str, object], agent_format: str | None = None) -> MoA:
+        """The pipeline with the aggregator's sampling and the tool agents' context format changed as a request
+        asks (same engines), kept for reuse."""
         agg = self.moa.config.aggregator
         changed = tuple(sorted((k, v) for k, v in overrides.items() if getattr(agg, k) != v))
+        config = self.moa.config.with_tool_agents(format=agent_format, override=True)
+        if config is not self.moa.config:
+            changed += (("agent_format", agent_format),)
         if not changed:
             return self.moa
         if changed not in self.variants:
             if len(self.variants) >= MAX_SAMPLING_VARIANTS:
                 del self.variants[next(iter(self.variants))]
-            config = self.moa.config.model_copy(update={"aggregator": agg.model_copy(update=overrides)})
+            config = config.model_copy(update={"aggregator": agg.model_copy(update=overrides)})
             self.variants[changed] = MoA(config, self.moa.engines)
         return self.variants[changed]
 

@@ -79,6 +79,20 @@ def test_agent_takes_further_turns_from_stdin_each_computing_its_delta_and_cache
     assert second["metrics"]["prefill_computed"] < first["metrics"]["prefill_computed"] / 2
 
 
+def test_agent_format_runs_on_the_formats_event_log_and_each_turn_computes_its_delta(tiny_model_dir):
+    """`--format compact`: the agent's sequence is the compact log; a second turn appends its line and cues."""
+    proc = moa_stream("agent", "--model", str(tiny_model_dir), "--tools", PURE_LUCKY, "--tool-choice", "required",
+                      "--max-steps", "2", "--max-tokens", "40", "--json", "--format", "compact",
+                      "What is the lucky number?", stdin="And once more?\n")
+    assert proc.returncode == 0, proc.stderr
+    first, second = (json.loads(line) for line in proc.stdout.splitlines())
+    assert first["format"] == second["format"] == "compact"
+    assert first["steps"][0]["calls"][0]["name"] == "pure_lucky" and first["steps"][0]["results"][0]["error"] is None
+    assert second["metrics"]["prefill_computed"] < first["metrics"]["prefill_computed"] / 2
+    proc = moa_stream("agent", "--format", "xml", "task")
+    assert proc.returncode == 2 and "invalid choice: 'xml'" in proc.stderr
+
+
 def test_agent_runs_a_configs_agent_with_its_tools(tiny_model_dir, tmp_path):
     """`--config`: the config's first proposer with tools runs on its backend, with its tool settings."""
     import yaml

@@ -74,8 +74,8 @@ def make_job(state: AppState, req: ChatCompletionRequest, api_key: str | None, p
     question, history = split_messages(req.messages, tools)
     requested = req.max_completion_tokens or req.max_tokens or moa.config.aggregator.max_tokens
     answer_limit = min(requested, settings.max_tokens or requested)  # serve --max-tokens caps every answer
-    return Job(state.moa_for(overrides), req.model, mode, question, history, answer_limit, answer_limit,
-               tenant_salt(api_key, req.cache_salt, state.tenancy.peer_salt(peer)), structured, tools,
+    return Job(state.moa_for(overrides, req.agent_format), req.model, mode, question, history, answer_limit,
+               answer_limit, tenant_salt(api_key, req.cache_salt, state.tenancy.peer_salt(peer)), structured, tools,
                stops=req.stop_strings())
 
 
