@@ -62,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--formats", default="chat,thread,compact",
                    help="with --dataset bfcl-multi-turn[-CATEGORY]:N (the next-step eval of agent formats): the "
                         "formats to compare (chat,thread,compact); --systems is then single,moa")
+    p.add_argument("--episodes", action="store_true",
+                   help="with --dataset bfcl-multi-turn[-CATEGORY]:N: play each case end to end (the agent's own "
+                        "calls executed, scored by BFCL's multi-turn checker) instead of predicting next steps")
     p.add_argument("--call-tokens", type=positive_int, default=128,
                    help="bfcl-multi-turn: tokens of each predicted call at most (128)")
     p.add_argument("--report-only", action="store_true", help="only summarise an existing rows.jsonl")
@@ -82,6 +85,10 @@ def main(args: argparse.Namespace) -> int:
     from .bfcl import next_step_eval as bfcl_next_step
 
     if any(bfcl_next_step.is_bfcl(spec.split(":")[0]) for spec in getattr(args, "dataset", None) or []):
+        if getattr(args, "episodes", False):
+            from .bfcl import episode_eval
+
+            return episode_eval.main(args, _datasets(args))
         return bfcl_next_step.main(args, _datasets(args))
     from rich.console import Console
 

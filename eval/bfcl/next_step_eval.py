@@ -26,6 +26,7 @@ from moa_stream.tools import BfclCase
 from ..progress import progress_bar
 from ..report import Estimate, estimate
 from ..rows import drop_torn_tail
+from .tables import markdown_table, rich_table
 
 DATASET = "bfcl-multi-turn"
 SYSTEMS = ("single", "moa")
@@ -179,27 +180,16 @@ def _columns() -> list[tuple[str, Any]]:
 
 def table(summaries: Sequence[FormatSummary], title: str) -> Any:
     """A rich table of the summaries."""
-    from rich.table import Table
-
-    t = Table(title=title)
-    cols = _columns()
-    for name, _ in cols:
-        t.add_column(name, justify="left" if name in ("format", "system") else "right", no_wrap=name == "format")
-    for s in summaries:
-        t.add_row(*(cell(s) for _, cell in cols))
-    return t
+    return rich_table(summaries, _columns(), title)
 
 
 def markdown(summaries: Sequence[FormatSummary]) -> str:
     """The same table as Markdown."""
-    cols = _columns()
-    lines = ["| " + " | ".join(name for name, _ in cols) + " |", "|---|---|" + "---:|" * (len(cols) - 2)]
-    lines += ["| " + " | ".join(cell(s) for _, cell in cols) + " |" for s in summaries]
     note = ("\nAccuracy CIs are Wilson intervals over steps; steps of one episode are not independent, so they are "
             "optimistic. Prefill tokens per step: the step's events appended to the main sequence plus every cue "
             "on a fork (the prefix is counted apart). TTFT: from appending the step's events to the first token of "
             "the scored call. Repeats last call: steps whose predicted call is the one the history ended with.\n")
-    return "\n".join(lines) + "\n" + note
+    return markdown_table(summaries, _columns()) + note
 
 
 def plot(summaries: Sequence[FormatSummary], path: Path) -> Path:

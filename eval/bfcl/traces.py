@@ -55,7 +55,8 @@ def load_cases(category: str = "base", limit: int | None = None) -> list[BfclCas
         cases.append(BfclCase(
             id=entry["id"], turns=turns, ground_truth=tuple(tuple(t) for t in answers[entry["id"]]),
             initial_config=entry["initial_config"], involved_classes=tuple(entry["involved_classes"]),
-            excluded_functions=tuple(entry.get("excluded_function", ()))))
+            excluded_functions=tuple(entry.get("excluded_function", ())),
+            missed_functions={int(k): tuple(v) for k, v in entry.get("missed_function", {}).items()}))
         if limit is not None and len(cases) >= limit:
             break
     return cases

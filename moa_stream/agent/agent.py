@@ -350,6 +350,16 @@ class Agent:
         run.tool_errors += step.tool_errors
         run.tool_cache_hits += step.cached
 
+    async def reveal(self, tools: ToolsArg) -> None:
+        """Offer more tools from the next step on: a live conversation reads them as an event (its context is
+        appended to, not rebuilt); a new one lists them from the start."""
+        new = ToolSet([t for t in as_toolset(tools) if t.name not in self.tools], timeout=self.tools.timeout)
+        if not len(new):
+            return
+        self.tools = self.tools | new
+        self.executor.tools = self.tools
+        await self.context.reveal(new, self.tools, live=self._live)
+
     async def reset(self) -> None:
         """Forget the conversation and free its sequence."""
         await self.slot.reset()

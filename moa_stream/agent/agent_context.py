@@ -20,6 +20,7 @@ from typing import Protocol
 from engine import Engine, SamplingParams, SequenceStats
 from engine import Sequence as EngineSequence
 
+from ..errors import ConfigError
 from ..tools import CallFormat, ToolCall, ToolResult, ToolSet
 from .context import Message
 from .formats import AgentFormat, AnswerEvent, CallEvent, ErrorEvent, HistoryEvent, ResultEvent, ToolsEvent, UserTurn
@@ -49,6 +50,9 @@ class AgentContext(Protocol):
 
     def reply(self, text: str) -> str:
         """The step's text as the reply the user sees."""
+
+    async def reveal(self, new: ToolSet, every: ToolSet, live: bool) -> None:
+        """Tools `new` are offered from now on (`every`: all the agent has now)."""
 
 
 class MessageContext:
@@ -88,6 +92,12 @@ class MessageContext:
     def reply(self, text: str) -> str:
         """The model's text without its calls."""
         return self.calls.strip_calls(text)
+
+    async def reveal(self, new: ToolSet, every: ToolSet, live: bool) -> None:
+        """A live chat cannot take tools mid-conversation (its system prompt lists them); a new one lists all."""
+        if live:
+            raise ConfigError("tools can join a live conversation only on an agent format's event log: give the "
+                              "agent a format (chat, thread, compact)")
 
 
 class EventLogContext:
@@ -150,10 +160,12 @@ class EventLogContext:
         """The reply joins the log, so the next user turn follows it."""
         await self.add(AnswerEvent(answer))
 
-    async def reveal(self, tools: ToolSet) -> None:
-        """Offer more tools from here on: a ToolsEvent in the log (the prefix stays as it was)."""
-        await self.add(ToolsEvent(tuple({"name": t.name, "description": t.description, "parameters": t.parameters}
-                                        for t in tools)))
+    async def reveal(self, new: ToolSet, every: ToolSet, live: bool) -> None:
+        """A ToolsEvent in the live log (its prefix stays as it was); a new log's prefix lists them all."""
+        self.fmt.tools = every
+        if live:
+            await self.add(ToolsEvent(tuple({"name": t.name, "description": t.description,
+                                             "parameters": t.parameters} for t in new)))
 
     def reply(self, text: str) -> str:
         """The format's reading of a reply in words."""

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,14 @@ class BfclCase:
     initial_config: dict[str, Any]
     involved_classes: tuple[str, ...]
     excluded_functions: tuple[str, ...] = ()
+    missed_functions: Mapping[int, tuple[str, ...]] = field(default_factory=dict)  # miss_func: revealed at turn k
 
-    def function_docs(self) -> list[dict[str, Any]]:
-        """BFCL's JSON docs of the functions this case offers (its classes' functions, minus excluded ones)."""
+    def function_docs(self, turn: int | None = None) -> list[dict[str, Any]]:
+        """BFCL's JSON docs of the functions this case offers (its classes' functions, minus excluded ones); with
+        `turn`, only those shown by then (a miss_func case holds functions back until the turn that reveals them)."""
+        hidden = {n for k, names in self.missed_functions.items() if turn is not None and k > turn for n in names}
         docs = [d for cls in self.involved_classes for d in _class_docs(cls)]
-        return [d for d in docs if d["name"] not in self.excluded_functions]
+        return [d for d in docs if d["name"] not in self.excluded_functions and d["name"] not in hidden]
 
 
 def bfcl_root() -> Path:

@@ -37,6 +37,7 @@ class CallFormat(ABC):
     name: ClassVar[str]
     call_open: ClassVar[str]  # the text that opens a call block in the model's output
     call_close: ClassVar[str]  # the text that closes it
+    bare_open: ClassVar[str | None] = None  # a reply opening with this is one call written without its block
 
     @abstractmethod
     def system_prompt(self, tools: ToolSet, instructions: str | None = None) -> str:

@@ -1,6 +1,8 @@
 """Split a model's streamed text into plain text and tool calls as it arrives.
 
 Text outside call blocks is passed on at once, except a tail that could still become the format's call opener.
+A reply that opens with the format's bare call (Hermes: a `{"name": ...}` object without its block) is that call,
+handed over once its JSON object is whole.
 A call is handed over the moment its block parses as a complete call, which may be before the model has
 written the block's closing tokens: the server streams it as a tool-call delta then, and speculative tool
 execution may start it then.
@@ -8,6 +10,7 @@ execution may start it then.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from .call_format import CallFormat
@@ -49,11 +52,35 @@ class CallStream:
         self._buf = ""
         self._inside = False  # _buf starts with an open call block
         self._handed = False  # the open block's call was already handed over
+        self._at_start = fmt.bare_open is not None  # nothing passed on yet: a bare call may still open the reply
+
+    def _bare(self) -> list[Piece] | None:
+        """At the reply's start: None once it cannot open with a bare call, else the pieces it gives now."""
+        bare = self.fmt.bare_open or ""
+        head = self._buf.lstrip()
+        if not head or (len(head) < len(bare) and bare.startswith(head)):
+            return []  # too early to tell
+        if not head.startswith(bare):
+            self._at_start = False
+            return None
+        try:
+            _, end = json.JSONDecoder().raw_decode(head)
+        except json.JSONDecodeError:
+            return []  # the object is not whole yet
+        self._at_start = False
+        self._buf = head[end:]
+        return [self._call(self._first(head[:end]))]
 
     def feed(self, text: str) -> list[Piece]:
         """The pieces `text` completes."""
         self._buf += text
         out: list[Piece] = []
+        if self._at_start:
+            bare = self._bare()
+            if bare is not None:
+                if self._at_start:
+                    return bare
+                out += bare
         opener, closer = self.fmt.call_open, self.fmt.call_close
         while True:
             if not self._inside:
@@ -82,6 +109,9 @@ class CallStream:
     def finish(self) -> list[Piece]:
         """What is left when the stream ends: held-back text, or an unclosed call block (read as is)."""
         rest, self._buf = self._buf, ""
+        if self._at_start and rest.strip():  # a bare call cut off before its object closed
+            self._at_start = False
+            return [self._call(self._first(rest))]
         if not self._inside:
             return [TextPiece(rest)] if rest else []
         self._inside = False

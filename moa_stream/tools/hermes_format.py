@@ -23,6 +23,12 @@ from .errors import ToolSchemaError
 from .toolset import ToolSet
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
+# What starts a call in the grammar: any `<tool`, or a bare `{"name": "` (as llama.cpp's Hermes handler also
+# accepts). A model may not write a `<tool_response>` (only results hold one), and Qwen2.5-Coder-1.5B writes
+# exactly that, or the call's JSON without its tags, in place of its call; with these triggers the grammar
+# turns either into a call valid under a tool's schema.
+TRIGGER, BARE = "<tool", '{"name": "'
+_BARE_START = re.compile(r'\s*\{\s*"name"\s*:')
 _DELIMITER = re.compile(r"<(?=/?tool_(?:call|response)>)")
 _BLOCK = re.compile(re.escape(OPEN) + r".*?(?:" + re.escape(CLOSE) + r"|(?=" + re.escape(OPEN) + r")|\Z)", re.S)
 DEFAULT_INSTRUCTIONS = "You are a helpful assistant that uses tools to do what the user asks."
@@ -54,6 +60,7 @@ class HermesFormat(CallFormat):
 
     name = "hermes"
     call_open, call_close = OPEN, CLOSE
+    bare_open = '{"name"'
 
     def system_prompt(self, tools: ToolSet, instructions: str | None = None) -> str:
         """Instructions, the tools one JSON line each, and the call syntax."""
@@ -75,15 +82,17 @@ class HermesFormat(CallFormat):
             names = [choice.name]
         elif choice not in ("auto", "required"):
             raise ToolSchemaError(f"tool_choice must be auto, required, none or a named tool; got {choice!r}")
-        tags = [{"type": "tag", "begin": self._begin(n), "end": "}\n" + CLOSE,
+        tags = [{"type": "tag", "begin": begin, "end": end,
                  "content": {"type": "grammar", "grammar": _compact_json_grammar(tools.get(n).parameters)}}  # type: ignore[union-attr]
-                for n in names]
+                for n in names
+                for begin, end in ((self._begin(n), "}\n" + CLOSE), (f"{BARE}{n}\", \"arguments\": ", "}"))]
         return StructuralTag.of({"type": "structural_tag", "format": {
-            "type": "triggered_tags", "triggers": [OPEN], "tags": tags,
+            "type": "triggered_tags", "triggers": [TRIGGER, BARE], "tags": tags,
             "at_least_one": choice != "auto", "stop_after_first": not parallel}})
 
     def parse(self, text: str) -> list[ParsedCall]:
-        """Each `<tool_call>` block (an unclosed last one too) read as JSON; junk around them is ignored."""
+        """Each `<tool_call>` block (an unclosed last one too) read as JSON; junk around them is ignored. A reply
+        without blocks that opens with a bare `{"name": ...}` object is that call."""
         calls = []
         for m in _BLOCK.finditer(text):
             closed = m.group(0).endswith(CLOSE)
@@ -91,6 +100,8 @@ class HermesFormat(CallFormat):
             if call.error and not closed:
                 call = ParsedCall(call.name, error=f"the call was cut off before {CLOSE} ({call.error})")
             calls.append(call)
+        if not calls and _BARE_START.match(text):
+            calls.append(self._read(text))
         return calls
 
     def _read(self, body: str) -> ParsedCall:
@@ -133,5 +144,11 @@ class HermesFormat(CallFormat):
         return "\n".join(blocks)
 
     def strip_calls(self, text: str) -> str:
-        """The text with every call block removed."""
+        """The text with every call block (or the bare call it opens with) removed."""
+        if _BARE_START.match(text) and not _BLOCK.search(text):
+            try:
+                _, end = json.JSONDecoder().raw_decode(text.lstrip())
+                return text.lstrip()[end:].strip()
+            except json.JSONDecodeError:
+                return ""
         return _BLOCK.sub("", text).strip()

@@ -45,3 +45,24 @@ def test_a_call_is_handed_over_before_its_closing_tag() -> None:
 def test_an_unclosed_broken_block_ends_as_a_call_with_its_error() -> None:
     text, calls = _run(["x ", FMT.call_open, '{"name": "ls", "argu'])
     assert text == "x " and len(calls) == 1 and calls[0].call.error
+
+
+BARE = ' {"name": "cd", "arguments": {"folder": "a}b"}} and then some words'
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(BARE)), max_size=8))
+def test_a_reply_that_opens_with_a_bare_call_is_that_call_however_it_is_cut(cuts: list[int]) -> None:
+    """A model that writes the call's JSON without its block (Qwen2.5-Coder-1.5B does): the call, then the text."""
+    bounds = [0, *sorted(cuts), len(BARE)]
+    text, calls = _run([BARE[a:b] for a, b in itertools.pairwise(bounds)])
+    assert [(c.call.name, c.call.arguments) for c in calls] == [("cd", {"folder": "a}b"})]
+    assert text == " and then some words"
+    assert FMT.parse(BARE)[0].arguments == {"folder": "a}b"} and FMT.strip_calls(BARE) == "and then some words"
+
+
+def test_a_bare_object_later_in_the_reply_is_text_and_a_cut_off_one_is_an_error() -> None:
+    later = 'Sure. {"name": "cd", "arguments": {}}'
+    assert _run([later]) == (later, []) and FMT.parse(later) == []
+    _, calls = _run(['{"name": "cd", "argum'])
+    assert len(calls) == 1 and calls[0].call.error is not None

@@ -54,6 +54,10 @@ class ThreadFormat(AgentFormat):
                                     + self.tool_lines(schemas) + "\n")
         raise TypeError(f"not a history event: {event!r}")
 
+    def answer_stops(self) -> tuple[str, ...]:
+        """A reply ends where the model would write a result (or a user message) itself."""
+        return ("<result>", "<error>", "<user_message>")
+
     def cue(self) -> list[int]:
         """The question that ends the thread, the end of the user message and the generation prompt."""
         return self.content(render("agent_thread_cue")) + self.markup(self.glue.answer_cue("user"))

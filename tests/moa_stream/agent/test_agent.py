@@ -151,7 +151,9 @@ async def test_a_tool_using_proposer_streams_its_calls_into_the_staircase(tiny_c
              "max_tool_steps": 2},
             {"name": "plain", "system_prompt": "Answer concisely.", "temperature": 0.0, "max_tokens": 12},
         ]],
-        "aggregator": {"name": "aggregator", "temperature": 0.0, "max_tokens": 12},
+        # An answer long enough to outlast the proposer's two steps (a proposer still writing when the answer is
+        # over is stopped, and this test reads its second step).
+        "aggregator": {"name": "aggregator", "temperature": 0.0, "max_tokens": 96, "ignore_eos": True},
         "staircase": {"agent_timeout_s": 600, "first_chunk_tokens": 4, "chunk_tokens": 4,
                       "aggregator_tokens_per_intake": 4},
     })
