@@ -1,6 +1,7 @@
 """`moa-stream eval --dataset bfcl-multi-turn[-CATEGORY]:N --episodes`: whole episodes per agent format.
 
-Each (case, format) is one episode played end to end by one agent (eval/bfcl/episodes.py), written as one JSON
+Each (case, format, system) is one episode played end to end by one agent (eval/bfcl/episodes.py; `moa`: the
+aggregator writes each step after the config's proposers wrote theirs), written as one JSON
 line as it finishes, so an interrupted run resumes. The summary gives per format: episode accuracy (BFCL's
 multi_turn_checker), turn accuracy (BFCL's checks pass through the turn, over turns with ground-truth calls),
 how often the agent called nothing on turns whose ground truth has no call (it asked or explained instead),
@@ -27,7 +28,7 @@ from .episodes import EpisodeResult, TurnRow, play
 from .next_step_eval import parse_list, pick_cases
 from .tables import Column, markdown_table, rich_table
 
-SYSTEMS = ("single",)
+SYSTEMS = ("single", "moa")
 
 
 @dataclass
@@ -132,23 +133,29 @@ NOTE = ("\nEpisode accuracy: BFCL's multi_turn_checker (state and response check
         "CIs: Wilson for proportions, normal for means; turns and steps of one episode are not independent.\n")
 
 
-async def run(moa: MoA, cases: Sequence[tuple[str, BfclCase]], formats: Sequence[str], out: Path, max_tokens: int,
-              progress: bool = True) -> int:
-    """Play every (case, format) not yet in `out`, appending a row as each finishes; returns rows written."""
-    engine = moa.engines[moa.config.aggregator.backend]
+async def run(moa: MoA, cases: Sequence[tuple[str, BfclCase]], formats: Sequence[str], systems: Sequence[str],
+              out: Path, max_tokens: int, progress: bool = True) -> int:
+    """Play every (case, format, system) not yet in `out`, appending a row as each finishes; returns rows
+    written."""
+    cfg = moa.config
+    engine = moa.engines[cfg.aggregator.backend]
+    if "moa" in systems and any(moa.engines[p.backend] is not engine for p in cfg.layers[-1]):
+        raise ConfigError("a MoA episode forks one sequence: every proposer must use the aggregator's engine")
     out.parent.mkdir(parents=True, exist_ok=True)
     drop_torn_tail(out)
     done = {r.key for r in read_episodes(out)}
-    todo = [(d, c, f) for d, c in cases for f in formats if (c.id, f, "single") not in done]
+    todo = [(d, c, f, sy) for d, c in cases for f in formats for sy in systems if (c.id, f, sy) not in done]
     written = 0
     with progress_bar(len(todo), progress) as bar, out.open("a", encoding="utf-8") as f:
-        for dataset, case, fmt in todo:
-            bar.show(f"{case.id} {fmt}")
+        for dataset, case, fmt, system in todo:
+            bar.show(f"{case.id} {fmt} {system}")
             try:
-                result = await play(engine, case, fmt, max_tokens=max_tokens)
-                row = EpisodeRow(**{k.name: getattr(result, k.name) for k in fields(EpisodeResult)}, dataset=dataset)
+                result = await play(engine, case, fmt, max_tokens=max_tokens,
+                                    proposers=cfg.layers[-1] if system == "moa" else ())
+                row = EpisodeRow(**{k.name: getattr(result, k.name) for k in fields(EpisodeResult)}, dataset=dataset,
+                                 system=system)
             except MoAStreamError as exc:
-                row = EpisodeRow(case.id, fmt, False, None, None, 0, 0, [], 0.0, dataset, error=str(exc))
+                row = EpisodeRow(case.id, fmt, False, None, None, 0, 0, [], 0.0, dataset, system, error=str(exc))
             f.write(json.dumps(asdict(row)) + "\n")
             f.flush()  # a row on disk is an episode a resumed run skips
             written += 1
@@ -165,7 +172,7 @@ def main(args: argparse.Namespace, datasets: Sequence[tuple[str, int | None]]) -
     if not args.report_only:
         try:
             formats = parse_list(args.formats, list(AGENT_FORMATS), "--formats")
-            parse_list(args.systems or "single", SYSTEMS, "--systems with --episodes")
+            systems = parse_list(args.systems or "single", SYSTEMS, "--systems with --episodes")
             cases = [(name, c) for name, n in datasets for c in pick_cases(name, n, args.seed)]
             cfg = MoAConfig.load(args.config)
         except (MoAStreamError, ValueError) as exc:
@@ -175,7 +182,7 @@ def main(args: argparse.Namespace, datasets: Sequence[tuple[str, int | None]]) -
         async def go() -> int:
             moa = MoA.from_config(cfg, model=args.model)
             try:
-                return await run(moa, cases, formats, out / "rows.jsonl", args.call_tokens,
+                return await run(moa, cases, formats, systems, out / "rows.jsonl", args.call_tokens,
                                  progress=not args.no_progress)
             finally:
                 await moa.aclose()

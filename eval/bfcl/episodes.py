@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine import Engine, SamplingParams
+from moa_stream import AgentConfig
 from moa_stream.agent.agent import Agent
 from moa_stream.agent.events import AgentDone
 from moa_stream.tools import BfclCase, ToolCall, ToolSet, bfcl_tools, fresh_instances
@@ -88,15 +89,17 @@ def check(case: BfclCase, per_turn: Sequence[Sequence[Sequence[str]]]) -> dict[s
             delattr(multi_turn_utils, key)
 
 
-async def play(engine: Engine, case: BfclCase, fmt: str, *, max_tokens: int = 128,
-               max_steps: int = MAX_STEPS, cache_salt: str | None = None) -> EpisodeResult:
-    """Play `case` end to end with one greedy agent on the `fmt` event log, then score it with BFCL's checker."""
+async def play(engine: Engine, case: BfclCase, fmt: str, *, max_tokens: int = 128, max_steps: int = MAX_STEPS,
+               proposers: Sequence[AgentConfig] = (), cache_salt: str | None = None) -> EpisodeResult:
+    """Play `case` end to end with one greedy agent on the `fmt` event log (with `proposers`: each step after
+    their moves, MoA), then score it with BFCL's checker."""
     from bfcl_eval.constants.default_prompts import DEFAULT_USER_PROMPT_FOR_ADDITIONAL_FUNCTION_FC
 
     t0 = time.perf_counter()
     tools, later = _split_tools(case)
     agent = Agent(engine, tools, format=fmt, sampling=SamplingParams(max_tokens=max_tokens),
-                  parallel_calls=False, max_steps=max_steps, cache_salt=cache_salt, name=f"bfcl-{fmt}")
+                  parallel_calls=False, max_steps=max_steps, cache_salt=cache_salt, name=f"bfcl-{fmt}",
+                  proposers=proposers)
     turns: list[TurnRow] = []
     per_turn: list[list[list[str]]] = []
     prefix_tokens = prefix_computed = 0

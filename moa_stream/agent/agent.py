@@ -30,7 +30,7 @@ from ..errors import ConfigError
 from ..tools import CALL_FORMATS, CallFormat, Tool, ToolCall, ToolChoice, ToolResult, ToolSet, toolset
 from ..tools import call_format as make_call_format
 from ..tools.call_stream import CallPiece, CallStream
-from .agent_context import AgentContext, EventLogContext, MessageContext
+from .agent_context import AgentContext, EventLogContext, MessageContext, ProposalsEventLogContext
 from .context import ChatFormat, Message
 from .draft_speculator import DraftSpeculator
 from .events import AgentDelta, AgentDone, AgentEvent, AgentFinish, AgentRunMetrics, StepDone, StepMetrics
@@ -65,7 +65,7 @@ class Agent:
                  tool_timeout: float | None = 30.0, pin_ttl: float | None = 60.0, cache: ToolCache | None = None,
                  name: str = "agent", cache_salt: str | None = None, slot: AgentSlot | None = None,
                  speculate: bool | None = None, speculator: Speculator | None = None,
-                 draft_engine: Engine | None = None) -> None:
+                 draft_engine: Engine | None = None, proposers: Sequence[AgentConfig] = ()) -> None:
         if max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {max_steps}")
         self.tools = as_toolset(tools, tool_timeout)
@@ -80,10 +80,7 @@ class Agent:
         self.sampling = sampling or (self.slot.sampling() if slot is not None else SamplingParams(max_tokens=256))
         self.system_prompt = system_prompt if system_prompt is not None else self.slot.cfg.system_prompt
         self.context_format = format or self.slot.cfg.format
-        self.context: AgentContext = (
-            EventLogContext(self.slot, agent_format(self.context_format, self.slot.fmt, self.tools,
-                                                    self.system_prompt, answers=True))
-            if self.context_format else MessageContext(self.slot, self.format))
+        self.context = self._context(proposers)
         self.tool_choice = tool_choice
         self.later_tool_choice = tool_choice if later_tool_choice is None else later_tool_choice
         self.parallel_calls = parallel_calls  # False: a step ends at its first call (its result comes sooner)
@@ -114,6 +111,18 @@ class Agent:
         return cls(engine, tools, slot=slot, max_steps=cfg.max_tool_steps, tool_choice=cfg.tool_choice,
                    later_tool_choice=later_tool_choice, parallel_calls=parallel_calls,
                    tool_timeout=cfg.tool_timeout_s, name=cfg.name, draft_engine=draft_engine, cache=cache)
+
+    def _context(self, proposers: Sequence[AgentConfig]) -> AgentContext:
+        """Chat messages; or the format's event log, its steps written alone or after the proposers' moves."""
+        if not self.context_format:
+            if proposers:
+                raise ConfigError("proposers write their moves on an agent format's event log: give the agent a "
+                                  "format (chat, thread, compact)")
+            return MessageContext(self.slot, self.format)
+        fmt = agent_format(self.context_format, self.slot.fmt, self.tools, self.system_prompt, answers=True)
+        if proposers:
+            return ProposalsEventLogContext(self.slot, fmt, proposers)
+        return EventLogContext(self.slot, fmt)
 
     def _configured_speculator(self, spec: SpeculationConfig, draft_engine: Engine | None) -> Speculator | None:
         """The speculator `spec.predict` names; a draft on another backend needs that backend's engine."""
@@ -221,7 +230,7 @@ class Agent:
                     await self.context.add_step(calls, results)
                 text, reason = "", None
                 sampling = self.context.sampling(self.step_sampling(step))
-                seq = await self.context.open_step()
+                seq = await self.context.open_step(sampling)
                 early, predicted = await self._start_speculation(calls_all, step, sampling, seq)
                 splitter = CallStream(self.format) if early is not None and self.speculate else None
                 try:

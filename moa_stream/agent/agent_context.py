@@ -13,6 +13,7 @@ calls and results are added, and what ends a turn:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
@@ -20,10 +21,21 @@ from typing import Protocol
 from engine import Engine, SamplingParams, SequenceStats
 from engine import Sequence as EngineSequence
 
+from ..config import AgentConfig
 from ..errors import ConfigError
 from ..tools import CallFormat, ToolCall, ToolResult, ToolSet
 from .context import Message
-from .formats import AgentFormat, AnswerEvent, CallEvent, ErrorEvent, HistoryEvent, ResultEvent, ToolsEvent, UserTurn
+from .formats import (
+    AgentFormat,
+    AnswerEvent,
+    CallEvent,
+    ErrorEvent,
+    HistoryEvent,
+    ResultEvent,
+    ToolsEvent,
+    UserTurn,
+    json_line,
+)
 from .slot import AgentSlot
 
 
@@ -36,8 +48,8 @@ class AgentContext(Protocol):
     def sampling(self, params: SamplingParams) -> SamplingParams:
         """A step's sampling with the context's own stop strings."""
 
-    async def open_step(self) -> EngineSequence:
-        """The sequence the step generates on."""
+    async def open_step(self, sampling: SamplingParams) -> EngineSequence:
+        """The sequence the step generates on (with `sampling`)."""
 
     async def close_step(self, seq: EngineSequence) -> SequenceStats:
         """Done with a step's sequence: what it computed beyond the conversation's own sequence."""
@@ -70,7 +82,7 @@ class MessageContext:
         """The agent's sampling as it is."""
         return params
 
-    async def open_step(self) -> EngineSequence:
+    async def open_step(self, sampling: SamplingParams) -> EngineSequence:
         """The conversation's sequence: the step's tokens stay in it."""
         assert self.slot.seq is not None
         return self.slot.seq
@@ -132,13 +144,15 @@ class EventLogContext:
         """One call a step (the format's stop), or a reply that ends where the format's log would go on."""
         return dataclasses.replace(params, stop=(*params.stop, *self.fmt.stop(), *self.fmt.answer_stops()))
 
-    async def open_step(self) -> EngineSequence:
+    async def open_step(self, sampling: SamplingParams) -> EngineSequence:
         """A fork of the log with the format's cue."""
+        return await self._fork(self.fmt.cue())
+
+    async def _fork(self, tokens: list[int]) -> EngineSequence:
         assert self.slot.seq is not None
         fork = await self.engine.fork(self.slot.seq)
-        cue = self.fmt.cue()
-        if cue:
-            await self.engine.append(fork, cue)
+        if tokens:
+            await self.engine.append(fork, tokens)
         return fork
 
     async def close_step(self, seq: EngineSequence) -> SequenceStats:
@@ -170,3 +184,48 @@ class EventLogContext:
     def reply(self, text: str) -> str:
         """The format's reading of a reply in words."""
         return self.fmt.read_answer(self.fmt.calls.strip_calls(text))
+
+
+class ProposalsEventLogContext(EventLogContext):
+    """A MoA tool agent on one event log: at each step every proposer writes its next move on its own fork of the
+    log (with its temperature and seed, under the same call constraint), and the agent writes the step on a fork
+    that holds the proposals (the format's `proposals_cue`). The proposers' forks cost their cue and their tokens."""
+
+    def __init__(self, slot: AgentSlot, fmt: AgentFormat, proposers: Sequence[AgentConfig]) -> None:
+        super().__init__(slot, fmt)
+        self.proposers = list(proposers)
+        self._spent = SequenceStats()  # what this step's proposers computed
+        self._steps = 0
+
+    async def _propose(self, cfg: AgentConfig, sampling: SamplingParams) -> str:
+        """One proposer's move as the aggregator reads it: its call, or its words."""
+        seed = None if cfg.seed is None else cfg.seed + self._steps  # a new draw each step, the same on a rerun
+        params = dataclasses.replace(sampling, temperature=cfg.temperature, top_p=cfg.top_p, min_p=cfg.min_p,
+                                     seed=seed)
+        fork = await self._fork(self.fmt.cue())
+        try:
+            text = "".join([d.text async for d in self.engine.generate(fork, params)])
+            stats = self.engine.seq_stats(fork)
+        finally:
+            await self.engine.close(fork)
+        self._spent = _plus(self._spent, stats)
+        call, _ = self.fmt.read_call(text)
+        if call is not None:  # as the next-step eval shows proposals: the call as one line of JSON
+            return json_line({"name": call.name, "arguments": call.arguments})
+        return f"(no call; a reply) {self.reply(text)}"
+
+    async def open_step(self, sampling: SamplingParams) -> EngineSequence:
+        """The proposers' moves, written side by side, then the aggregator's fork holding them."""
+        self._spent = SequenceStats()
+        self._steps += 1
+        proposals = await asyncio.gather(*(self._propose(p, sampling) for p in self.proposers))
+        return await self._fork(self.fmt.proposals_cue(proposals))
+
+    async def close_step(self, seq: EngineSequence) -> SequenceStats:
+        """The aggregator's fork and every proposer's."""
+        return _plus(await super().close_step(seq), self._spent)
+
+
+def _plus(a: SequenceStats, b: SequenceStats) -> SequenceStats:
+    return SequenceStats(a.prefill_computed + b.prefill_computed, a.prefill_reused + b.prefill_reused,
+                         a.decode_tokens + b.decode_tokens)

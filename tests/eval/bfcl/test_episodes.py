@@ -76,26 +76,31 @@ def _args(*argv: str) -> argparse.Namespace:
 
 async def test_the_episode_eval_writes_rows_a_summary_and_resumes(tmp_path):
     case = next(c for c in load_cases("base", limit=5) if c.id == "multi_turn_base_4")
-    moa = MoA(MoAConfig.default(proposers=1, max_tokens=4), {"default": tiny_bfcl_engine()})
+    moa = MoA(MoAConfig.default(proposers=2, max_tokens=4), {"default": tiny_bfcl_engine()})
     rows_path = tmp_path / "rows.jsonl"
+    systems = ["single", "moa"]
     try:
-        assert await episode_eval.run(moa, [("bfcl-multi-turn", case)], ["chat", "compact"], rows_path, 4,
-                                      progress=False) == 2
-        assert await episode_eval.run(moa, [("bfcl-multi-turn", case)], ["chat", "compact"], rows_path, 4,
-                                      progress=False) == 0, "a resumed run skips what is done"
+        run = [("bfcl-multi-turn", case)], ["chat", "compact"], systems, rows_path, 4
+        assert await episode_eval.run(moa, *run, progress=False) == 4
+        assert await episode_eval.run(moa, *run, progress=False) == 0, "a resumed run skips what is done"
     finally:
         await moa.aclose()
     rows = episode_eval.read_episodes(rows_path)
-    assert {r.key for r in rows} == {(case.id, f, "single") for f in ("chat", "compact")}
+    assert {r.key for r in rows} == {(case.id, f, s) for f in ("chat", "compact") for s in systems}
     assert all(r.error is None and len(r.turns) == len(case.turns) for r in rows)
+    # A MoA step also pays for its proposers' forks: cue and moves, on top of the aggregator's.
+    by = {(r.format, r.system): r for r in rows}
+    for fmt in ("chat", "compact"):
+        single, mixed = by[fmt, "single"], by[fmt, "moa"]
+        assert sum(t.decode_tokens for t in mixed.turns) > sum(t.decode_tokens for t in single.turns)
     assert episode_eval.write_report(tmp_path, Console(stderr=True)) == 0
     doc = json.loads((tmp_path / "summary.json").read_text())
-    assert [d["format"] for d in doc] == ["chat", "compact"] and all(d["episodes"] == 1 for d in doc)
-    assert all(d["tokens_per_step"]["mean"] > 0 for d in doc)
+    assert [(d["format"], d["system"]) for d in doc] == [(r.format, r.system) for r in rows]
+    assert all(d["episodes"] == 1 and d["tokens_per_step"]["mean"] > 0 for d in doc)
     assert "| chat | single | 1 |" in (tmp_path / "summary.md").read_text()
 
 
-def test_the_command_sends_episodes_to_the_episode_eval_and_refuses_moa(tmp_path, capsys):
-    args = _args("--dataset", "bfcl-multi-turn:1", "--episodes", "--systems", "moa", "--out", str(tmp_path))
+def test_the_command_sends_episodes_to_the_episode_eval_and_checks_its_systems(tmp_path, capsys):
+    args = _args("--dataset", "bfcl-multi-turn:1", "--episodes", "--systems", "classic", "--out", str(tmp_path))
     assert command.main(args) == 2
     assert "--systems with --episodes" in capsys.readouterr().err

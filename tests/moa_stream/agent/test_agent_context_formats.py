@@ -13,7 +13,15 @@ from engine.transformers_engine import TransformersEngine
 from moa_stream import AgentConfig, ConfigError
 from moa_stream.agent.agent import Agent
 from moa_stream.agent.events import AgentDone
-from moa_stream.agent.formats import AGENT_FORMATS, AnswerEvent, CallEvent, ResultEvent, UserTurn, agent_format
+from moa_stream.agent.formats import (
+    AGENT_FORMATS,
+    AnswerEvent,
+    CallEvent,
+    ResultEvent,
+    ToolsEvent,
+    UserTurn,
+    agent_format,
+)
 from moa_stream.tools import Tool, ToolCall, ToolSet
 from tests.conftest import count_model_positions, tiny_llama
 
@@ -87,6 +95,26 @@ def test_a_call_syntax_or_unknown_name_as_format_is_a_clear_error(engine):
         Agent(engine, format="hermes")
     with pytest.raises(ConfigError, match="chat, compact, thread"):
         Agent(engine, format="xml")
+    with pytest.raises(ConfigError, match="give the agent a format"):
+        Agent(engine, proposers=[AgentConfig(name="p")])
+
+
+async def test_a_revealed_tool_is_an_event_in_the_live_log_and_callable_from_then_on(engine):
+    agent = agent_on(engine, "thread")
+    await run(agent, "Repeat hello.", first=True)
+    before = len(engine.tokens(agent.slot.seq))
+
+    def stamp(n: int) -> int:
+        """Stamp a number."""
+        return n + 1
+
+    revealed = ToolSet([Tool.from_function(stamp)])
+    await agent.reveal(revealed)
+    added = agent.context.fmt.append(ToolsEvent(({"name": "stamp", "description": "Stamp a number.",
+                                                  "parameters": revealed.get("stamp").parameters},)))
+    assert engine.tokens(agent.slot.seq)[before:] == added, "appended, nothing rebuilt"
+    assert agent.tools.names == ["flip", "stamp"] and agent.executor.tools is agent.tools
+    assert agent.step_sampling(0).structured is not None
 
 
 def test_compact_reads_an_answer_line():
