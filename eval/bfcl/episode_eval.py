@@ -10,29 +10,25 @@ tokens computed and decoded per step (the prefix apart) and TTFT per step, each 
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from moa_stream import AGENT_FORMATS, ConfigError, MoA, MoAConfig, MoAStreamError
+from moa_stream import MoA
 from moa_stream.tools import BfclCase
 
-from ..progress import progress_bar
 from ..report import Estimate, estimate
-from ..rows import drop_torn_tail
+from .driver import BfclEval, Keyed, read_rows, row_from_json, run_rows, same_engine
 from .episodes import EpisodeResult, TurnRow, play
-from .next_step_eval import parse_list, pick_cases
 from .tables import Column, markdown_table, rich_table
 
 SYSTEMS = ("single", "moa")
 
 
 @dataclass
-class EpisodeRow(EpisodeResult):
+class EpisodeRow(EpisodeResult, Keyed):
     """A played episode as stored: the result, its dataset and system, or why it could not run."""
 
     dataset: str = ""
@@ -42,16 +38,7 @@ class EpisodeRow(EpisodeResult):
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> EpisodeRow:
         """A row from its JSON object (unknown keys ignored)."""
-        known = {f.name for f in fields(cls)}
-        turn_known = {f.name for f in fields(TurnRow)}
-        values = {k: v for k, v in doc.items() if k in known}
-        values["turns"] = [TurnRow(**{k: v for k, v in t.items() if k in turn_known}) for t in doc.get("turns", [])]
-        return cls(**values)
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        """What a resumed run skips: (case, format, system)."""
-        return self.case_id, self.format, self.system
+        return row_from_json(cls, doc, "turns", TurnRow)
 
     def step_tokens(self) -> list[int]:
         """Tokens computed per step, the prefix's computed part taken out of the first step."""
@@ -63,13 +50,7 @@ class EpisodeRow(EpisodeResult):
 
 def read_episodes(path: Path) -> list[EpisodeRow]:
     """Every complete row of a results file (a torn last line is skipped)."""
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
-        try:
-            out.append(EpisodeRow.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, TypeError):
-            continue
-    return out
+    return read_rows(path, EpisodeRow.from_dict)
 
 
 @dataclass
@@ -137,63 +118,21 @@ async def run(moa: MoA, cases: Sequence[tuple[str, BfclCase]], formats: Sequence
               out: Path, max_tokens: int, progress: bool = True) -> int:
     """Play every (case, format, system) not yet in `out`, appending a row as each finishes; returns rows
     written."""
+    same_engine(moa, systems, "a MoA episode")
     cfg = moa.config
     engine = moa.engines[cfg.aggregator.backend]
-    if "moa" in systems and any(moa.engines[p.backend] is not engine for p in cfg.layers[-1]):
-        raise ConfigError("a MoA episode forks one sequence: every proposer must use the aggregator's engine")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    drop_torn_tail(out)
+
+    async def play_one(dataset: str, case: BfclCase, fmt: str, system: str) -> EpisodeRow:
+        result = await play(engine, case, fmt, max_tokens=max_tokens,
+                            proposers=cfg.layers[-1] if system == "moa" else ())
+        return EpisodeRow(**{k.name: getattr(result, k.name) for k in fields(EpisodeResult)}, dataset=dataset,
+                          system=system)
+
+    def failed(dataset: str, case: BfclCase, fmt: str, system: str, why: str) -> EpisodeRow:
+        return EpisodeRow(case.id, fmt, False, None, None, 0, 0, [], 0.0, dataset, system, error=why)
+
     done = {r.key for r in read_episodes(out)}
-    todo = [(d, c, f, sy) for d, c in cases for f in formats for sy in systems if (c.id, f, sy) not in done]
-    written = 0
-    with progress_bar(len(todo), progress) as bar, out.open("a", encoding="utf-8") as f:
-        for dataset, case, fmt, system in todo:
-            bar.show(f"{case.id} {fmt} {system}")
-            try:
-                result = await play(engine, case, fmt, max_tokens=max_tokens,
-                                    proposers=cfg.layers[-1] if system == "moa" else ())
-                row = EpisodeRow(**{k.name: getattr(result, k.name) for k in fields(EpisodeResult)}, dataset=dataset,
-                                 system=system)
-            except MoAStreamError as exc:
-                row = EpisodeRow(case.id, fmt, False, None, None, 0, 0, [], 0.0, dataset, system, error=str(exc))
-            f.write(json.dumps(asdict(row)) + "\n")
-            f.flush()  # a row on disk is an episode a resumed run skips
-            written += 1
-            bar.advance()
-    return written
-
-
-def main(args: argparse.Namespace, datasets: Sequence[tuple[str, int | None]]) -> int:
-    """Run (or resume) the episode eval, then write summary.md and summary.json beside rows.jsonl."""
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    out = Path(args.out)
-    if not args.report_only:
-        try:
-            formats = parse_list(args.formats, list(AGENT_FORMATS), "--formats")
-            systems = parse_list(args.systems or "single", SYSTEMS, "--systems with --episodes")
-            cases = [(name, c) for name, n in datasets for c in pick_cases(name, n, args.seed)]
-            cfg = MoAConfig.load(args.config)
-        except (MoAStreamError, ValueError) as exc:
-            console.print(f"moa-stream eval: {exc}")
-            return 2
-
-        async def go() -> int:
-            moa = MoA.from_config(cfg, model=args.model)
-            try:
-                return await run(moa, cases, formats, systems, out / "rows.jsonl", args.call_tokens,
-                                 progress=not args.no_progress)
-            finally:
-                await moa.aclose()
-
-        try:
-            written = asyncio.run(go())
-        except ConfigError as exc:
-            console.print(f"moa-stream eval: {exc}")
-            return 2
-        console.print(f"{written} new rows in {out / 'rows.jsonl'}")
-    return write_report(out, console)
+    return await run_rows(cases, formats, systems, out, done, play_one, failed, progress)
 
 
 def write_report(out: Path, console: Any) -> int:
@@ -210,3 +149,7 @@ def write_report(out: Path, console: Any) -> int:
     (out / "summary.json").write_text(json.dumps([asdict(s) for s in summaries], indent=2), encoding="utf-8")
     console.print(f"wrote {out / 'summary.md'} and {out / 'summary.json'}")
     return 0
+
+
+EPISODES = BfclEval("--systems with --episodes", SYSTEMS, run, write_report)
+main = EPISODES.main

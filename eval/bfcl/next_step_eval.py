@@ -9,45 +9,26 @@ calls, replayed in order, reach BFCL's ground-truth end state.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
-import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from eval.bfcl.next_step import Episode, predict_next_steps
-from eval.bfcl.traces import load_cases
-from moa_stream import AGENT_FORMATS, ConfigError, MoA, MoAConfig, MoAStreamError
+from moa_stream import MoA
 from moa_stream.tools import BfclCase
 
-from ..progress import progress_bar
 from ..report import Estimate, estimate
-from ..rows import drop_torn_tail
+from .driver import DATASET, BfclEval, Keyed, read_rows, row_from_json, run_rows, same_engine
 from .tables import markdown_table, rich_table
 
-DATASET = "bfcl-multi-turn"
 SYSTEMS = ("single", "moa")
 
 
 def is_bfcl(name: str) -> bool:
-    """Whether a --dataset name is the BFCL multi-turn next-step dataset (`bfcl-multi-turn[-CATEGORY]`)."""
+    """Whether a --dataset name is a BFCL multi-turn dataset (`bfcl-multi-turn[-CATEGORY]`)."""
     return name == DATASET or name.startswith(DATASET + "-")
-
-
-def category(name: str) -> str:
-    """The BFCL multi-turn category a dataset name picks (base unless it says `bfcl-multi-turn-long_context`)."""
-    return name.removeprefix(DATASET).lstrip("-") or "base"
-
-
-def pick_cases(name: str, limit: int | None, seed: int) -> list[BfclCase]:
-    """A deterministic random subset of `limit` cases with `seed`, in dataset order (as the other datasets)."""
-    cases = load_cases(category(name))
-    if limit is None or limit >= len(cases):
-        return cases
-    return [cases[i] for i in sorted(random.Random(seed).sample(range(len(cases)), limit))]
 
 
 @dataclass
@@ -70,7 +51,7 @@ class StepRow:
 
 
 @dataclass
-class EpisodeRow:
+class EpisodeRow(Keyed):
     """One (case, format, system) episode: the JSONL schema."""
 
     case_id: str
@@ -97,27 +78,12 @@ class EpisodeRow:
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> EpisodeRow:
         """A row from its JSON object (unknown keys ignored)."""
-        known = {f.name for f in fields(cls)}
-        step_known = {f.name for f in fields(StepRow)}
-        values = {k: v for k, v in doc.items() if k in known}
-        values["steps"] = [StepRow(**{k: v for k, v in s.items() if k in step_known}) for s in doc.get("steps", [])]
-        return cls(**values)
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        """What a resumed run skips: (case, format, system)."""
-        return self.case_id, self.format, self.system
+        return row_from_json(cls, doc, "steps", StepRow)
 
 
 def read_episodes(path: Path) -> list[EpisodeRow]:
     """Every complete row of a results file (a torn last line is skipped)."""
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
-        try:
-            out.append(EpisodeRow.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, TypeError):
-            continue
-    return out
+    return read_rows(path, EpisodeRow.from_dict)
 
 
 @dataclass
@@ -222,77 +188,23 @@ def plot(summaries: Sequence[FormatSummary], path: Path) -> Path:
     return path
 
 
-def parse_list(spec: str, known: Sequence[str], what: str) -> list[str]:
-    """A comma-separated list, each item checked against `known`."""
-    items = [p.strip() for p in spec.split(",") if p.strip()]
-    bad = [p for p in items if p not in known]
-    if bad or not items:
-        raise ConfigError(f"{what} must be a comma-separated list of {', '.join(known)}; got {spec!r}")
-    return items
-
-
 async def run(moa: MoA, cases: Sequence[tuple[str, BfclCase]], formats: Sequence[str], systems: Sequence[str],
               out: Path, max_tokens: int, progress: bool = True) -> int:
     """Run every (case, format, system) not yet in `out`, appending a row as each finishes; returns rows written."""
+    same_engine(moa, systems, "the next-step MoA")
     cfg = moa.config
     engine = moa.engines[cfg.aggregator.backend]
-    proposers = cfg.layers[-1]
-    if "moa" in systems and any(moa.engines[p.backend] is not engine for p in proposers):
-        raise ConfigError("the next-step MoA forks one sequence: every proposer must use the aggregator's engine")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    drop_torn_tail(out)
+
+    async def play(dataset: str, case: BfclCase, fmt: str, system: str) -> EpisodeRow:
+        ep = await predict_next_steps(engine, case, fmt, aggregator=cfg.aggregator,
+                                      proposers=cfg.layers[-1] if system == "moa" else (), max_tokens=max_tokens)
+        return EpisodeRow.of(dataset, ep)
+
+    def failed(dataset: str, case: BfclCase, fmt: str, system: str, why: str) -> EpisodeRow:
+        return EpisodeRow(case.id, dataset, fmt, system, 0, 0, None, 0.0, error=why)
+
     done = {r.key for r in read_episodes(out)}
-    todo = [(d, c, f, sy) for d, c in cases for f in formats for sy in systems if (c.id, f, sy) not in done]
-    written = 0
-    with progress_bar(len(todo), progress) as bar, out.open("a", encoding="utf-8") as f:
-        for dataset, case, fmt, system in todo:
-            bar.show(f"{case.id} {fmt} {system}")
-            try:
-                ep = await predict_next_steps(engine, case, fmt, aggregator=cfg.aggregator,
-                                              proposers=proposers if system == "moa" else (), max_tokens=max_tokens)
-                row = EpisodeRow.of(dataset, ep)
-            except MoAStreamError as exc:
-                row = EpisodeRow(case.id, dataset, fmt, system, 0, 0, None, 0.0, error=str(exc))
-            f.write(json.dumps(asdict(row)) + "\n")
-            f.flush()  # a row on disk is an episode a resumed run skips
-            written += 1
-            bar.advance()
-    return written
-
-
-def main(args: argparse.Namespace, datasets: Sequence[tuple[str, int | None]]) -> int:
-    """Run (or resume) the next-step eval, then write summary.md, summary.json and plot.png beside rows.jsonl."""
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    out = Path(args.out)
-    rows_path = out / "rows.jsonl"
-    if not args.report_only:
-        try:
-            formats = parse_list(args.formats, list(AGENT_FORMATS), "--formats")
-            systems = parse_list(args.systems or "single", SYSTEMS,
-                                 "--systems for bfcl-multi-turn")
-            cases = [(name, c) for name, n in datasets for c in pick_cases(name, n, args.seed)]
-            cfg = MoAConfig.load(args.config)
-        except (MoAStreamError, ValueError) as exc:
-            console.print(f"moa-stream eval: {exc}")
-            return 2
-
-        async def go() -> int:
-            moa = MoA.from_config(cfg, model=args.model)
-            try:
-                return await run(moa, cases, formats, systems, rows_path, args.call_tokens,
-                                 progress=not args.no_progress)
-            finally:
-                await moa.aclose()
-
-        try:
-            written = asyncio.run(go())
-        except ConfigError as exc:
-            console.print(f"moa-stream eval: {exc}")
-            return 2
-        console.print(f"{written} new rows in {rows_path}")
-    return write_report(out, console)
+    return await run_rows(cases, formats, systems, out, done, play, failed, progress)
 
 
 def write_report(out: Path, console: Any) -> int:
@@ -311,3 +223,7 @@ def write_report(out: Path, console: Any) -> int:
     plot(summaries, out / "plot.png")
     console.print(f"wrote {out / 'summary.md'}, {out / 'summary.json'} and {out / 'plot.png'}")
     return 0
+
+
+NEXT_STEP = BfclEval("--systems for bfcl-multi-turn", SYSTEMS, run, write_report)
+main = NEXT_STEP.main

@@ -1,6 +1,13 @@
 """MoA configuration (pydantic, from YAML/TOML/dict): backends, agents, the pipeline and its knobs."""
 
-from .agents import MIN_TEMPERATURE, AgentConfig, SpeculationConfig, ToolCacheConfig, check_temperature
+from .agents import (
+    MIN_TEMPERATURE,
+    AgentConfig,
+    SpeculationConfig,
+    ToolCacheConfig,
+    check_agent_format,
+    check_temperature,
+)
 from .backends import BackendConfig, HttpBackend, LlamaCppBackend, TransformersBackend, VllmBackend, default_backend
 from .pipeline import DebateConfig, MoAConfig, StaircaseConfig
 
@@ -17,6 +24,7 @@ __all__ = [
     "ToolCacheConfig",
     "TransformersBackend",
     "VllmBackend",
+    "check_agent_format",
     "check_temperature",
     "default_backend",
 ]

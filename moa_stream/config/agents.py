@@ -33,6 +33,15 @@ class SpeculationConfig(Strict):
     draft_max_tokens: int = Field(48, ge=1, le=1024, description="predict=draft: the draft's token budget")
 
 
+def check_agent_format(name: str | None) -> str | None:
+    """`name` if it is a registered agent context format (or None); ValueError naming the choices otherwise."""
+    from ..agent.formats import AGENT_FORMATS  # the registry lives with the formats, above the config
+
+    if name is not None and name not in AGENT_FORMATS:
+        raise ValueError(f"must be one of {', '.join(AGENT_FORMATS)}; got {name!r}")
+    return name
+
+
 class ToolCacheConfig(Strict):
     """Results of pure tools kept by (tool, canonical arguments), so that a repeated call is answered at once."""
 
@@ -82,11 +91,7 @@ class AgentConfig(Strict):
     @field_validator("format")
     @classmethod
     def _known_format(cls, name: str | None) -> str | None:
-        from ..agent.formats import AGENT_FORMATS  # the registry lives with the formats, above the config
-
-        if name is not None and name not in AGENT_FORMATS:
-            raise ValueError(f"format must be one of {', '.join(AGENT_FORMATS)}; got {name!r}")
-        return name
+        return check_agent_format(name)
 
     @field_validator("temperature")
     @classmethod

@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from moa_stream import AGENT_FORMATS, AgentError, AgentMetrics, Metrics, Mode
-from moa_stream.config import check_temperature
+from moa_stream import AgentError, AgentMetrics, Metrics, Mode
+from moa_stream.config import check_agent_format, check_temperature
 
 from .response_format import ResponseFormat
 from .tool_calls import MessageToolCall, ToolChoiceSpec, ToolSpec
@@ -115,9 +115,7 @@ class ChatCompletionRequest(BaseModel):
     @field_validator("agent_format")
     @classmethod
     def _known_agent_format(cls, name: str | None) -> str | None:
-        if name is not None and name not in AGENT_FORMATS:
-            raise ValueError(f"must be one of {', '.join(AGENT_FORMATS)}")
-        return name
+        return check_agent_format(name)
 
 
 # ---------------------------------------------------------------------------------------------- responses

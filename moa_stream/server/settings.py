@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from moa_stream import AGENT_FORMATS, ToolCacheConfig
+from moa_stream import ToolCacheConfig
+from moa_stream.config import check_agent_format
 
 DEFAULT_MAX_BODY_BYTES = 4 << 20  # 4 MiB: a whole 128k-token context is ~0.5 MB of text
 
@@ -40,6 +41,4 @@ class ServerSettings(BaseModel):
     @field_validator("agent_format")
     @classmethod
     def _known_format(cls, name: str | None) -> str | None:
-        if name is not None and name not in AGENT_FORMATS:
-            raise ValueError(f"agent_format must be one of {', '.join(AGENT_FORMATS)}; got {name!r}")
-        return name
+        return check_agent_format(name)

@@ -10,6 +10,7 @@ import pytest
 from rich.console import Console
 
 from eval import command
+from eval.bfcl import driver
 from eval.bfcl import next_step_eval as bfcl_next_step
 from eval.bfcl.traces import load_cases
 from moa_stream import MoA, MoAConfig
@@ -71,13 +72,13 @@ def test_bad_formats_or_systems_exit_2(tmp_path, capsys):
     assert "--formats must be" in capsys.readouterr().err
     assert command.main(_args(*base, "--systems", "classic")) == 2
     assert "--systems for bfcl-multi-turn" in capsys.readouterr().err
-    assert bfcl_next_step.category("bfcl-multi-turn-long_context") == "long_context"
-    assert bfcl_next_step.category("bfcl-multi-turn") == "base"
+    assert driver.category("bfcl-multi-turn-long_context") == "long_context"
+    assert driver.category("bfcl-multi-turn") == "base"
 
 
 def test_cases_are_a_seeded_subset_in_dataset_order_and_a_smaller_one_is_inside_a_larger_one():
-    two = [c.id for c in bfcl_next_step.pick_cases("bfcl-multi-turn", 2, 1)]
-    assert two == [c.id for c in bfcl_next_step.pick_cases("bfcl-multi-turn", 2, 1)] == ["multi_turn_base_34",
+    two = [c.id for c in driver.pick_cases("bfcl-multi-turn", 2, 1)]
+    assert two == [c.id for c in driver.pick_cases("bfcl-multi-turn", 2, 1)] == ["multi_turn_base_34",
                                                                                           "multi_turn_base_145"]
-    assert {c.id for c in bfcl_next_step.pick_cases("bfcl-multi-turn", 1, 1)} <= set(two)
-    assert len(bfcl_next_step.pick_cases("bfcl-multi-turn-miss_func", None, 0)) == len(load_cases("miss_func"))
+    assert {c.id for c in driver.pick_cases("bfcl-multi-turn", 1, 1)} <= set(two)
+    assert len(driver.pick_cases("bfcl-multi-turn-miss_func", None, 0)) == len(load_cases("miss_func"))
