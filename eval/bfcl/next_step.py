@@ -22,7 +22,7 @@ from engine import Engine, SamplingParams
 from engine import Sequence as EngineSequence
 from moa_stream import AgentConfig, ChatFormat
 from moa_stream.agent.formats import AgentFormat, agent_format, json_line
-from moa_stream.tools import BfclCase, ToolCall, bfcl_execute, bfcl_tools, fresh_instances
+from moa_stream.tools import BfclCase, ToolCall, ToolSet, bfcl_execute, bfcl_tools, fresh_instances
 
 from .next_step_scoring import score_next_step
 from .traces import Trace, opening_events, replay, step_events
@@ -126,7 +126,9 @@ async def predict_next_steps(engine: Engine, case: BfclCase | Trace, format_name
     """
     trace = case if isinstance(case, Trace) else replay(case)
     chat = ChatFormat(engine.tokenizer)
-    fmt = agent_format(format_name, chat, bfcl_tools(trace.case), instructions)
+    every = bfcl_tools(trace.case)
+    shown = {d["name"] for d in trace.case.function_docs(0)}  # miss_func: the rest come at their turn
+    fmt = agent_format(format_name, chat, ToolSet([t for t in every if t.name in shown]), instructions)
     agg_cfg = aggregator or AgentConfig(name="agent", temperature=0.0)
     agg = _agent(agg_cfg, fmt, max_tokens, structured)
     props = [_agent(p, fmt, max_tokens, structured) for p in proposers]
@@ -137,7 +139,11 @@ async def predict_next_steps(engine: Engine, case: BfclCase | Trace, format_name
     try:
         prefix_computed = engine.seq_stats(main).prefill_computed
         for k, step in enumerate(trace.steps):
-            events = [*(step_events(trace.steps[k - 1]) if k else ()), *opening_events(step)]
+            events = [*(step_events(trace.steps[k - 1]) if k else ()), *opening_events(step, every)]
+            if step.revealed:  # the revealed functions join the grammar too
+                fmt.tools = fmt.tools | ToolSet([t for t in every if t.name in step.revealed])
+                agg = _agent(agg_cfg, fmt, max_tokens, structured)
+                props = [_agent(p, fmt, max_tokens, structured) for p in proposers]
             t0 = time.perf_counter()
             delta = [t for e in events for t in fmt.append(e)]
             before = engine.seq_stats(main).prefill_computed

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moa_stream.agent.formats import CallEvent, HistoryEvent, UserTurn, result_event
-from moa_stream.tools import BfclCase, BfclError, ToolCall, bfcl_root
+from moa_stream.agent.formats import CallEvent, HistoryEvent, ToolsEvent, UserTurn, result_event
+from moa_stream.tools import BfclCase, BfclError, ToolCall, ToolSet, bfcl_root
 
 CATEGORIES = ("base", "miss_func", "miss_param", "long_context")
 
@@ -31,6 +31,7 @@ class TraceStep:
     result: str
     user: str | None = None
     case_id: str = ""
+    revealed: tuple[str, ...] = ()  # functions BFCL revealed at the turn that opened this step (miss_func)
 
 
 @dataclass
@@ -97,15 +98,19 @@ def replay(case: BfclCase) -> Trace:
     steps: list[TraceStep] = []
     instances: dict[str, Any] = {}
     pending: list[str] = []  # user turns not yet followed by a call (a turn may have none)
+    revealed: tuple[str, ...] = ()  # functions revealed since the last step
     try:
-        for user, calls in zip(case.turns, case.ground_truth, strict=True):
+        for k, (user, calls) in enumerate(zip(case.turns, case.ground_truth, strict=True)):
+            if k in case.missed_functions:  # BFCL's reveal turn: its own prompt, the functions offered from now on
+                user, revealed = reveal_prompt(), revealed + case.missed_functions[k]
             pending.append(user)
             results, instances = multi_turn_utils.execute_multi_turn_func_call(
                 list(calls), case.initial_config, list(case.involved_classes), replay_name, case.id)
             for source, result in zip(calls, results, strict=True):
                 opened = "\n".join(u for u in pending if u) if pending else None
-                steps.append(TraceStep(parse_call(source, instances, f"call_{len(steps)}_0"), result, opened, case.id))
-                pending = []
+                steps.append(TraceStep(parse_call(source, instances, f"call_{len(steps)}_0"), result, opened, case.id,
+                                       revealed))
+                pending, revealed = [], ()
     finally:
         for key in [k for k in vars(multi_turn_utils) if k.startswith(replay_name)]:
             delattr(multi_turn_utils, key)
@@ -122,14 +127,26 @@ def chained_steps(cases: list[BfclCase], steps: int) -> list[TraceStep]:
     raise BfclError(f"{len(cases)} cases give {len(out)} steps, fewer than the {steps} asked for; pass more cases")
 
 
+def reveal_prompt() -> str:
+    """BFCL's user message for the turn that reveals held-back functions."""
+    from bfcl_eval.constants.default_prompts import DEFAULT_USER_PROMPT_FOR_ADDITIONAL_FUNCTION_FC
+
+    return str(DEFAULT_USER_PROMPT_FOR_ADDITIONAL_FUNCTION_FC)
+
+
 def step_events(step: TraceStep) -> Iterator[HistoryEvent]:
     """A trace step's call and its result (the user turn that opened it comes before, see `opening_events`)."""
     yield CallEvent(step.call)
     yield result_event(step.call.name, step.result)
 
 
-def opening_events(step: TraceStep) -> Iterator[HistoryEvent]:
-    """What the agent has read before it makes the step's call: the user turn that opened it, if any."""
+def opening_events(step: TraceStep, tools: ToolSet | None = None) -> Iterator[HistoryEvent]:
+    """What the agent has read before it makes the step's call: the functions revealed since the last call (their
+    schemas from `tools`, the case's whole set), then the user turns read since then, if any (a reveal turn's
+    prompt among them)."""
+    if step.revealed and tools is not None:
+        yield ToolsEvent(tuple({"name": t.name, "description": t.description, "parameters": t.parameters}
+                               for t in tools if t.name in step.revealed))
     if step.user:
         yield UserTurn(step.user)
 
