@@ -10,7 +10,7 @@ from collections.abc import Sequence as Seq
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from engine import Engine, SamplingParams
+from engine import CapacityError, Engine, SamplingParams
 from moa_stream.tools import BfclCase, bfcl_execute, fresh_instances
 
 from ...bfcl.traces import TraceStep, load_cases
@@ -272,6 +272,8 @@ async def run_agent_bench(engine_factory: EngineFactory, config: AgentBenchConfi
                 run = await run_local_mode(mode, engine, flows, rendering, tool_s, config.pin_ttl_s)
                 run.kv_fraction = fraction
                 runs.append(run)
+            except CapacityError as exc:  # this budget is too small for the mode: said in the JSON, the rest runs
+                scenarios[-1].setdefault("failed", {})[mode] = str(exc)
             finally:
                 await engine.shutdown()
         if config.llamacpp and agents == most_agents and steps == shortest and fraction == config.kv_fraction:
