@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine import Engine, SamplingParams
-from moa_stream import AgentConfig
-from moa_stream.agent.agent import Agent
-from moa_stream.agent.events import AgentDone
+from moa_stream import Agent, AgentConfig, AgentDone
 from moa_stream.tools import BfclCase, ToolCall, ToolSet, bfcl_tools, fresh_instances
 
 MAX_STEPS = 8  # steps a turn may take (BFCL's own handler allows 20; a 2-core CPU cannot afford it)
