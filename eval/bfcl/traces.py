@@ -145,8 +145,7 @@ def opening_events(step: TraceStep, tools: ToolSet | None = None) -> Iterator[Hi
     schemas from `tools`, the case's whole set), then the user turns read since then, if any (a reveal turn's
     prompt among them)."""
     if step.revealed and tools is not None:
-        yield ToolsEvent(tuple({"name": t.name, "description": t.description, "parameters": t.parameters}
-                               for t in tools if t.name in step.revealed))
+        yield ToolsEvent.of(t for t in tools if t.name in step.revealed)
     if step.user:
         yield UserTurn(step.user)
 

@@ -178,8 +178,7 @@ class EventLogContext:
         """A ToolsEvent in the live log (its prefix stays as it was); a new log's prefix lists them all."""
         self.fmt.tools = every
         if live:
-            await self.add(ToolsEvent(tuple({"name": t.name, "description": t.description,
-                                             "parameters": t.parameters} for t in new)))
+            await self.add(ToolsEvent.of(new))
 
     def reply(self, text: str) -> str:
         """The format's reading of a reply in words."""

@@ -64,8 +64,7 @@ class HermesFormat(CallFormat):
 
     def system_prompt(self, tools: ToolSet, instructions: str | None = None) -> str:
         """Instructions, the tools one JSON line each, and the call syntax."""
-        lines = "\n".join(_json({"name": t.name, "description": t.description, "parameters": t.parameters})
-                          for t in tools)
+        lines = "\n".join(_json(t.summary()) for t in tools)
         return render("tool_system", instructions=instructions or DEFAULT_INSTRUCTIONS, tools=lines)
 
     def _begin(self, name: str) -> str:

@@ -66,10 +66,13 @@ class Tool:
         params = inner.get("parameters", {"type": "object", "properties": {}})
         return cls(name, str(inner.get("description") or ""), params, fn, pure)
 
+    def summary(self) -> dict[str, Any]:
+        """Name, description and parameter schema: how a prompt lists the tool."""
+        return {"name": self.name, "description": self.description, "parameters": self.parameters}
+
     def spec(self) -> dict[str, Any]:
         """The tool as OpenAI's tool JSON."""
-        return {"type": "function",
-                "function": {"name": self.name, "description": self.description, "parameters": self.parameters}}
+        return {"type": "function", "function": self.summary()}
 
     @property
     def is_async(self) -> bool:

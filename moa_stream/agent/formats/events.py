@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from ...tools.calls import ToolCall
+from ...tools.tool import Tool
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,11 @@ class ToolsEvent:
     """Tools offered from this point on (BFCL's `miss_func` turns reveal a function mid-episode)."""
 
     schemas: tuple[dict[str, Any], ...]
+
+    @classmethod
+    def of(cls, tools: Iterable[Tool]) -> ToolsEvent:
+        """The event offering these tools (each as a prompt lists it)."""
+        return cls(tuple(t.summary() for t in tools))
 
 
 HistoryEvent = UserTurn | CallEvent | ResultEvent | ErrorEvent | AnswerEvent | ToolsEvent
