@@ -104,6 +104,7 @@ class LocalEngine(StepLoop):
             self._finish(s, s.generation, "abort")
         self._fail_waiters(s, SequenceClosedError(f"sequence {s.id} was closed"))
         await self._release(s)
+        self._rouse()
 
     def _new_sequence(self, tokens: list[int], cache_salt: str | None) -> Any:
         """A sequence record for new tokens, not in the table yet, started on what the KV caches of them."""
@@ -142,7 +143,8 @@ class LocalEngine(StepLoop):
 
     def _refuse(self, s: Any) -> None:
         """The sequence cannot get KV even if every other unpinned sequence gave its KV back (it alone is too big
-        for the budget left by pinned ones): end a generation that already wrote with "length", else fail it."""
+        for the budget, or for what pinned ones leave once it waited pin_wait_s for them): end a generation that
+        already wrote with "length", else fail it."""
         exc = self._refusal(s)
         if s.generation is not None and s.generation.produced > 0:
             log.warning("generation ended with 'length' before its limit: %s", exc)
@@ -162,7 +164,9 @@ class LocalEngine(StepLoop):
         pinned = [v.id for v in self._table if v.pinned and v.id != s.id]
         if not pinned:
             return exc
-        return CapacityError(f"{exc}; pinned sequences {pinned} keep their KV until unpinned or their TTL ends")
+        wait = self._scheduler.preemption.pin_wait_s
+        return CapacityError(f"{exc}; pinned sequences {pinned} keep their KV until unpinned or their TTL ends, "
+                             f"longer than work may wait for them (pin_wait_s={wait:g})")
 
     @property
     def vocab_size(self) -> int:
@@ -231,14 +235,17 @@ class LocalEngine(StepLoop):
             self._finish(s, s.generation, "abort")
 
     async def pin(self, seq: Sequence, ttl: float | None = None) -> None:
-        """Keep the sequence's KV resident for `ttl` seconds (None: until unpin); past the TTL it is evictable."""
+        """Keep the sequence's KV resident for `ttl` seconds (None: until unpin); past the TTL it is evictable.
+
+        Work that only pinned KV keeps out waits for the pin to end, at most the engine's `pin_wait_s`."""
         if ttl is not None and not ttl > 0:
             raise EngineError(f"pin ttl must be > 0 seconds or None, got {ttl!r}")
         self._table.get(seq).pinned_until = math.inf if ttl is None else time.monotonic() + ttl
 
     async def unpin(self, seq: Sequence) -> None:
-        """Make the sequence evictable again (no-op if it was not pinned)."""
+        """Make the sequence evictable again (no-op if it was not pinned); work waiting for its KV goes on."""
         self._table.get(seq).pinned_until = None
+        self._rouse()
 
     def tokens(self, seq: Sequence) -> list[int]:
         """A copy of the sequence's tokens (prompt, appends and generated)."""
@@ -277,6 +284,11 @@ class LocalEngine(StepLoop):
                 await self._task
             self._task = None
         return True
+
+    def _rouse(self) -> None:
+        """Wake the loop if work waits: KV just freed or unpinned may let it go on."""
+        if not self._table.stopped and any(s.wants_compute for s in self._table):
+            self._kick()
 
     def _kick(self) -> None:
         self._table.check_alive()

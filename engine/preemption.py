@@ -4,16 +4,19 @@ Work is a generation or an open/append/score waiting for its tokens; it arrives 
 and keeps that place until it ends, even when preempted. When work cannot get KV even with every idle sequence
 evicted, the most recently arrived work holding KV gives it back (its tokens stay; it is recomputed from them,
 as an evicted idle sequence is) until the older work fits. Work that no younger work can make room for waits
-for older work to end; since the oldest work always can take what it needs, nothing starves. Only work that
-would not fit even if every other unpinned sequence gave its KV back is refused. Pinned sequences are never
-preempted. Priority (SamplingParams.priority) orders each step's work, never preemption: ranked by arrival
-alone, the oldest work always gets its KV, so low-priority work waits but is never starved. Both local engines'
-schedulers use this one policy over their own KV bookkeeping (`Room`).
+for older work to end; since the oldest work always can take what it needs, nothing starves. Pinned sequences
+are never preempted: work that only their KV keeps out waits for them (an unpin, a close or the pin's TTL), as
+a vLLM request waits for blocks, for at most `pin_wait_s`; only work that still would not fit then, or would
+not fit even with every other sequence gone, is refused. Priority (SamplingParams.priority) orders each step's
+work, never preemption: ranked by arrival alone, the oldest work always gets its KV, so low-priority work waits
+but is never starved. Both local engines' schedulers use this one policy over their own KV bookkeeping (`Room`).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+import time
 from collections.abc import Collection, Iterable, Sequence
 from typing import Generic, Protocol, TypeVar
 
@@ -43,12 +46,14 @@ class Room(Protocol[S_contra]):
 class Preemption(Generic[S]):
     """Arrival order of the work on one engine's sequences, and who gives KV back when an older one lacks it."""
 
-    def __init__(self, table: Iterable[S], room: Room[S]) -> None:
+    def __init__(self, table: Iterable[S], room: Room[S], pin_wait_s: float = 30.0) -> None:
         self._table = table
         self._room = room
         self._clock = itertools.count(1)
         # seq id -> (the work it was given for: a Generation or a waiter's future, its arrival ticket)
         self._arrivals: dict[int, tuple[object, int]] = {}
+        self.pin_wait_s = pin_wait_s
+        self._pin_waits: dict[int, float] = {}  # seq id -> when its work stops waiting for pins (monotonic)
         self.count = 0
 
     def observe(self) -> None:
@@ -60,6 +65,8 @@ class Preemption(Generic[S]):
                 continue
             known = self._arrivals.get(s.id)
             seen[s.id] = known if known is not None and known[0] is work else (work, next(self._clock))
+        self._pin_waits = {i: t for i, t in self._pin_waits.items()
+                           if i in seen and i in self._arrivals and seen[i] is self._arrivals[i]}
         self._arrivals = seen
 
     def arrival(self, s: S) -> int:
@@ -70,13 +77,19 @@ class Preemption(Generic[S]):
     def make_room(self, s: S, protect: Collection[int]) -> list[S] | None:
         """Preempt the fewest, most recently arrived, works that let `s` fit; the preempted ones are returned.
 
-        [] means `s` must wait for older work to end; None means it cannot fit even if every other unpinned
-        sequence gave its KV back (it is refused). Nothing is preempted unless it makes `s` fit.
+        [] means `s` must wait for older work to end or for pins to end (`waits_for_pins`); None means it is
+        refused: it cannot fit even if every other unpinned sequence gave its KV back, and no pin's end would
+        help within `pin_wait_s`. Nothing is preempted unless it makes `s` fit.
         """
         # Busy unpinned work gives its KV back when it ends even if it may not be preempted (a score's fork).
         others = [v for v in self._table if v.id != s.id and _work(v) is not None and not v.pinned]
         if not self._room.fits(s, {s.id}, others):
+            pinned = [v for v in self._table if v.id != s.id and v.pinned]
+            if pinned and self._room.fits(s, {s.id}, [*others, *pinned]) and self._may_wait(s):
+                return []
+            self._pin_waits.pop(s.id, None)
             return None
+        self._pin_waits.pop(s.id, None)
         mine = self.arrival(s)
         younger = sorted((v for v in others if self.arrival(v) > mine and self._room.preemptible(v)),
                          key=self.arrival, reverse=True)
@@ -89,6 +102,23 @@ class Preemption(Generic[S]):
                 self.count += len(victims)
                 return victims
         return []  # pragma: no cover - the whole younger set fits, so some prefix of it does
+
+    def waits_for_pins(self, s: S) -> bool:
+        """Whether the sequence's work waits for pinned KV (see `make_room`)."""
+        return s.id in self._pin_waits
+
+    def wake_at(self) -> float | None:
+        """When work waiting for pins must be looked at again even if nothing wakes the engine: the first pin
+        TTL to end or wait to run out (time.monotonic(); None: no such work)."""
+        if not self._pin_waits:
+            return None
+        ttls = [v.pinned_until for v in self._table if v.pinned and v.pinned_until is not None]
+        return min([*self._pin_waits.values(), *(t for t in ttls if math.isfinite(t))])
+
+    def _may_wait(self, s: S) -> bool:
+        """Whether the work of `s` may (still) wait for pins; its wait starts now if it was not waiting."""
+        now = time.monotonic()
+        return now < self._pin_waits.setdefault(s.id, now + self.pin_wait_s)
 
 
 def priority(s: LocalSequence) -> int:

@@ -71,6 +71,9 @@ class ScheduledStep(Generic[C]):
     # A sequence that cannot fit even if every other unpinned sequence gave its KV back: the engine refuses it
     # and asks again (chunks picked before it keep their KV and are picked again).
     unfit: LocalSequence | None = None
+    # With no chunks: work waits for pins to end, and must be looked at again by then (time.monotonic()) even
+    # if no unpin or close wakes the engine.
+    wake_at: float | None = None
 
 
 class Scheduler(Generic[S, C]):
@@ -81,13 +84,14 @@ class Scheduler(Generic[S, C]):
     """
 
     def __init__(self, table: SequenceTable[S], kv: StepKV[S], max_tokens_per_step: int,
-                 drafter: PromptLookup | None = None, stop_ids: frozenset[int] = frozenset()) -> None:
+                 drafter: PromptLookup | None = None, stop_ids: frozenset[int] = frozenset(),
+                 pin_wait_s: float = 30.0) -> None:
         self._table = table
         self._kv = kv
         self.max_tokens_per_step = max_tokens_per_step
         self.drafter = drafter
         self._stop_ids = stop_ids
-        self.preemption: Preemption[S] = Preemption(table, kv)
+        self.preemption: Preemption[S] = Preemption(table, kv, pin_wait_s)
 
     def chunk(self, s: S, start: int, count: int) -> C:
         """The chunk of `count` tokens of `s` from `start`, for its current generation."""
@@ -145,6 +149,8 @@ class Scheduler(Generic[S, C]):
                         chunks[i] = self.with_draft(c, draft)
                 budget -= len(draft)
         if not chunks and waiting:
+            if any(self.preemption.waits_for_pins(s) for s in waiting):
+                return ScheduledStep(wake_at=self.preemption.wake_at())  # an unpin, a close or a TTL goes on
             # The oldest work can preempt all younger work, so this needs KV held by work that may not be
             # preempted (a score's fork) blocking everyone: refuse the oldest rather than spin.
             return ScheduledStep(unfit=min(waiting, key=arrival))

@@ -11,7 +11,9 @@ time, so a fault that one sequence causes fails it alone. Both local engines run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -51,6 +53,7 @@ class StepLoop:
     _wake: asyncio.Event | None = None
     _step_done: asyncio.Event | None = None
     _forward_steps = 0
+    _wake_at: float | None = None  # when work waiting for pins is due (see Scheduler.schedule)
     _taking_in: Any = None  # the chunk of a step's results being taken in (a fault there is blamed on it)
     _yield_between_steps = False  # let calls waiting to edit KV between steps run before the next one
 
@@ -92,12 +95,21 @@ class StepLoop:
     async def _loop(self) -> None:
         assert self._wake is not None and self._step_done is not None
         while True:
-            await self._wake.wait()
-            self._wake.clear()
+            await self._sleep()
             while (step := self._next_step()) is not None:
                 await self._run_step(step)
                 if self._yield_between_steps:
                     await asyncio.sleep(0)
+
+    async def _sleep(self) -> None:
+        """Wait to be woken (a call that brings work), or until the time work waiting for pins is due."""
+        assert self._wake is not None
+        if self._wake_at is None:
+            await self._wake.wait()
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, self._wake_at - time.monotonic()))
+        self._wake.clear()
 
     def _next_step(self) -> Any | None:
         """The next step with work (None: nothing to do until woken), after sampling what stored logits allow and
@@ -116,6 +128,7 @@ class StepLoop:
                 if not self._fail_work([s for s in self._table if s.wants_compute], "schedule", exc):
                     return None  # nobody waits: stop until the next call wakes the loop, never spin
                 continue
+            self._wake_at = step.wake_at
             if step.unfit is not None:
                 unfit = step.unfit
                 try:

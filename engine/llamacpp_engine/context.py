@@ -27,7 +27,10 @@ class ContextOptions:
     threads: int | None = None  # default: default_threads()
     gpu_layers: int = 0  # layers offloaded to a GPU (Metal, CUDA) where llama.cpp was built with one
     # Flash attention skips masked KV cells, so a sequence's logits do not depend on which other sequences share
-    # the batch and the cache (without it, masked cells shift SIMD sums and near-ties flip under batching).
+    # the batch and the cache (without it, masked cells shift SIMD sums and near-ties flip under batching). It
+    # does sum a sequence's own cells in cache order: KV recomputed into freed cells (after eviction or
+    # preemption) moves SmolLM2's logits by up to ~1.0 against the same tokens in order (tests/engine/
+    # test_preemption.py, NEAR_TIE_NATS), so greedy output under KV pressure may part at a near-tie.
     flash_attn: bool = True
 
 

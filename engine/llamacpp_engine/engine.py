@@ -86,6 +86,7 @@ class LlamaCppEngine(LocalEngine):
         name: str | None = None,
         prompt_lookup: PromptLookup | None = None,
         response_cache: ResponseCache | None = None,
+        pin_wait_s: float = 30.0,
     ) -> None:
         self._responses = response_cache
         path = model_path(None if model is None else str(model))
@@ -105,7 +106,8 @@ class LlamaCppEngine(LocalEngine):
         self.id = self._table.engine_id
         self._eos = frozenset(self._ctx.eog_ids)
         self._kv = KVResidency(self._ctx, self._table, kv_cells, block_size, keep_closed=keep_closed_prefixes)
-        self._scheduler = Scheduler(self._table, self._kv, self._ctx.n_batch, prompt_lookup, self._eos)
+        self._scheduler = Scheduler(self._table, self._kv, self._ctx.n_batch, prompt_lookup, self._eos,
+                                    pin_wait_s)
         self._drafted = 0
         self._draft_accepted = 0
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"llamacpp-{self.id}")

@@ -45,6 +45,7 @@ class TransformersEngine(LocalEngine):
         max_model_len: int | None = None,
         prompt_lookup: PromptLookup | None = None,
         response_cache: ResponseCache | None = None,
+        pin_wait_s: float = 30.0,
     ) -> None:
         self._loaded = loaded
         self._runner = ModelRunner(loaded.model, loaded.name, block_size=block_size, kv_cache_bytes=kv_cache_bytes)
@@ -60,7 +61,7 @@ class TransformersEngine(LocalEngine):
         self._eos = frozenset([eos] if isinstance(eos, int) else (eos or []))
         self._kv = KVCacheManager(BlockPool(self._runner.num_blocks, block_size), self._table)
         self._scheduler: Scheduler[SeqState, ScheduledChunk[SeqState]] = Scheduler(
-            self._table, self._kv, max_tokens_per_step, prompt_lookup, self._eos)
+            self._table, self._kv, max_tokens_per_step, prompt_lookup, self._eos, pin_wait_s)
         self._drafted = 0
         self._responses = response_cache
         self._draft_accepted = 0

@@ -49,13 +49,13 @@ def hf_generate(model: Any, tokens: list[int], n: int) -> list[int]:
     return out[0, len(tokens):].tolist()
 
 
-def small_engine(blocks: int) -> TransformersEngine:
-    """A tiny-model engine whose KV budget holds exactly `blocks` blocks."""
+def small_engine(blocks: int, **options: Any) -> TransformersEngine:
+    """A tiny-model engine whose KV budget holds exactly `blocks` blocks (options: the engine's keywords)."""
     probe = tiny_llama()
     cfg = probe.model.config
     head_dim = cfg.hidden_size // cfg.num_attention_heads
     per_block = 2 * cfg.num_hidden_layers * BS * cfg.num_key_value_heads * head_dim * 4
-    return TransformersEngine(probe, block_size=BS, kv_cache_bytes=blocks * per_block)
+    return TransformersEngine(probe, block_size=BS, kv_cache_bytes=blocks * per_block, **options)
 
 
 # ------------------------------------------------------------------------------------------- exactness

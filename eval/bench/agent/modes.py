@@ -108,10 +108,10 @@ def _written(out: Generated, gen: Written) -> None:
 
 
 async def _retrying(op: Any, deadline_s: float) -> int:
-    """Run `op()` again while the engine refuses it for lack of KV (every other sequence busy or pinned).
+    """Run `op()` again while the engine refuses it for lack of KV; the retries are counted in the figures.
 
-    The engine refuses at once instead of waiting for a pin's TTL or a generation to end, so an agent under
-    budget pressure waits a little and retries; the retries are counted in the figures.
+    The engine itself waits for pins to end (up to its pin_wait_s), so this is only the last resort of an agent
+    refused after that.
     """
     retries = 0
     end = time.monotonic() + deadline_s
