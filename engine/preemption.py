@@ -50,29 +50,35 @@ class Preemption(Generic[S]):
         self._table = table
         self._room = room
         self._clock = itertools.count(1)
-        # seq id -> (the work it was given for: a Generation or a waiter's future, its arrival ticket)
-        self._arrivals: dict[int, tuple[object, int]] = {}
+        # seq id -> (the work it was given for: a Generation or a waiter's future, None while idle; its ticket)
+        self._arrivals: dict[int, tuple[object | None, int]] = {}
         self.pin_wait_s = pin_wait_s
         self._pin_waits: dict[int, float] = {}  # seq id -> when its work stops waiting for pins (monotonic)
         self.count = 0
 
     def observe(self) -> None:
-        """Give new work its arrival ticket (call at the start of each scheduling pass)."""
-        seen: dict[int, tuple[object, int]] = {}
+        """Give new work its arrival ticket (call at the start of each scheduling pass); work on a sequence that
+        was busy at the last pass, or idle at that pass only, keeps the ticket it had."""
+        seen: dict[int, tuple[object | None, int]] = {}
         for s in self._table:
             work = _work(s)
-            if work is None:
-                continue
             known = self._arrivals.get(s.id)
-            seen[s.id] = known if known is not None and known[0] is work else (work, next(self._clock))
+            if work is None:
+                if known is not None and known[0] is not None:
+                    seen[s.id] = (None, known[1])  # its turn is kept one pass for work that follows at once
+                continue
+            # Work that follows the sequence's previous work at once (a generation right after its prompt's
+            # append) continues that work's turn: ticketed anew, it would be the first preempted for work that
+            # arrived while its prompt was computed, losing the KV just computed for it.
+            seen[s.id] = (work, next(self._clock)) if known is None else (work, known[1])
         self._pin_waits = {i: t for i, t in self._pin_waits.items()
-                           if i in seen and i in self._arrivals and seen[i] is self._arrivals[i]}
+                           if i in seen and i in self._arrivals and seen[i][0] is self._arrivals[i][0]}
         self._arrivals = seen
 
     def arrival(self, s: S) -> int:
         """The ticket of the sequence's current work (lower arrived earlier); idle sequences rank first."""
         known = self._arrivals.get(s.id)
-        return 0 if known is None else known[1]
+        return 0 if known is None or known[0] is None else known[1]
 
     def make_room(self, s: S, protect: Collection[int]) -> list[S] | None:
         """Preempt the fewest, most recently arrived, works that let `s` fit; the preempted ones are returned.

@@ -105,7 +105,8 @@ class Scheduler(Generic[S, C]):
         """The next step by priority; within one, decodes, then waited-for prefills (generations first), by arrival.
 
         Work that lacks KV preempts younger work (see engine/preemption.py), even work already picked for this
-        step; work that only older work could make room for waits for it.
+        step; work that only older work could make room for waits for it, and the prefills after it wait too (as
+        vLLM's waiting queue is first come, first served): KV they took now would only be preempted for it.
         """
         self.preemption.observe()
         arrival = self.preemption.arrival
@@ -118,11 +119,12 @@ class Scheduler(Generic[S, C]):
         # Priority first, then decodes before prefills (generations' before opens/appends), each in arrival order.
         work = sorted((s for s in seqs if s.wants_compute),
                       key=lambda s: (priority(s), s.id not in decode_ids, s.generation is None, arrival(s)))
+        held = False  # a prefill waits for KV: the prefills after it wait behind it
         for s in work:
             if budget <= 0:
                 break
-            if s.id in preempted:
-                continue  # it gave its KV to older work in this pass: it waits for the next steps
+            if s.id in preempted or (held and s.id not in decode_ids):
+                continue  # it gave its KV to older work in this pass, or waits its turn: the next steps
             with blamed_on(s):  # a fault in one sequence's part fails it alone
                 protect = {c.seq.id for c in chunks} | {s.id}
                 if not self._kv.place(s, min(s.pending, budget), protect):
@@ -135,6 +137,7 @@ class Scheduler(Generic[S, C]):
                     protect = {c.seq.id for c in chunks} | {s.id}
                     if not victims or not self._kv.place(s, min(s.pending, budget), protect):
                         waiting.append(s)
+                        held = held or s.id not in decode_ids
                         continue  # older work holds the KV; it comes back when that work ends, then this retries
                 count = min(s.pending, budget)
                 chunks.append(self.chunk(s, s.num_computed, count))

@@ -51,8 +51,8 @@ class _LocalBackend(_Backend):
     prompt_lookup_tokens: int = Field(0, ge=0, le=32, description="prompt-lookup draft tokens per step (0: off; "
                                       "greedy output is the same, repeated text decodes faster)")
     response_cache_entries: int = Field(0, ge=0, description="exact greedy repeats answered with no compute (0: off)")
-    pin_wait_s: float | None = Field(None, gt=0, description="longest wait of work that only pinned KV keeps out "
-                                     "for a pin to end, then it is refused (default 30)")
+    pin_wait_s: float | None = Field(None, ge=0, description="longest wait of work that only pinned KV keeps out "
+                                     "for a pin to end, then it is refused (default 30; 0: refused at once)")
 
 
 class TransformersBackend(_LocalBackend):

@@ -5,7 +5,8 @@ that stage, raising only for the faulty caller's sequence (monkeypatched: a real
 own bugs). An unrelated greedy generation runs concurrently, mid-way when the fault fires; it must finish with
 exactly the tokens it produces alone, the faulty caller must get a typed EngineError, and the loop must go on.
 Engines: the tiny random transformers model and the SmolLM2 GGUF on llama.cpp, both with a small KV budget
-(256 tokens) so that the refuse stage can be reached with a pinned sequence holding most of it.
+(256 tokens) so that the refuse stage can be reached with a pinned sequence holding most of it, and
+pin_wait_s=0 so that work the pin keeps out is refused at once instead of waiting for it.
 Run with `-s` to print the stage x engine table (lines starting `FAULT |`).
 """
 
@@ -37,7 +38,7 @@ async def small_llamacpp() -> AsyncIterator[Any]:
     pytest.importorskip("llama_cpp")
     from engine.llamacpp_engine import LlamaCppEngine
 
-    eng = LlamaCppEngine(kv_cells=256, n_seq_max=8)
+    eng = LlamaCppEngine(kv_cells=256, n_seq_max=8, pin_wait_s=0)
     yield eng
     await eng.shutdown()
 
@@ -45,7 +46,7 @@ async def small_llamacpp() -> AsyncIterator[Any]:
 @pytest.fixture
 async def small_tiny() -> AsyncIterator[Any]:
     """A fresh tiny-model engine with 64 blocks of 4 tokens."""
-    tiny = small_engine(blocks=64)
+    tiny = small_engine(blocks=64, pin_wait_s=0)
     yield tiny
     await tiny.shutdown()
 

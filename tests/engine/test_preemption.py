@@ -276,3 +276,42 @@ async def test_llamacpp_work_waits_for_a_pin_to_end(release: str) -> None:
         await pinned_kv_is_waited_for(eng, list(range(1000, 1060)), list(range(2000, 2100)), release)
     finally:
         await eng.shutdown()
+
+
+# ------------------------------------------------------------------------------------------- a turn keeps its place
+
+
+async def test_llamacpp_generation_right_after_its_append_keeps_the_appends_place() -> None:
+    """b's append arrives before a's; a's does not fit beside it and waits. b generates as soon as its append is
+    computed: that generation continues b's turn, so a (younger) never preempts it for b's fresh KV: b writes
+    what it writes alone, nothing is preempted, and a's append goes on once b is done."""
+    pytest.importorskip("llama_cpp")
+    n = 20
+    b_head, b_delta = list(range(1000, 1060)), list(range(3000, 3060))
+    a_head, a_delta = list(range(2000, 2060)), list(range(4000, 4090))
+    roomy = LlamaCppEngine(kv_cells=1024, n_seq_max=4, max_tokens_per_step=32)
+    try:  # the same cells in the same order, without pressure (see NEAR_TIE_NATS)
+        ref = await roomy.open(b_head)
+        await roomy.open(a_head)
+        await roomy.append(ref, b_delta)
+        alone, _, _ = await collect(roomy, ref, greedy(n))
+    finally:
+        await roomy.shutdown()
+    # 120 + 60 held, a's 90 do not fit beside b's append; b's takes two steps, so a's arrives before b generates
+    eng = LlamaCppEngine(kv_cells=256, n_seq_max=4, max_tokens_per_step=32)
+    try:
+        b, a = await eng.open(b_head), await eng.open(a_head)
+
+        async def b_turn() -> list[int]:
+            await eng.append(b, b_delta)
+            return [t async for delta in eng.generate(b, greedy(n)) for t in delta.token_ids]
+
+        turn = asyncio.create_task(b_turn())
+        await asyncio.sleep(0)  # b's append is asked for first (event-loop order, not time)
+        written, _ = await asyncio.wait_for(asyncio.gather(turn, eng.append(a, a_delta)), GUARD_S)
+        assert eng.stats().preemptions == 0
+        assert written == alone
+        assert eng.seq_stats(b).recomputed_after_eviction == 0
+        assert eng.tokens(a) == a_head + a_delta
+    finally:
+        await eng.shutdown()

@@ -112,11 +112,18 @@ async def shared_prefix(eng: Any, prefix: int, own: int, pressure: int) -> dict[
 
 async def preempted_tail(eng: Any, u: int, n: int) -> dict[str, Any]:
     """x (5 units) and the younger y (9 units) both generate n tokens, more than the budget has free: x's decodes
-    take y's KV (recompute preemption), y waits for x to end, then goes on."""
+    take y's KV (recompute preemption), y waits for x to end, then goes on. y's generation is asked for once x
+    has written two tokens, so it is the younger work (y's open, long done, is not part of its turn)."""
     tok = tokens_for(eng)
     x = await eng.open(tok(5 * u, 21))
     y = await eng.open(tok(9 * u, 22))
-    (xs, _, _), (ys, _, _) = await asyncio.gather(collect(eng, x, greedy(n)), collect(eng, y, greedy(n)))
+    x_stream = eng.generate(x, greedy(n))
+    xs = [t for _ in range(2) for t in (await anext(x_stream)).token_ids]
+
+    async def rest_of_x() -> list[int]:
+        return xs + [t async for delta in x_stream for t in delta.token_ids]
+
+    xs, (ys, _, _) = await asyncio.gather(rest_of_x(), collect(eng, y, greedy(n)))
     return {"x": xs, "y": ys, "stats": {"x": eng.seq_stats(x), "y": eng.seq_stats(y)}, "engine": eng.stats()}
 
 
