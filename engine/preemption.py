@@ -83,7 +83,7 @@ class Preemption(Generic[S]):
     def make_room(self, s: S, protect: Collection[int]) -> list[S] | None:
         """Preempt the fewest, most recently arrived, works that let `s` fit; the preempted ones are returned.
 
-        [] means `s` must wait for older work to end or for pins to end (`waits_for_pins`); None means it is
+        [] means `s` must wait for older work to end or for pins to end (`wake_at`); None means it is
         refused: it cannot fit even if every other unpinned sequence gave its KV back, and no pin's end would
         help within `pin_wait_s`. Nothing is preempted unless it makes `s` fit.
         """
@@ -109,17 +109,14 @@ class Preemption(Generic[S]):
                 return victims
         return []  # pragma: no cover - the whole younger set fits, so some prefix of it does
 
-    def waits_for_pins(self, s: S) -> bool:
-        """Whether the sequence's work waits for pinned KV (see `make_room`)."""
-        return s.id in self._pin_waits
-
-    def wake_at(self) -> float | None:
-        """When work waiting for pins must be looked at again even if nothing wakes the engine: the first pin
-        TTL to end or wait to run out (time.monotonic(); None: no such work)."""
-        if not self._pin_waits:
+    def wake_at(self, waiting: Iterable[S]) -> float | None:
+        """When the waiting work must be looked at again even if nothing wakes the engine: the first pin TTL to
+        end or wait for pins to run out (time.monotonic(); None: none of it waits for pins)."""
+        waits = [self._pin_waits[s.id] for s in waiting if s.id in self._pin_waits]
+        if not waits:
             return None
         ttls = [v.pinned_until for v in self._table if v.pinned and v.pinned_until is not None]
-        return min([*self._pin_waits.values(), *(t for t in ttls if math.isfinite(t))])
+        return min([*waits, *(t for t in ttls if math.isfinite(t))])
 
     def _may_wait(self, s: S) -> bool:
         """Whether the work of `s` may (still) wait for pins; its wait starts now if it was not waiting."""

@@ -152,8 +152,9 @@ class Scheduler(Generic[S, C]):
                         chunks[i] = self.with_draft(c, draft)
                 budget -= len(draft)
         if not chunks and waiting:
-            if any(self.preemption.waits_for_pins(s) for s in waiting):
-                return ScheduledStep(wake_at=self.preemption.wake_at())  # an unpin, a close or a TTL goes on
+            wake_at = self.preemption.wake_at(waiting)
+            if wake_at is not None:
+                return ScheduledStep(wake_at=wake_at)  # an unpin, a close or a pin's end lets it go on
             # The oldest work can preempt all younger work, so this needs KV held by work that may not be
             # preempted (a score's fork) blocking everyone: refuse the oldest rather than spin.
             return ScheduledStep(unfit=min(waiting, key=arrival))
