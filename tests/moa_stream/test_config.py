@@ -93,3 +93,20 @@ async def test_a_local_backend_turns_on_prompt_lookup_and_the_response_cache(tmp
         assert eng.stats().draft_tokens > 0
     finally:
         await eng.shutdown()
+
+
+async def test_pin_wait_s_reaches_the_engine() -> None:
+    """A llama.cpp backend with pin_wait_s=0 refuses at once an open that only pinned KV keeps out, naming the
+    setting (the default waits for the pin, up to 30 s)."""
+    pytest.importorskip("llama_cpp")
+    from engine import CapacityError
+    from moa_stream.backends import build_engine
+    from moa_stream.config import LlamaCppBackend
+
+    eng = build_engine(LlamaCppBackend(kv_cells=128, n_seq_max=4, pin_wait_s=0))
+    try:
+        await eng.pin(await eng.open(list(range(1000, 1060))))
+        with pytest.raises(CapacityError, match=r"pinned sequences \[\d+\].*pin_wait_s=0\)"):
+            await eng.open(list(range(2000, 2100)))
+    finally:
+        await eng.shutdown()
