@@ -15,12 +15,15 @@ but is never starved. Both local engines' schedulers use this one policy over th
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from .generation import LocalSequence
+
+log = logging.getLogger(__name__)
 
 S = TypeVar("S", bound=LocalSequence)
 S_contra = TypeVar("S_contra", bound=LocalSequence, contravariant=True)
@@ -122,6 +125,23 @@ class Preemption(Generic[S]):
         """Whether the work of `s` may (still) wait for pins; its wait starts now if it was not waiting."""
         now = time.monotonic()
         return now < self._pin_waits.setdefault(s.id, now + self.pin_wait_s)
+
+
+def take_tails(need: int, victims: Sequence[S], reclaimable: Callable[[], int],
+               cut_tail: Callable[[S, int], object], preempt: Callable[[S], None]) -> None:
+    """Free `need` units of KV from busy victims as an eviction would (how both engines' `Room.preempt_for` give):
+    their own tails first, in the victims' order and only as many as lacking; whole victims only where KV they
+    share is what is lacking. `reclaimable()` counts what is free or would be once idle sequences go."""
+    for v in victims:
+        short = need - reclaimable()
+        if short <= 0:
+            return
+        log.debug("preempting the tail of sequence %d", v.id)
+        cut_tail(v, short)
+    for v in victims:
+        if reclaimable() >= need:
+            return
+        preempt(v)
 
 
 def priority(s: LocalSequence) -> int:

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Collection, Sequence
 
 from ..errors import CapacityError
+from ..preemption import take_tails
 from ..sequence_table import SequenceTable
 from .cell_ledger import CellLedger
 from .context import LlamaContext
@@ -291,25 +292,13 @@ class KVResidency:
         return freed
 
     def preempt_for(self, s: LlamaSeq, victims: Sequence[LlamaSeq], protect: Collection[int]) -> None:
-        """Give `s` what it lacks from busy victims, as an eviction would: a whole victim for a slot if one is
-        lacking, then their own tail cells, in the victims' order and only as many as lacking; whole victims
-        only where cells they share are what is lacking. Cached closed and idle sequences not in protect are
-        counted as going (allocation takes theirs first)."""
+        """Give `s` what it lacks from busy victims: a whole victim for a slot if one is lacking, then tail cells
+        first (`take_tails`). Cached closed and idle sequences not in protect are counted as going (allocation
+        takes theirs first)."""
         rest = list(victims)
         if s.slot is None and not self._free_slots and not self._victims(protect):
             self.preempt(rest.pop(0))  # only a whole sequence gives a slot back
-        need = self._need(s, victims)
-        for v in rest:
-            short = need - self._reclaimable(protect)
-            if short <= 0:
-                return
-            log.debug("preempting the tail of sequence %d for sequence %d", v.id, s.id)
-            self._cut_tail(v, short)
-        for v in rest:
-            if self._reclaimable(protect) >= need:
-                return
-            if v.slot is not None:
-                self.preempt(v)
+        take_tails(self._need(s, victims), rest, lambda: self._reclaimable(protect), self._cut_tail, self.preempt)
 
     def _cut_tail(self, s: LlamaSeq, n: int) -> tuple[int, bool]:
         """Drop up to n of the sequence's last cells only it holds: (how many, whether a new eviction)."""

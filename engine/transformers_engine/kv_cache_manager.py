@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ..block_pool import BlockPool, chain_hash
 from ..errors import CapacityError
+from ..preemption import take_tails
 from ..sequence_table import SequenceTable
 from .sequence_state import SeqState
 
@@ -183,20 +184,10 @@ class KVCacheManager:
         self._drop(s)
 
     def preempt_for(self, s: SeqState, victims: Sequence[SeqState], protect: Collection[int]) -> None:
-        """Give `s` the blocks it lacks from busy victims, as an eviction would: their own tail blocks first,
-        in the victims' order and only as many as lacking; whole victims only where KV they share is what is
-        lacking. Idle sequences not in protect are counted as going (allocation takes theirs first)."""
-        need = self.blocks_needed(s, s.pending)
-        for v in victims:
-            short = need - self._reclaimable(protect)
-            if short <= 0:
-                return
-            log.debug("preempting the tail of sequence %d for sequence %d", v.id, s.id)
-            self._cut_tail(v, short)
-        for v in victims:
-            if self._reclaimable(protect) >= need:
-                return
-            self.preempt(v)
+        """Give `s` the blocks it lacks from busy victims, tail blocks first (`take_tails`). Idle sequences not
+        in protect are counted as going (allocation takes theirs first)."""
+        take_tails(self.blocks_needed(s, s.pending), victims, lambda: self._reclaimable(protect), self._cut_tail,
+                   self.preempt)
 
     def _drop(self, s: SeqState) -> None:
         self._truncate(s, 0)
