@@ -53,6 +53,9 @@ async def late_urgent_generation(eng: Any, late_priority: int) -> tuple[list[lis
     """
     prompts = [[1 + (31 * i + 7 * j) % 400 for j in range(8)] for i in range(4)]  # ids the tiny model knows too
     seqs: list[Sequence] = [await eng.open(p) for p in prompts]
+    # Another sequence's prefill (several steps) in between: the fourth's open is a turn long done, not the start of
+    # the generation's (a generation right after its sequence's open would keep the open's place).
+    await eng.close(await eng.open([400 + j for j in range(8)]))
     steps = record_steps(eng)
     early = SamplingParams(max_tokens=EARLY_TOKENS, ignore_eos=True, priority=1)
     streams = [eng.generate(s, early) for s in seqs[:3]]
