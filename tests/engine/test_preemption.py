@@ -191,7 +191,7 @@ async def check_same_or_near_tie(eng: LlamaCppEngine, prompt: list[int], alone: 
 
 
 async def test_llamacpp_concurrent_generations_over_budget_finish_as_alone(roomy: LlamaCppEngine) -> None:
-    """On the default GGUF: four greedy generations that together need more cells than the budget, each
+    """On the default GGUF: five greedy chat generations that together need more cells than the budget, each
     fitting alone, all finish with their full length, preempted ones giving back only their tail cells; each
     writes the tokens it writes alone, or parts from them only at a near-tie (see NEAR_TIE_NATS)."""
     n = 32
