@@ -26,9 +26,7 @@ def build_engine(cfg: BackendConfig, model_override: str | None = None) -> Engin
         from engine.llamacpp_engine import LlamaCppEngine, accepts_model
 
         if not accepts_model(model):  # a HF model given for the default backend (--model): transformers runs it
-            return build_engine(TransformersBackend(model=model, prompt_lookup_tokens=cfg.prompt_lookup_tokens,
-                                                    response_cache_entries=cfg.response_cache_entries,
-                                                    pin_wait_s=cfg.pin_wait_s))
+            return build_engine(TransformersBackend(model=model, **cfg.local_options()))
         return LlamaCppEngine(model, prompt_lookup=_prompt_lookup(cfg.prompt_lookup_tokens),
                               response_cache=_response_cache(cfg.response_cache_entries),
                               **cfg.engine_options("model", "prompt_lookup_tokens", "response_cache_entries"))

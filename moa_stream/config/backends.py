@@ -54,6 +54,10 @@ class _LocalBackend(_Backend):
     pin_wait_s: float | None = Field(None, ge=0, description="longest wait of work that only pinned KV keeps out "
                                      "for a pin to end, then it is refused (default 30; 0: refused at once)")
 
+    def local_options(self) -> dict[str, Any]:
+        """The options every local engine takes, as set (what a HF model given to llama.cpp carries to transformers)."""
+        return self.model_dump(include=set(_LocalBackend.model_fields), exclude_none=True)
+
 
 class TransformersBackend(_LocalBackend):
     """The embedded engine: any HF model on the CPU or one GPU, our paged KV cache. Unset options: its defaults."""
