@@ -5,6 +5,11 @@ stop at their end of text, capped at the same length; the same greedy aggregator
 public API. Per layout it reports the worst repeated 4-gram (the most times one 4-gram occurs in any answer),
 rep-4 (repeated 4-gram fraction), answer length / classic's, ROUGE-L against classic's answer, TTFT / classic's,
 and the aggregator's prefill computed: the worst over the prompts for the first, the mean for the others.
+
+Every run starts from the same cache state, that of a server which has answered other questions before: on a
+prefix-cache salt of its own, warmed by one turn of the same mode on another question. So the agents' system
+prompts and the aggregator's head are cached and nothing of the question is (a run after another on the same
+question would find its proposers' prompts cached).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from ..scorers import repeated_ngrams, rouge_l, worst_ngram_count
 
 PROMPTS_FILE = Path(__file__).with_name("layout_prompts.jsonl")
 BASELINE = "classic"
+WARMUP_QUESTION = "Reply with the single word OK."  # short proposals: warming a run's cache takes seconds
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,13 @@ def summarize(figures: Sequence[PromptFigures]) -> dict[str, Any]:
     }
 
 
+async def warm_run(moa: MoA, question: str, mode: str, salt: str) -> TimedRun:
+    """One timed run on a cache salt of its own that one turn on another question warmed (see the docstring)."""
+    salt = f"{salt}-{mode}"
+    await moa.run(WARMUP_QUESTION, mode=mode, cache_salt=salt)
+    return await timed_run(moa, question, mode, cache_salt=salt)
+
+
 async def run_layout_bench(moa: MoA, prompts: Sequence[BenchPrompt], layouts: Sequence[str] | None = None,
                            warmup: bool = True, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run every prompt through classic and each layout; the JSON the `bench layouts` command prints.
@@ -98,11 +111,11 @@ async def run_layout_bench(moa: MoA, prompts: Sequence[BenchPrompt], layouts: Se
     figures: dict[str, list[PromptFigures]] = {n: [] for n in [BASELINE, *names]}
     answers: list[dict[str, Any]] = []
     for i, p in enumerate(prompts):
-        classic = await timed_run(moa, p.prompt, BASELINE)
+        classic = await warm_run(moa, p.prompt, BASELINE, f"layouts-{i}")
         row: dict[str, Any] = {"prompt": p.prompt, "kind": p.kind, "answers": {BASELINE: classic.answer},
                                "figures": {}}
         for name in [BASELINE, *names]:
-            run = classic if name == BASELINE else await timed_run(moa, p.prompt, name)
+            run = classic if name == BASELINE else await warm_run(moa, p.prompt, name, f"layouts-{i}")
             figures[name].append(score_run(run, classic))
             row["answers"][name] = run.answer
             row["figures"][name] = dataclasses.asdict(figures[name][-1]) | {"ttft_s": run.metrics.ttft_s}
@@ -112,9 +125,13 @@ async def run_layout_bench(moa: MoA, prompts: Sequence[BenchPrompt], layouts: Se
                          f"{f.worst_4gram}, ROUGE-L vs classic {f.rouge_vs_classic:.2f}")
         answers.append(row)
     cfg = moa.config
+    kinds = dict.fromkeys(p.kind for p in prompts)
     return {
         "default_layout": layout_for("staircase", moa.engines[cfg.aggregator.backend]).name,
         "layouts": {n: summarize(f) for n, f in figures.items()},
+        # The same figures per prompt kind: where classic's proposals are short, so is its wait.
+        "by_kind": {k: {n: summarize([f for f, p in zip(fs, prompts, strict=True) if p.kind == k])
+                        for n, fs in figures.items()} for k in kinds},
         "per_prompt": answers,  # each answer, and its figures (TTFT in seconds too)
         "setup": {"prompts": len(prompts), "proposers": [a.name for layer in cfg.layers for a in layer],
                   "proposer_tokens_max": [a.max_tokens for layer in cfg.layers for a in layer],

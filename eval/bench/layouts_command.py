@@ -24,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--answer-tokens", type=positive_int, default=96, metavar="N",
                    help="answer tokens at most, the same for every layout (96)")
     p.add_argument("--chunk", type=positive_int, default=None, metavar="N", help="chunk size in tokens")
+    p.add_argument("--first-chunk", type=positive_int, default=None, metavar="N",
+                   help="tokens of each proposal before the answer starts (default: the config's)")
 
 
 def _table(result: dict[str, Any]) -> Any:
@@ -49,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
     from moa_stream import MoAConfig
 
     cfg = bench_config(MoAConfig.load(args.config), args.proposer_tokens, args.answer_tokens, ignore_eos=False)
-    cfg = cfg.model_copy(update={"staircase": cfg.staircase.with_chunk(args.chunk)})
+    cfg = cfg.model_copy(update={"staircase": cfg.staircase.with_chunk(args.chunk, args.first_chunk)})
     layouts = [n.strip() for n in args.layouts.split(",") if n.strip()] if args.layouts else None
 
     result = run_on_moa(cfg, args.model, lambda moa: run_layout_bench(

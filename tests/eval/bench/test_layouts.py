@@ -8,10 +8,12 @@ import json
 import pytest
 
 import cli
-from eval.bench.layouts import PROMPTS_FILE, load_prompts, score_run, summarize
+from eval.bench.layouts import PROMPTS_FILE, load_prompts, score_run, summarize, warm_run
 from eval.bench.ttft import TimedRun
 from eval.scorers import worst_ngram_count
+from moa_stream import MoA
 from moa_stream.events import Metrics
+from tests.moa_stream.test_moa import small_config
 
 FIGURES = {"worst_4gram", "rep4", "length_vs_classic", "rouge_vs_classic", "ttft_vs_classic", "prefill_computed"}
 
@@ -59,6 +61,20 @@ def test_bench_layouts_json_contract_on_the_default_model(capsys: pytest.Capture
     assert set(out["layouts"]) == {"classic", "interleaved"}
     for row in out["layouts"].values():
         assert set(row) == FIGURES
+    assert set(out["by_kind"]) == {load_prompts(1)[0].kind}
+    assert set(out["by_kind"][load_prompts(1)[0].kind]["interleaved"]) == FIGURES
     assert out["layouts"]["classic"]["length_vs_classic"] == 1.0
     assert out["layouts"]["interleaved"]["prefill_computed"] > 0
     assert out["setup"]["prompts"] == 1 and out["setup"]["answer_tokens_max"] == 6
+
+
+async def test_every_run_starts_from_the_same_cache_state(engine) -> None:
+    """Real model: a second run of the same question computes its proposers' question again (nothing carried over
+    from the first run), and reads their system prompts from the cache its warm-up filled."""
+    moa = MoA.from_config(small_config(proposer_tokens=4, answer_tokens=4), engines={"default": engine})
+    question = "Why do leaves change colour in autumn? Answer in three sentences."
+    first, second = [await warm_run(moa, question, "classic", f"test-{k}") for k in range(2)]
+    for a, b in zip(first.metrics.agents.values(), second.metrics.agents.values(), strict=True):
+        if a.role == "proposer":
+            assert b.prefill_computed == a.prefill_computed > 0
+            assert b.prefill_reused == a.prefill_reused > 0
