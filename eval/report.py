@@ -65,13 +65,22 @@ def estimate(values: Sequence[float | None], proportion: bool = False) -> Estima
 
 def paired_delta(pairs: Sequence[tuple[float, float]], resamples: int = 4000, seed: int = 0) -> Estimate:
     """Mean of (a - b) over paired samples with a percentile-bootstrap 95% CI (deterministic seed)."""
-    diffs = [a - b for a, b in pairs]
-    if not diffs:
+    return clustered_paired_delta([[p] for p in pairs], resamples, seed)
+
+
+def clustered_paired_delta(groups: Sequence[Sequence[tuple[float, float]]], resamples: int = 4000,
+                           seed: int = 0) -> Estimate:
+    """Mean of (a - b) over every pair, the bootstrap resampling whole groups: pairs that are not independent of
+    each other (the steps of one episode) go in one group, so the CI is not narrowed by counting them apart."""
+    diffs = [[a - b for a, b in g] for g in groups if g]
+    flat = [d for g in diffs for d in g]
+    if not flat:
         return Estimate(None, None, None, 0)
     rng = random.Random(seed)
-    n = len(diffs)
-    means = sorted(statistics.fmean(rng.choices(diffs, k=n)) for _ in range(resamples))
-    return Estimate(statistics.fmean(diffs), means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1], n)
+    means = sorted(statistics.fmean([d for g in rng.choices(diffs, k=len(diffs)) for d in g])
+                   for _ in range(resamples))
+    return Estimate(statistics.fmean(flat), means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1],
+                    len(flat))
 
 
 @dataclass

@@ -19,7 +19,7 @@ from eval.bfcl.next_step import Episode, predict_next_steps
 from moa_stream import MoA
 from moa_stream.tools import BfclCase
 
-from ..report import Estimate, estimate
+from ..report import Estimate, clustered_paired_delta, estimate
 from .driver import DATASET, BfclEval, Keyed, read_rows, row_from_json, run_rows, same_engine
 from .tables import markdown_table, rich_table
 
@@ -129,6 +129,47 @@ def summarize(rows: Sequence[EpisodeRow]) -> list[FormatSummary]:
     return out
 
 
+@dataclass
+class PairedSummary:
+    """One format's `system - baseline` on the same steps: the difference in call and effect match."""
+
+    format: str
+    system: str
+    baseline: str
+    cases: int
+    steps: int
+    call_match: Estimate
+    effect_match: Estimate
+
+
+def compare(rows: Sequence[EpisodeRow], system: str = "moa", baseline: str = "single") -> list[PairedSummary]:
+    """Per format, `system - baseline` paired step by step over the cases both played, with a 95% CI that resamples
+    whole cases (an episode's steps are not independent)."""
+    played = {r.key: r for r in rows if not r.error}
+    out = []
+    for fmt in dict.fromkeys(r.format for r in rows):
+        pairs = []
+        for (case, f, sys_), r in played.items():
+            base = played.get((case, f, baseline))
+            if f == fmt and sys_ == system and base is not None:
+                by_step = {s.step: s for s in base.steps}
+                pairs.append([(s, by_step[s.step]) for s in r.steps if s.step in by_step])
+        if pairs:
+            out.append(PairedSummary(
+                fmt, system, baseline, len(pairs), sum(len(p) for p in pairs),
+                clustered_paired_delta([[(float(a.call_match), float(b.call_match)) for a, b in p] for p in pairs]),
+                clustered_paired_delta([[(float(a.effect_match), float(b.effect_match)) for a, b in p]
+                                        for p in pairs])))
+    return out
+
+
+def _paired_columns() -> list[tuple[str, Any]]:
+    return [("format", lambda p: p.format), ("difference", lambda p: f"{p.system} - {p.baseline}"),
+            ("cases", lambda p: str(p.cases)), ("steps", lambda p: str(p.steps)),
+            ("call match [95% CI]", lambda p: str(p.call_match)),
+            ("effect match [95% CI]", lambda p: str(p.effect_match))]
+
+
 def _columns() -> list[tuple[str, Any]]:
     def mean(e: Estimate, digits: int = 0) -> str:
         return "-" if e.mean is None else f"{e.mean:.{digits}f}"
@@ -149,13 +190,18 @@ def table(summaries: Sequence[FormatSummary], title: str) -> Any:
     return rich_table(summaries, _columns(), title)
 
 
-def markdown(summaries: Sequence[FormatSummary]) -> str:
-    """The same table as Markdown."""
+def markdown(summaries: Sequence[FormatSummary], paired: Sequence[PairedSummary] = ()) -> str:
+    """The same table as Markdown, and the paired differences under it."""
     note = ("\nAccuracy CIs are Wilson intervals over steps; steps of one episode are not independent, so they are "
             "optimistic. Prefill tokens per step: the step's events appended to the main sequence plus every cue "
             "on a fork (the prefix is counted apart). TTFT: from appending the step's events to the first token of "
             "the scored call. Repeats last call: steps whose predicted call is the one the history ended with.\n")
-    return markdown_table(summaries, _columns()) + note
+    text = markdown_table(summaries, _columns()) + note
+    if paired:
+        text += ("\nPaired on the same steps; the CI resamples whole cases (percentile bootstrap), so it is wider "
+                 "than the Wilson intervals above and honest about an episode's steps hanging together.\n\n"
+                 + markdown_table(paired, _paired_columns()))
+    return text
 
 
 def plot(summaries: Sequence[FormatSummary], path: Path) -> Path:
@@ -216,12 +262,15 @@ def write_report(out: Path, console: Any) -> int:
     if not rows:
         console.print(f"moa-stream eval: no results in {rows_path}")
         return 1
-    summaries = summarize(rows)
+    summaries, paired = summarize(rows), compare(rows)
     Console().print(table(summaries, f"BFCL next step by format ({len(rows)} episodes)"))
-    (out / "summary.md").write_text(markdown(summaries), encoding="utf-8")
+    if paired:
+        Console().print(rich_table(paired, _paired_columns(), "MoA - single, paired by step (CI over cases)"))
+    (out / "summary.md").write_text(markdown(summaries, paired), encoding="utf-8")
     (out / "summary.json").write_text(json.dumps([asdict(s) for s in summaries], indent=2), encoding="utf-8")
+    (out / "paired.json").write_text(json.dumps([asdict(p) for p in paired], indent=2), encoding="utf-8")
     plot(summaries, out / "plot.png")
-    console.print(f"wrote {out / 'summary.md'}, {out / 'summary.json'} and {out / 'plot.png'}")
+    console.print(f"wrote {out / 'summary.md'}, {out / 'summary.json'}, {out / 'paired.json'} and {out / 'plot.png'}")
     return 0
 
 

@@ -68,6 +68,12 @@ def test_intervals():
     assert same.mean == 0.0 and same.low == 0.0 and same.high == 0.0
     worse = report.paired_delta([(0.0, 1.0)] * 8 + [(1.0, 1.0)] * 2)
     assert worse.mean == pytest.approx(-0.8) and worse.high < 0 and not worse.contains(0.0)
+    # Twenty pairs from two episodes that each went one way: apart they look separated, resampled as the two
+    # episodes they are, they do not.
+    episodes = [[(1.0, 0.0)] * 10, [(0.0, 0.0)] * 10]
+    assert report.paired_delta([p for e in episodes for p in e]).low > 0
+    together = report.clustered_paired_delta(episodes)
+    assert together.mean == 0.5 and together.n == 20 and (together.low, together.high) == (0.0, 1.0)
 
 
 def test_systems_spec():

@@ -50,6 +50,14 @@ async def test_one_case_runs_every_format_and_system_writes_rows_and_summary_the
         assert [(d["format"], d["system"]) for d in doc] == [(r.format, r.system) for r in rows]
         assert all(d["call_match"]["n"] == 3 and d["prefill_per_step"]["mean"] > 0 for d in doc)
         assert all(d["repeats_last_call"]["n"] == 2 for d in doc)  # steps 1 and 2 have a call before them
+        paired = json.loads((tmp_path / "paired.json").read_text())
+        assert [p["format"] for p in paired] == FORMATS
+        by_key = {r.key: r for r in rows}
+        for p in paired:  # moa - single over the same 3 steps of the one case
+            moa_row, single_row = by_key[(case.id, p["format"], "moa")], by_key[(case.id, p["format"], "single")]
+            diff = sum(a.call_match - b.call_match for a, b in zip(moa_row.steps, single_row.steps, strict=True)) / 3
+            assert (p["cases"], p["steps"]) == (1, 3) and p["call_match"]["mean"] == pytest.approx(diff)
+        assert "| chat | moa - single | 1 | 3 |" in summary
         assert matplotlib.image.imread(tmp_path / "plot.png").shape[2] in (3, 4)
 
         # Resume after an interruption that tore the last row: only that episode is redone.
