@@ -37,7 +37,9 @@ async def test_bench_on_tiny_model_reports_contract_fields(tiny_engine: Transfor
     assert set(out["tok_s"]) == {"1", "2", "4"} and out["tok_s_2"] == out["tok_s"]["2"]
     for n in (1, 4):
         assert out[f"sampled_tok_s_{n}"] > 0
-        assert out[f"sampled_vs_greedy_{n}"] == pytest.approx(out[f"sampled_tok_s_{n}"] / out[f"tok_s_{n}"], rel=0.02)
+        # The ratio is rounded to 2 decimals apart from the rates: 0.005 either way (2% of a ratio near 0.25).
+        ratio = out[f"sampled_tok_s_{n}"] / out[f"tok_s_{n}"]
+        assert out[f"sampled_vs_greedy_{n}"] == pytest.approx(ratio, abs=0.006)
     with pytest.raises(InvalidTokensError, match="--context"):
         await run_engine_bench(tiny_engine, context_tokens=tiny_engine.max_model_len)
     json.dumps(out)
