@@ -101,13 +101,12 @@ async def warm_run(moa: MoA, question: str, mode: str, salt: str) -> TimedRun:
 
 
 async def run_layout_bench(moa: MoA, prompts: Sequence[BenchPrompt], layouts: Sequence[str] | None = None,
-                           warmup: bool = True, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                           progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run every prompt through classic and each layout; the JSON the `bench layouts` command prints.
 
+    Each run's warming turn also takes the one-off costs of the first forward passes off the first timed run.
     `progress` gets one line per finished run (a long bench on a slow model shows where it is)."""
     names = [layout_class(n).name for n in (layouts or incremental_layouts())]
-    if warmup:  # one-off costs of the first forward passes would land on whichever run comes first
-        await moa.run("Hi.", mode="single", max_tokens=4)
     figures: dict[str, list[PromptFigures]] = {n: [] for n in [BASELINE, *names]}
     answers: list[dict[str, Any]] = []
     for i, p in enumerate(prompts):
