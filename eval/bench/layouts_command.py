@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk", type=positive_int, default=None, metavar="N", help="chunk size in tokens")
     p.add_argument("--first-chunk", type=positive_int, default=None, metavar="N",
                    help="tokens of each proposal before the answer starts (default: the config's)")
+    p.add_argument("--start-policy", choices=["all", "first", "at_once"], default=None,
+                   help="when the answer starts (default: the config's; at_once: on the question alone, before "
+                        "the proposers' prompts are read)")
 
 
 def _table(result: dict[str, Any]) -> Any:
@@ -51,7 +54,10 @@ def main(args: argparse.Namespace) -> int:
     from moa_stream import MoAConfig
 
     cfg = bench_config(MoAConfig.load(args.config), args.proposer_tokens, args.answer_tokens, ignore_eos=False)
-    cfg = cfg.model_copy(update={"staircase": cfg.staircase.with_chunk(args.chunk, args.first_chunk)})
+    staircase = cfg.staircase.with_chunk(args.chunk, args.first_chunk)
+    if args.start_policy:
+        staircase = staircase.model_copy(update={"start_policy": args.start_policy})
+    cfg = cfg.model_copy(update={"staircase": staircase})
     layouts = [n.strip() for n in args.layouts.split(",") if n.strip()] if args.layouts else None
 
     result = run_on_moa(cfg, args.model, lambda moa: run_layout_bench(

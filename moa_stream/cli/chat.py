@@ -28,9 +28,13 @@ if TYPE_CHECKING:
 
     from moa_stream import Conversation, Metrics, MoA, Mode, StaircaseConfig
 
+START_POLICIES = ("all", "first", "at_once")  # `quorum` needs its count: set it in a config file
+
 HELP = """commands:
   /mode classic|staircase|staircase-reprefill|single   how the aggregator takes in the proposals
   /chunk N                                             staircase chunk size in tokens (first chunk too)
+  /start all|first|at_once                             when the answer starts: every proposal's first chunk
+                                                       read, the first one, or at once on the question alone
   /proposers [on|off]                                  show or hide the proposer panels
   /reset                                               forget the conversation
   /stats                                               last turn's metrics and the engine's counters
@@ -273,6 +277,12 @@ class ChatSession:
                 n = int(arg)
                 st.staircase = st.staircase.with_chunk(n)
                 self.info(f"chunk: {n} tokens")
+        elif name == "start":
+            if arg not in START_POLICIES:
+                self.info(f"usage: /start {'|'.join(START_POLICIES)} (now {st.staircase.start_policy})", "red")
+            else:
+                st.staircase = st.staircase.model_copy(update={"start_policy": arg})
+                self.info(f"start: {arg}")
         elif name in ("proposers", "show", "hide"):
             if name != "proposers":
                 arg = "on" if name == "show" else "off"
@@ -297,7 +307,8 @@ class ChatSession:
 
         st = self.state
         lines = [f"turns: {len(self.conv.history) // 2} | mode {st.mode} | chunk {st.staircase.first_chunk_tokens}/"
-                 f"{st.staircase.chunk_tokens} tokens | proposers {'shown' if st.show_proposers else 'hidden'}"]
+                 f"{st.staircase.chunk_tokens} tokens | start {st.staircase.start_policy} | "
+                 f"proposers {'shown' if st.show_proposers else 'hidden'}"]
         if st.last is not None:
             lines.append("last turn: " + status_text(st.last))
             for name, a in st.last.agents.items():

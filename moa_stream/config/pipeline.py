@@ -28,7 +28,10 @@ class StaircaseConfig(Strict):
     chunk_tokens: int = Field(32, ge=1, description="tokens per later chunk")
     chunk_growth: float = Field(1.0, ge=1.0, description="each later chunk is this many times the previous")
     max_chunk_tokens: int = Field(256, ge=1)
-    start_policy: Literal["all", "quorum", "first"] = "all"
+    start_policy: Literal["all", "quorum", "first", "at_once"] = Field(
+        "all", description="when a reader starts: once every proposer (all), `quorum` of them or the first (first) "
+        "has a first chunk, or at once on the question alone (at_once: the answer's first token comes before the "
+        "proposers' prompts are read, as early as one model's; each chunk is read as it arrives)")
     quorum: int | None = Field(None, ge=1, description="with start_policy=quorum: proposers needed to start")
     aggregator_tokens_per_intake: int = Field(16, ge=1, description="answer tokens between two intakes")
     resume_cue: bool = Field(True, description="append-only layouts: repeat the answer's last words after "

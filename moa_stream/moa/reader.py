@@ -2,10 +2,10 @@
 
 The aggregator is a reader of the last proposer layer; with `layers:` of length L > 1, every proposer of layer
 l + 1 is a reader of layer l, so the whole pipeline is one staircase. A reader starts when its start policy holds
-on its layer's first chunks (or once every proposal is over, for a layout that is not incremental), writes its
-text in steps of `aggregator_tokens_per_intake` tokens and, between steps, hands the chunks that arrived to its
-layout (by KV append: each intake computes its Δ). Where its text goes is its sink's business: the answer's
-events (`AnswerSink`), or chunks for the next layer's readers (`ProposalSink`).
+on its layer's first chunks (at once with `at_once`; once every proposal is over, for a layout that is not
+incremental), writes its text in steps of `aggregator_tokens_per_intake` tokens and, between steps, hands the
+chunks that arrived to its layout (by KV append: each intake computes its Δ). Where its text goes is its sink's
+business: the answer's events (`AnswerSink`), or chunks for the next layer's readers (`ProposalSink`).
 """
 
 from __future__ import annotations
@@ -156,6 +156,7 @@ class Reader:
         self.answer = Answer()
         self.finish_reason: str | None = None
         self.chunks_ingested = 0
+        self._ended = False  # the opening step ended the text already
 
     def _now(self) -> float:
         return time.perf_counter() - self.t0
@@ -184,10 +185,20 @@ class Reader:
         async with self.prime_gate:
             await self.layout.prime()
 
+    async def write_opening(self) -> bool:
+        """Write the text's first token before any proposal is read (start_policy at_once); whether it goes on."""
+        produced, reason = await self._generate(1)
+        self.budget -= produced
+        # An end of text as the first token ends it in every layout: there is nothing yet for chunks to continue.
+        self._ended = self.budget <= 0 or (reason == "stop" and self.slot.after_eos)
+        return not self._ended
+
     async def write(self) -> None:
         """Write the text: in steps with intakes between them (incremental layouts), else in one go."""
         layout, props = self.layout, self.props
-        if props is not None and layout.reads_proposals and isinstance(layout, IncrementalLayout):
+        if self._ended:
+            pass  # the opening was the whole text
+        elif props is not None and layout.reads_proposals and isinstance(layout, IncrementalLayout):
             if self.pacing is not None:
                 self.pacing.start_answer()
             await self._write_with_intakes(layout, props)
@@ -267,6 +278,8 @@ class Reader:
         """Collect chunks until the start policy holds; returns the chunks taken so far."""
         knobs = self.knobs
         taken: list[Chunk] = []
+        if knobs.start_policy == "at_once":
+            return taken  # the text starts on the question alone; every chunk is read as it arrives
         while True:
             live = props.n - len(props.failed)
             ready = len(props.ready - props.failed)

@@ -64,6 +64,8 @@ class Turn:
         """Run the turn to its Done event (also emitted)."""
         try:
             await self._to_answer_start()
+            if self._answers_first and await self.reader.write_opening():
+                self._launch_layers()
             await self.reader.write()
         finally:
             await self._stop_tasks()
@@ -89,8 +91,19 @@ class Turn:
             slot.begin_turn()
             slot.cache_salt = self.inp.cache_salt
         if self.layout.reads_proposals:
-            self.reader.props = self._launch_layers()
+            self.reader.props = Proposals([s.cfg.name for s in self.layers[-1]], len(self.layers) - 1)
+            if not self._answers_first:
+                self._launch_layers()
         await self.reader.to_start()
+
+    @property
+    def _answers_first(self) -> bool:
+        """start_policy at_once on an incremental layout: the answer's first token before any proposer starts.
+
+        Started together, the proposers' prompts would share the answer's first passes and delay its first token
+        by what they cost (on a CPU a pass costs what its tokens cost)."""
+        return (self.inp.knobs.start_policy == "at_once" and self.layout.reads_proposals
+                and isinstance(self.layout, IncrementalLayout))
 
     async def _stop_tasks(self) -> None:
         for t in self._tasks:
@@ -99,8 +112,8 @@ class Turn:
 
     # ------------------------------------------------------------------ proposers
 
-    def _launch_layers(self) -> Proposals:
-        """Start every proposer layer; returns the aggregator's view of the last one."""
+    def _launch_layers(self) -> None:
+        """Start every proposer layer; the last one writes to the aggregator's view (self.reader.props)."""
         views = self._views(0)
         self._launch(self.layers[0], Fanout(views), self.pacing)
         for depth in range(1, len(self.layers)):
@@ -108,12 +121,13 @@ class Turn:
             out = Fanout(views)
             for i, slot in enumerate(self.layers[depth]):
                 self._launch_reader(slot, i, upstream[i], out, depth)
-        return views[0]
 
     def _views(self, depth: int) -> list[Proposals]:
-        """One view of layer `depth` per reader: each proposer of the next layer, or else the aggregator."""
-        readers = len(self.layers[depth + 1]) if depth + 1 < len(self.layers) else 1
-        return [Proposals([s.cfg.name for s in self.layers[depth]], depth) for _ in range(readers)]
+        """One view of layer `depth` per reader: each proposer of the next layer, or else the aggregator's."""
+        if depth + 1 == len(self.layers):
+            assert self.reader.props is not None
+            return [self.reader.props]
+        return [Proposals([s.cfg.name for s in self.layers[depth]], depth) for _ in self.layers[depth + 1]]
 
     def _launch_reader(self, slot: AgentSlot, idx: int, upstream: Proposals, out: Fanout, depth: int) -> None:
         """Start a later-layer proposer: a reader of `upstream` whose text goes out as chunks to its own readers."""

@@ -50,6 +50,18 @@ def test_chat_in_a_terminal(tmp_path):
         child.expect(r"classic \| " + FINAL_STATUS)
         child.expect(PROMPT)
 
+        child.sendline("/mode staircase")
+        child.expect("mode: staircase")
+        child.sendline("/start at_once")
+        child.expect("start: at_once")
+        child.sendline("Name a secondary color.")
+        child.expect(r"staircase \| " + FINAL_STATUS)
+        child.expect(PROMPT)
+        child.sendline("/start soon")
+        child.expect(r"usage: /start all\|first\|at_once \(now at_once\)")
+        child.sendline("/start all")
+        child.expect("start: all")
+
         child.sendline("/chunk 2")
         child.expect("chunk: 2 tokens")
         child.sendline("/proposers off")
@@ -69,7 +81,7 @@ def test_chat_in_a_terminal(tmp_path):
         child.expect(PROMPT)
 
         child.sendline("/stats")
-        child.expect(r"turns: 2 \| mode staircase \| chunk 2/2 tokens")
+        child.expect(r"turns: 3 \| mode staircase \| chunk 2/2 tokens \| start all")
         child.expect("engine default: sequences open 0,")  # the cancelled turn freed every sequence
         child.expect(PROMPT)
 

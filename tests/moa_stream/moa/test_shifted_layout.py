@@ -1,6 +1,7 @@
 """The `shifted` layout on the real default model (SmolLM2 GGUF on the llama.cpp engine): each intake inserts its
 chunks where their proposals' text ends and computes exactly those tokens; the aggregator reads the re-prefill
-layout's text order (references, question, answer); the `staircase` alias falls back where KV cannot move."""
+layout's text order (references, question, answer); the `staircase` alias falls back where KV cannot move; with
+start_policy at_once the answer begins on the question alone."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from moa_stream import MoA
+from moa_stream import ChunkIngested, Done, FirstToken, MoA, ProposerDelta
 from moa_stream.agent.slot import Chunk
 from moa_stream.errors import ConfigError
 from moa_stream.moa.layouts import LAYOUTS, Answer, InterleavedLayout, ShiftedLayout, layout_for, register_layout
@@ -95,3 +96,27 @@ async def test_staircase_falls_back_where_kv_cannot_move_and_shifted_says_why(en
     with pytest.raises(ConfigError, match="can move cached positions"):
         await moa.run("What colour is the sky?", mode="shifted")
     assert engine.stats().sequences_open == 0
+
+
+async def test_at_once_answers_before_any_proposer_opens_and_reads_every_chunk_after(llama) -> None:
+    """start_policy at_once: the first token is computed with only the aggregator's sequence open (no proposer
+    prompt shares its passes), and the chunks that come later are inserted before the answer as usual."""
+    cfg = small_config(proposer_tokens=24, answer_tokens=24, start_policy="at_once")
+    cfg = cfg.model_copy(update={"aggregator": cfg.aggregator.model_copy(update={"ignore_eos": True})})
+    moa = MoA.from_config(cfg, engines={"default": llama})
+    open_at_first_token: int | None = None
+    order: list[str] = []
+    done = None
+    async for ev in moa.stream(LONG_QUESTION, mode="shifted"):
+        if isinstance(ev, FirstToken):
+            open_at_first_token = llama.stats().sequences_open
+        if isinstance(ev, FirstToken | ProposerDelta | ChunkIngested):
+            order.append(type(ev).__name__)
+        if isinstance(ev, Done):
+            done = ev
+    assert open_at_first_token == 1  # the aggregator's, alone
+    assert order[0] == "FirstToken" and "ProposerDelta" in order
+    assert done is not None and done.metrics.answer_tokens == 24
+    assert done.metrics.chunks_ingested > 0  # proposals read after the answer began
+    assert all(a.prefill_computed > 0 for a in done.metrics.agents.values())
+    assert llama.stats().sequences_open == 0

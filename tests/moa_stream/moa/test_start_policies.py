@@ -1,4 +1,4 @@
-"""When the aggregator starts (`all`, `quorum`, `first`) and a proposer silent past `agent_timeout_s`.
+"""When the aggregator starts (`all`, `quorum`, `first`, `at_once`) and a proposer silent past `agent_timeout_s`.
 
 The silent proposer is an HTTP backend on tests/misbehaving_server.py's `stall` path (one token, then nothing until
 the server stops): a real model cannot be made to go quiet on demand. The other agents run the tiny random model
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.transformers_engine import TransformersEngine
-from moa_stream import AgentError, ChunkIngested, Done, Event, FirstToken, MoA, MoAConfig
+from moa_stream import AgentError, ChunkIngested, Done, Event, FirstToken, MoA, MoAConfig, ProposerDelta
 from moa_stream.backends import build_engines
 from tests.misbehaving_server import MisbehavingServer
 
@@ -73,4 +73,14 @@ async def test_all_drops_a_proposer_silent_past_the_timeout_and_answers(tiny, fa
     done = events[-1]
     assert isinstance(done, Done) and done.answer
     assert done.metrics.agents["silent"].error and not done.metrics.agents["good0"].error
+    assert tiny.stats().sequences_open == 0
+
+
+async def test_at_once_writes_its_first_token_before_any_proposal_and_reads_them_later(tiny, fake):
+    events = await events_of(pipeline(tiny, fake, good=2, staircase={"start_policy": "at_once", **NO_WAIT}))
+    first = next(i for i, ev in enumerate(events) if isinstance(ev, FirstToken))
+    assert not [ev for ev in events[:first] if isinstance(ev, ProposerDelta | ChunkIngested)]
+    done = events[-1]
+    assert isinstance(done, Done) and done.answer
+    assert not [ev for ev in events if isinstance(ev, AgentError)]  # it never waited for the silent one
     assert tiny.stats().sequences_open == 0
