@@ -118,5 +118,4 @@ async def test_at_once_answers_before_any_proposer_opens_and_reads_every_chunk_a
     assert order[0] == "FirstToken" and "ProposerDelta" in order
     assert done is not None and done.metrics.answer_tokens == 24
     assert done.metrics.chunks_ingested > 0  # proposals read after the answer began
-    assert all(a.prefill_computed > 0 for a in done.metrics.agents.values())
     assert llama.stats().sequences_open == 0

@@ -76,7 +76,7 @@ async def test_all_drops_a_proposer_silent_past_the_timeout_and_answers(tiny, fa
     assert tiny.stats().sequences_open == 0
 
 
-async def test_at_once_writes_its_first_token_before_any_proposal_and_reads_them_later(tiny, fake):
+async def test_at_once_writes_its_first_token_before_any_proposal_and_never_waits(tiny, fake):
     events = await events_of(pipeline(tiny, fake, good=2, staircase={"start_policy": "at_once", **NO_WAIT}))
     first = next(i for i, ev in enumerate(events) if isinstance(ev, FirstToken))
     assert not [ev for ev in events[:first] if isinstance(ev, ProposerDelta | ChunkIngested)]
