@@ -11,6 +11,7 @@ from .agent.formats import AGENT_FORMATS, AgentFormat, agent_format, register_ag
 from .agent.tool_speculation import HistoryPredictor, PredictedCall, SpeculationStats, Speculator, StepContext
 from .api import AnswerStart, Conversation, MoA, collect
 from .config import (
+    SIMPLE_START_POLICIES,
     AgentConfig,
     BackendConfig,
     DebateConfig,
@@ -65,6 +66,7 @@ __all__ = [
     "LAYOUTS",
     "LAYOUT_MODES",
     "MODES",
+    "SIMPLE_START_POLICIES",
     "Agent",
     "AgentConfig",
     "AgentDelta",

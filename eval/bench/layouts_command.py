@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from moa_stream import SIMPLE_START_POLICIES
 from moa_stream.cli import positive_int
 
 from .options import add_moa_arguments, run_on_moa
@@ -26,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk", type=positive_int, default=None, metavar="N", help="chunk size in tokens")
     p.add_argument("--first-chunk", type=positive_int, default=None, metavar="N",
                    help="tokens of each proposal before the answer starts (default: the config's)")
-    p.add_argument("--start-policy", choices=["all", "first", "at_once"], default=None,
+    p.add_argument("--start-policy", choices=SIMPLE_START_POLICIES, default=None,
                    help="when the answer starts (default: the config's; at_once: on the question alone, before "
                         "the proposers' prompts are read)")
 

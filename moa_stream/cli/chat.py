@@ -28,8 +28,6 @@ if TYPE_CHECKING:
 
     from moa_stream import Conversation, Metrics, MoA, Mode, StaircaseConfig
 
-START_POLICIES = ("all", "first", "at_once")  # `quorum` needs its count: set it in a config file
-
 HELP = """commands:
   /mode classic|staircase|staircase-reprefill|single   how the aggregator takes in the proposals
   /chunk N                                             staircase chunk size in tokens (first chunk too)
@@ -254,7 +252,7 @@ class ChatSession:
 
     async def command(self, text: str) -> bool:
         """Run a slash command; False means leave."""
-        from moa_stream import MODES
+        from moa_stream import MODES, SIMPLE_START_POLICIES
 
         name, _, arg = text[1:].partition(" ")
         name, arg = name.lower(), arg.strip()
@@ -278,8 +276,8 @@ class ChatSession:
                 st.staircase = st.staircase.with_chunk(n)
                 self.info(f"chunk: {n} tokens")
         elif name == "start":
-            if arg not in START_POLICIES:
-                self.info(f"usage: /start {'|'.join(START_POLICIES)} (now {st.staircase.start_policy})", "red")
+            if arg not in SIMPLE_START_POLICIES:
+                self.info(f"usage: /start {'|'.join(SIMPLE_START_POLICIES)} (now {st.staircase.start_policy})", "red")
             else:
                 st.staircase = st.staircase.model_copy(update={"start_policy": arg})
                 self.info(f"start: {arg}")

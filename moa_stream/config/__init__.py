@@ -9,10 +9,11 @@ from .agents import (
     check_temperature,
 )
 from .backends import BackendConfig, HttpBackend, LlamaCppBackend, TransformersBackend, VllmBackend, default_backend
-from .pipeline import DebateConfig, MoAConfig, StaircaseConfig
+from .pipeline import SIMPLE_START_POLICIES, DebateConfig, MoAConfig, StaircaseConfig
 
 __all__ = [
     "MIN_TEMPERATURE",
+    "SIMPLE_START_POLICIES",
     "AgentConfig",
     "BackendConfig",
     "DebateConfig",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -20,6 +20,10 @@ from .agents import AgentConfig, ToolCacheConfig
 from .backends import BackendConfig, default_backend
 from .base import Strict
 
+StartPolicy = Literal["all", "quorum", "first", "at_once"]
+SIMPLE_START_POLICIES: tuple[str, ...] = tuple(p for p in get_args(StartPolicy) if p != "quorum")
+"""The start policies a command line can switch to by name (`quorum` needs its count too)."""
+
 
 class StaircaseConfig(Strict):
     """When the aggregator starts and how it takes in the proposals."""
@@ -28,7 +32,7 @@ class StaircaseConfig(Strict):
     chunk_tokens: int = Field(32, ge=1, description="tokens per later chunk")
     chunk_growth: float = Field(1.0, ge=1.0, description="each later chunk is this many times the previous")
     max_chunk_tokens: int = Field(256, ge=1)
-    start_policy: Literal["all", "quorum", "first", "at_once"] = Field(
+    start_policy: StartPolicy = Field(
         "all", description="when a reader starts: once every proposer (all), `quorum` of them or the first (first) "
         "has a first chunk, or at once on the question alone (at_once: the answer's first token comes before the "
         "proposers' prompts are read, as early as one model's; each chunk is read as it arrives)")
